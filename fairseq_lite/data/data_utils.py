@@ -1,0 +1,40 @@
+"""Small text helpers shared by the data pipeline, the CTC criterion and inference."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from fairseq_lite.errors import ConfigError
+
+#: ``--post-process`` choices that glue sub-word units back into words: unit separator → word separator.
+_GLUE_SYMBOLS = {
+    "letter": "|",
+    "sentencepiece": "\u2581",
+    "wordpiece": "_",
+    "_EOW": "_EOW",
+}
+
+#: ``--post-process`` choices that strip a continuation marker (subword-nmt's ``@@``).
+_CONTINUATION_SYMBOLS = {"subword_nmt": "@@ ", "@@ ": "@@ ", "@@": "@@"}
+
+POST_PROCESS_CHOICES = ("none", "silence", *_GLUE_SYMBOLS, *_CONTINUATION_SYMBOLS)
+
+
+def post_process(sentence: str, symbol: Optional[str]) -> str:
+    """Turn a space-separated unit string into words (fairseq's ``data_utils.post_process``).
+
+    ``symbol`` is the ``--post-process`` / ``eval_wer_post_process`` value: ``letter`` turns
+    ``H E L L O | W O R L D |`` into ``HELLO WORLD``; ``sentencepiece`` and ``wordpiece`` do the same
+    with ``▁`` and ``_``; ``_EOW`` with an end-of-word marker; ``subword_nmt``/``@@ `` removes
+    continuation markers; ``silence`` drops ``<SIL>`` tokens; ``none`` or None leaves the text as is.
+    """
+    if symbol is None or symbol == "none":
+        return sentence
+    if symbol in _GLUE_SYMBOLS:
+        return sentence.replace(" ", "").replace(_GLUE_SYMBOLS[symbol], " ").strip()
+    if symbol in _CONTINUATION_SYMBOLS:
+        return (sentence + " ").replace(_CONTINUATION_SYMBOLS[symbol], "").rstrip()
+    if symbol == "silence":
+        return re.sub(" +", " ", sentence.replace("<SIL>", "")).strip()
+    raise ConfigError(f"unknown post_process '{symbol}': choose one of {', '.join(POST_PROCESS_CHOICES)}")
