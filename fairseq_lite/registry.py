@@ -105,7 +105,8 @@ class Registry:
         else:
             raise ConfigError(f"cannot select a {self.kind} from a {type(cfg).__name__}")
         if name is None:
-            raise ConfigError(f"no {self.kind} selected: set {self.kind}._name (one of {', '.join(self.choices)})")
+            choices = ", ".join(self.choices) or f"no {self.kind} is registered yet"
+            raise ConfigError(f"no {self.kind} selected: set {self.kind}._name ({choices})")
         return str(name)
 
     def build_config(self, cfg: Any, from_checkpoint: bool = False) -> Any:

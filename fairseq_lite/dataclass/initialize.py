@@ -1,0 +1,244 @@
+"""From yaml files, overrides or checkpoint dicts to one resolved ``FairseqConfig`` (fairseq's ``initialize.py``).
+
+``compose_config`` runs real Hydra composition: the ``FairseqConfig`` schema first, then the user's yaml
+(fairseq's ``# @package _group_`` header included) at the root, then the overrides. ``finalize_config``
+merges each registered component's dataclass defaults under its group (fairseq's ``add_defaults``),
+resolves every interpolation once and returns plain dataclass instances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Iterable, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
+from fairseq_lite.dataclass.utils import (
+    closest_match,
+    describe_omegaconf_error,
+    field_names,
+    structured_node,
+    to_dataclass,
+    unknown_key_message,
+)
+from fairseq_lite.errors import ConfigError
+
+SCHEMA_NAME = "_fairseq_lite_schema"
+ROOT_NAME = "_fairseq_lite_root"
+
+#: Untyped groups: keys under them are checked against the selected component's dataclass instead.
+UNTYPED_GROUPS = REGISTRY_GROUPS + ("scoring", "bpe", "tokenizer")
+
+_OVERRIDE = re.compile(r"^(?P<prefix>~|\+\+|\+)?(?P<key>[^=~+][^=]*?)=(?P<value>.*)$", re.DOTALL)
+
+
+def _registry(group: str):
+    import fairseq_lite  # noqa: F401  (registers every component)
+    from fairseq_lite.registry import REGISTRIES
+
+    return REGISTRIES.get(group)
+
+
+def _schema_field(path: Sequence[str]) -> Optional[dataclasses.Field]:
+    """The typed-schema field that ``path`` (e.g. ["optimization", "lr"]) names, or None."""
+    cls: Any = FairseqConfig
+    found = None
+    for part in path:
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return None
+        found = fields[part]
+        factory = found.default_factory
+        cls = factory if isinstance(factory, type) else found.type
+    return found
+
+
+def _is_list_field(field: dataclasses.Field) -> bool:
+    return str(field.type).startswith(("List", "typing.List", "list", "Optional[List"))
+
+
+def normalize_override(override: str) -> str:
+    """Rewrite one command-line override so that every spelling fairseq users type works in Hydra 1.3.
+
+    - ``key=v``, ``+key=v`` and ``++key=v`` all set an existing key of a typed group (fairseq's README uses
+      ``+optimization.update_freq='[4]'``, which fails in fairseq itself: issue #3065);
+    - keys under the untyped groups (task, model, criterion, ...) may be new in the yaml: they are added,
+      and checked against the selected component's dataclass when the config is finalised;
+    - a key unknown to a typed group is a ConfigError naming the closest valid key;
+    - a value such as ``(0.9,0.98)`` (fairseq's string tuples) is quoted for Hydra's grammar.
+    """
+    match = _OVERRIDE.match(override)
+    if not match:
+        return override
+    prefix, key, value = match["prefix"] or "", match["key"], match["value"]
+    if prefix == "~":
+        return override
+    if value.startswith("(") and not value.startswith(("'", '"')):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    path = key.split(".")
+    group = path[0]
+    if len(path) == 1 or group == "hydra" or "/" in group or "@" in key:
+        return f"{prefix}{key}={value}"
+    if group in UNTYPED_GROUPS:
+        return f"++{key}={value}"
+    if group in TYPED_GROUPS:
+        field = _schema_field(path)
+        if field is None:
+            cls = {f.name: f.default_factory for f in dataclasses.fields(FairseqConfig)}[group]
+            raise ConfigError(unknown_key_message(group, path[1], field_names(cls)) + f" (in override '{override}')")
+        if _is_list_field(field) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]  # update_freq="'[4]'": a quoted list literal still means the list
+        return f"{key}={value}"
+    groups = [f.name for f in dataclasses.fields(FairseqConfig) if not f.name.startswith("_")]
+    close = closest_match(group, groups)
+    hint = f"did you mean '{close}'? " if close else ""
+    raise ConfigError(f"unknown config group '{group}' in override '{override}': {hint}groups are {', '.join(groups)}")
+
+
+def _store_schema(config_name: Optional[str]) -> None:
+    """Register the schema and a root config that puts the user's yaml at the global package."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name=SCHEMA_NAME, node=FairseqConfig)
+    defaults: List[Any] = [SCHEMA_NAME]
+    if config_name:
+        defaults.append(f"{config_name}@_global_")
+    defaults.append("_self_")
+    cs.store(name=ROOT_NAME, node={"defaults": defaults})
+
+
+def compose_config(
+    config_dir: Optional[str], config_name: Optional[str], overrides: Iterable[str] = ()
+) -> DictConfig:
+    """Compose ``config_dir/config_name.yaml`` on the FairseqConfig schema with ``overrides`` (real Hydra)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException as OmegaError
+
+    if config_name and config_name.endswith(".yaml"):
+        config_name = config_name[: -len(".yaml")]
+    config_dir = os.path.abspath(config_dir or os.getcwd())
+    if config_name and not os.path.isfile(os.path.join(config_dir, config_name + ".yaml")):
+        raise ConfigError(f"config '{config_name}.yaml' not found in {config_dir} (check --config-dir and --config-name)")
+    overrides = [normalize_override(o) for o in overrides]
+    _store_schema(config_name)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base=None, job_name="fairseq_lite"):
+            cfg = compose(config_name=ROOT_NAME, overrides=overrides)
+    except (HydraException, OmegaError) as exc:
+        raise ConfigError(describe_hydra_error(exc)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    if "defaults" in cfg:
+        raise ConfigError("the composed config has a 'defaults' key it could not apply")
+    return cfg
+
+
+def describe_hydra_error(exc: BaseException) -> str:
+    """One line for a Hydra composition error: what Hydra was doing, and the innermost reason."""
+    inner, link = exc, exc
+    while link is not None:  # the outermost OmegaConf error has the formatted message and the key
+        if isinstance(link, OmegaConfBaseException):
+            inner = link
+            break
+        link = link.__cause__ or link.__context__
+    outer = " ".join(str(exc).split("\n")[0].split())
+    if isinstance(inner, OmegaConfBaseException):
+        key = str(getattr(inner, "full_key", "") or "")
+        parts = key.split(".")
+        if type(inner).__name__ == "ConfigKeyError" and len(parts) >= 2 and parts[0] in TYPED_GROUPS:
+            cls = {f.name: f.default_factory for f in dataclasses.fields(FairseqConfig)}[parts[0]]
+            return unknown_key_message(parts[0], parts[-1], field_names(cls))
+        reason = describe_omegaconf_error(inner)
+        return reason if inner is exc else f"{outer}: {reason}"
+    return " ".join(str(exc).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# add_defaults + resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _drop_unknown_typed_keys(cfg: dict) -> None:
+    """Checkpoint configs from other fairseq versions carry keys we do not have: drop them with one warning."""
+    import logging
+
+    dropped = []
+    known_groups = {f.name: f for f in dataclasses.fields(FairseqConfig)}
+    for group in list(cfg):
+        if group not in known_groups:
+            dropped.append(group)
+            del cfg[group]
+        elif group in TYPED_GROUPS and isinstance(cfg[group], dict):
+            valid = set(field_names(known_groups[group].default_factory))
+            for key in [k for k in cfg[group] if k not in valid]:
+                dropped.append(f"{group}.{key}")
+                del cfg[group][key]
+    if dropped:
+        logging.getLogger(__name__).warning("dropping config keys unknown to fairseq_lite: %s", ", ".join(dropped))
+
+
+def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
+    """The composed config as a struct DictConfig with each component group typed by its registered dataclass."""
+    if isinstance(cfg, DictConfig):
+        root = cfg
+    else:
+        plain = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
+        if from_checkpoint:
+            _drop_unknown_typed_keys(plain)
+        try:
+            root = OmegaConf.merge(OmegaConf.structured(FairseqConfig), plain)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(describe_hydra_error(exc)) from None
+    for group in REGISTRY_GROUPS:
+        node = root.get(group)
+        if node is None:
+            continue
+        registry = _registry(group)
+        if isinstance(node, str):
+            user = {"_name": node}
+        else:
+            user = OmegaConf.to_container(node, resolve=False)
+        name = registry.name_of(user)
+        dc_cls = registry.get_dataclass(name)
+        if dc_cls is None:
+            continue
+        user["_name"] = name
+        user.pop("arch", None) if "arch" not in field_names(dc_cls) else None
+        typed = structured_node(dc_cls, user, where=group, from_checkpoint=from_checkpoint)
+        with _open_struct(root):
+            root[group] = typed
+    return root
+
+
+class _open_struct:
+    """Temporarily lift struct mode so an Any-typed group can be replaced by a typed node."""
+
+    def __init__(self, node: DictConfig):
+        self.node = node
+
+    def __enter__(self):
+        self.flag = OmegaConf.is_struct(self.node)
+        OmegaConf.set_struct(self.node, False)
+
+    def __exit__(self, *exc):
+        OmegaConf.set_struct(self.node, self.flag)
+
+
+def finalize_config(cfg: Any, from_checkpoint: bool = False) -> FairseqConfig:
+    """A resolved ``FairseqConfig`` of dataclass instances from a composed config or a checkpoint's dict.
+
+    Interpolations (``${optimization.lr}``, ``${common.tpu}``, ``${task.normalize}``) are resolved once here,
+    so the resolved values are what training sees and what checkpoints store.
+    """
+    root = add_defaults(cfg, from_checkpoint=from_checkpoint)
+    return to_dataclass(root)
