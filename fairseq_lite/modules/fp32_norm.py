@@ -1,0 +1,31 @@
+"""Normalisation layers that compute in fp32 and return the input dtype (fairseq's ``Fp32GroupNorm`` /
+``Fp32LayerNorm``), plus ``TransposeLast`` which lets a LayerNorm act on the channel axis of B×C×T input."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Fp32GroupNorm(nn.GroupNorm):
+    """GroupNorm evaluated in fp32 (an fp32 island under fp16/bf16 training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type_as(x)
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in fp32 (an fp32 island under fp16/bf16 training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+class TransposeLast(nn.Module):
+    """Swap the last two axes (B×C×T ↔ B×T×C); no parameters, keeps fairseq's Sequential indices."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(-2, -1)

@@ -1,0 +1,176 @@
+"""Span masking for wav2vec 2.0 (fairseq's ``compute_mask_indices`` in ``data/data_utils.py``).
+
+One vectorised implementation used by the model (time and channel masks), by CTC fine-tuning and by the
+data pipeline (``precompute_mask_indices``). It follows fairseq's current semantics (``num_mask_ver=2``,
+``idc_select_ver=1``): per row, ``int(mask_prob * valid_len / mask_length + U[0,1))`` span starts (at least
+``min_masks``) drawn without replacement, spans clipped to the valid (unpadded) length and allowed to
+overlap, so p=0.65, L=10 covers about 49% of the frames. ``no_overlap`` places spans that never touch,
+with at least ``min_space`` unmasked frames between them (fairseq's version of this path crashes on
+NumPy >= 1.24; this one is a stars-and-bars placement, uniform over valid layouts).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from fairseq_lite.errors import DataError
+
+MASK_TYPES = ("static", "uniform", "normal", "poisson")
+
+
+def _make_rng(seed: Optional[int], epoch: Optional[int], indices: Optional[Sequence[int]]) -> np.random.Generator:
+    """A generator seeded from (seed, epoch, indices) when all are given, else from torch's RNG so that
+    ``torch.manual_seed`` makes model-side masks reproducible."""
+    if seed is not None and epoch is not None and indices is not None:
+        return np.random.default_rng([int(seed), int(epoch), *(int(i) for i in indices)])
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
+def _pick_smallest(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Boolean B×N: in each row, the ``counts[row]`` positions with the smallest keys (inf = not eligible)."""
+    ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    return ranks < counts[:, None]
+
+
+def _span_lengths(rng: np.random.Generator, shape: Tuple[int, int], mask_type: str, mask_length: int,
+                  mask_other: float) -> np.ndarray:
+    if mask_type == "static":
+        return np.full(shape, mask_length, dtype=np.int64)
+    if mask_type == "uniform":
+        return rng.integers(int(mask_other), mask_length * 2 + 1, size=shape)
+    if mask_type == "normal":
+        return np.maximum(1, np.rint(rng.normal(mask_length, mask_other, size=shape))).astype(np.int64)
+    if mask_type == "poisson":
+        return np.rint(rng.poisson(mask_length, size=shape)).astype(np.int64)
+    raise ValueError(f"unknown mask selection '{mask_type}': choose one of {', '.join(MASK_TYPES)}")
+
+
+def _overlapping_starts(rng, sizes, num_mask, lengths, active):
+    """Span starts drawn without replacement from [0, size - min_len) per row (spans may overlap)."""
+    big = np.iinfo(np.int64).max
+    min_len = np.where(active, lengths, big).min(axis=1, initial=big)
+    min_len = np.where(num_mask > 0, min_len, 0)
+    too_long = sizes - min_len <= num_mask
+    min_len = np.where(too_long, sizes - num_mask - 1, min_len)
+    ranges = sizes - min_len  # > num_mask for every row
+    width = max(int(ranges.max(initial=1)), 1)
+    keys = rng.random((len(sizes), width))
+    keys[np.arange(width)[None, :] >= ranges[:, None]] = np.inf
+    order = np.argsort(keys, axis=1)
+    return order[:, : lengths.shape[1]]
+
+
+def _non_overlapping_starts(rng, sizes, lengths, min_space):
+    """Starts of spans that do not overlap and keep ``min_space`` free frames between neighbours.
+
+    Spans that do not fit are dropped (their length is set to 0). Gaps are placed uniformly: choose the
+    n span positions among (slack + n) slots, then shift each by the lengths and spaces before it."""
+    n_max = lengths.shape[1]
+    gaps = np.arange(n_max)[None, :] * min_space
+    fits = np.cumsum(lengths, axis=1) + gaps <= sizes[:, None]
+    fits &= np.cumsum(~fits, axis=1) == 0
+    lengths = np.where(fits, lengths, 0)
+    count = fits.sum(axis=1)
+    slack = sizes - lengths.sum(axis=1) - np.maximum(count - 1, 0) * min_space
+    slots = slack + count
+    width = max(int(slots.max(initial=1)), 1)
+    keys = rng.random((len(sizes), width))
+    keys[np.arange(width)[None, :] >= slots[:, None]] = np.inf
+    chosen = np.sort(np.argsort(keys, axis=1)[:, :n_max], axis=1)  # first `count` are valid slots
+    col = np.arange(n_max)[None, :]
+    before = np.cumsum(lengths, axis=1) - lengths + col * min_space
+    starts = chosen - col + before
+    return np.where(fits, starts, 0), lengths
+
+
+def compute_mask_indices(
+    shape: Tuple[int, int],
+    padding_mask: Optional[torch.Tensor | np.ndarray],
+    mask_prob: float,
+    mask_length: int,
+    mask_type: str = "static",
+    mask_other: float = 0.0,
+    min_masks: int = 0,
+    no_overlap: bool = False,
+    min_space: int = 0,
+    require_same_masks: bool = True,
+    mask_dropout: float = 0.0,
+    add_masks: bool = False,
+    seed: Optional[int] = None,
+    epoch: Optional[int] = None,
+    indices: Optional[Sequence[int]] = None,
+    rng: Optional[np.random.Generator] = None,
+) -> np.ndarray:
+    """Boolean B×T array of masked positions (fairseq's ``compute_mask_indices``, same arguments).
+
+    ``padding_mask`` (B×T, True = padding at the end of the row) keeps spans inside each row's valid
+    length. ``require_same_masks`` subsamples every row to the smallest masked count of the batch (or tops
+    up to the largest with ``add_masks``) so that masked frames reshape to B×M; ``mask_dropout`` then
+    unmasks that fraction of each row. Randomness comes from ``rng``, else from (seed, epoch, indices),
+    else from torch's global generator.
+    """
+    bsz, all_sz = shape
+    mask_type = str(mask_type)
+    if rng is None:
+        rng = _make_rng(seed, epoch, indices)
+    if padding_mask is not None:
+        pad = padding_mask.cpu().numpy() if isinstance(padding_mask, torch.Tensor) else np.asarray(padding_mask)
+        sizes = all_sz - pad.astype(np.int64).sum(axis=1)
+    else:
+        sizes = np.full(bsz, all_sz, dtype=np.int64)
+
+    num_mask = (mask_prob * sizes / float(mask_length) + rng.random(bsz)).astype(np.int64)
+    num_mask = np.maximum(min_masks, num_mask)
+    n_max = int(num_mask.max(initial=0))
+    active = np.arange(n_max)[None, :] < num_mask[:, None]
+    lengths = np.where(active, _span_lengths(rng, (bsz, n_max), mask_type, mask_length, mask_other), 0)
+    if mask_type != "static":  # a row whose spans all came out empty gets one span, as fairseq
+        empty = (lengths.sum(axis=1) == 0) & (num_mask > 0)
+        if n_max:
+            lengths[empty, 0] = np.minimum(mask_length, sizes[empty] - 1)
+
+    if no_overlap:
+        starts, lengths = _non_overlapping_starts(rng, sizes, lengths, int(min_space))
+    else:
+        starts = _overlapping_starts(rng, sizes, num_mask, lengths, active)
+
+    # Paint the spans with a difference array: +1 at each start, -1 after each (clipped) end.
+    ends = np.minimum(starts + lengths, sizes[:, None])
+    live = lengths > 0
+    delta = np.zeros((bsz, all_sz + 1), dtype=np.int64)
+    rows = np.broadcast_to(np.arange(bsz)[:, None], starts.shape)
+    np.add.at(delta, (rows[live], np.minimum(starts[live], all_sz)), 1)
+    np.add.at(delta, (rows[live], ends[live]), -1)
+    mask = np.cumsum(delta[:, :all_sz], axis=1) > 0
+    mask &= np.arange(all_sz)[None, :] < sizes[:, None]
+
+    counts = mask.sum(axis=1)
+    full = np.flatnonzero((counts >= sizes) & (counts > 0))
+    if len(full):
+        i = int(full[0])
+        where = f" (dataset index {indices[i]})" if indices is not None else ""
+        raise DataError(
+            f"masking would cover the whole sequence of {int(sizes[i])} frames{where}: "
+            "lower mask_prob / mask_length or drop such short inputs (min_sample_size)"
+        )
+
+    if require_same_masks and bsz > 0:
+        target = int(counts.max() if add_masks else counts.min())
+        over = counts > target
+        if over.any():  # keep a random `target` of the masked positions
+            keys = np.where(mask, rng.random(mask.shape), np.inf)
+            mask = np.where(over[:, None], _pick_smallest(keys, np.full(bsz, target)), mask)
+        under = counts < target
+        if under.any():  # mask a random `target - count` more valid positions
+            valid = np.arange(all_sz)[None, :] < sizes[:, None]
+            keys = np.where(~mask & valid, rng.random(mask.shape), np.inf)
+            mask |= _pick_smallest(keys, np.where(under, target - counts, 0))
+    if mask_dropout > 0:
+        counts = mask.sum(axis=1)
+        holes = np.rint(counts * mask_dropout).astype(np.int64)
+        keys = np.where(mask, rng.random(mask.shape), np.inf)
+        mask &= ~_pick_smallest(keys, holes)
+    return mask

@@ -1,0 +1,194 @@
+"""The wav2vec 2.0 context network (fairseq's ``TransformerEncoder`` in ``models/wav2vec/wav2vec2.py``).
+
+Keys: ``pos_conv.0.{weight_g,weight_v,bias}`` (legacy weight-norm names; the newer
+``parametrizations.weight.original0/1`` spelling is accepted on load), ``layers.{n}.*``, ``layer_norm.*``.
+Tensors are B×T×C throughout; ``padding_mask`` is B×T with True marking padded frames.
+
+Subclasses (the conformer encoder) reuse the construction and the layer loop by overriding
+``build_encoder_layer``, ``embed_positions`` and ``layer_kwargs``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairseq_lite.modules.fp32_norm import TransposeLast
+from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
+from fairseq_lite.modules.same_pad import SamePad
+from fairseq_lite.modules.transformer_layer import TransformerSentenceEncoderLayer
+
+LayerResult = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
+
+
+def init_bert_params(module: nn.Module) -> None:
+    """fairseq's ``init_bert_params``: Linear/Embedding weights ~ N(0, 0.02), biases 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d whose weight is ``weight_v · weight_g / ||weight_v||``, the norm taken over every
+    axis but the kernel axis (``torch.nn.utils.weight_norm(name="weight", dim=2)``), stored under fairseq's
+    legacy names ``weight_g`` (1×1×K) and ``weight_v`` (C×C/groups×K)."""
+
+    def __init__(self, channels: int, kernel_size: int, groups: int, init_std: float):
+        super().__init__()
+        self.padding = kernel_size // 2
+        self.groups = groups
+        weight = torch.empty(channels, channels // groups, kernel_size).normal_(0.0, init_std)
+        self.weight_g = nn.Parameter(weight.norm(dim=(0, 1), keepdim=True))
+        self.weight_v = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Accept PyTorch's parametrization names (``parametrizations.weight.original0/1`` = g/v)."""
+        for new, old in (("original0", "weight_g"), ("original1", "weight_v")):
+            value = state_dict.pop(f"{prefix}parametrizations.weight.{new}", None)
+            if value is not None:
+                state_dict[f"{prefix}{old}"] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def make_conv_pos(embed_dim: int, kernel_size: int, groups: int) -> nn.Sequential:
+    """The depth-1 positional convolution: weight-normed grouped conv, SamePad, GELU (fairseq's
+    ``make_conv_pos``; init N(0, sqrt(4 / (k·E))), bias 0)."""
+    std = math.sqrt(4.0 / (kernel_size * embed_dim))
+    return nn.Sequential(WeightNormConv1d(embed_dim, kernel_size, groups, std), SamePad(kernel_size), nn.GELU())
+
+
+def make_conv_block(embed_dim: int, kernel_size: int, groups: int, depth: int) -> nn.Sequential:
+    """``pos_conv_depth > 1``: a stack of plain convs with non-affine LayerNorm and GELU (data2vec style)."""
+    return nn.Sequential(*[
+        nn.Sequential(
+            nn.Conv1d(embed_dim, embed_dim, kernel_size, padding=kernel_size // 2, groups=groups),
+            SamePad(kernel_size), TransposeLast(), nn.LayerNorm(embed_dim, elementwise_affine=False),
+            TransposeLast(), nn.GELU(),
+        )
+        for _ in range(depth)
+    ])
+
+
+def pad_to_multiple(x: torch.Tensor, padding_mask: Optional[torch.Tensor], multiple: int):
+    """Zero-pad time (B×T×C) up to a multiple of ``multiple``, extending the padding mask; returns the
+    padded x, mask and the number of frames added."""
+    extra = (-x.size(1)) % multiple if multiple > 1 else 0
+    if extra == 0:
+        return x, padding_mask, 0
+    x = F.pad(x, (0, 0, 0, extra))
+    if padding_mask is None:
+        padding_mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
+        padding_mask[:, -extra:] = True
+    else:
+        padding_mask = F.pad(padding_mask, (0, extra), value=True)
+    return x, padding_mask, extra
+
+
+class TransformerEncoder(nn.Module):
+    """pos_conv + a stack of encoder layers + LayerNorm, with layerdrop; built from a ``Wav2Vec2Config``
+    (or any object with the same field names)."""
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.embedding_dim = cfg.encoder_embed_dim
+        self.required_seq_len_multiple = cfg.required_seq_len_multiple
+        self.pos_conv = self.build_pos_conv(cfg)
+        self.layers = nn.ModuleList([self.build_encoder_layer(cfg, layer_idx=i) for i in range(cfg.encoder_layers)])
+        self.layer_norm_first = cfg.layer_norm_first
+        self.layer_norm = nn.LayerNorm(self.embedding_dim)
+        self.layerdrop = cfg.encoder_layerdrop
+        self.apply(init_bert_params)
+
+    # -- construction hooks ------------------------------------------------------------------------
+
+    def build_pos_conv(self, cfg: Any) -> nn.Sequential:
+        """The convolutional relative position embedding (``conv_pos``, ``conv_pos_groups``, ``pos_conv_depth``)."""
+        depth = getattr(cfg, "pos_conv_depth", 1)
+        if depth > 1:
+            kernel = max(3, cfg.conv_pos // depth)
+            return make_conv_block(self.embedding_dim, kernel, cfg.conv_pos_groups, depth)
+        return make_conv_pos(self.embedding_dim, cfg.conv_pos, cfg.conv_pos_groups)
+
+    def build_encoder_layer(self, cfg: Any, layer_idx: int = 0) -> nn.Module:
+        return TransformerSentenceEncoderLayer(
+            embedding_dim=self.embedding_dim,
+            ffn_embedding_dim=cfg.encoder_ffn_embed_dim,
+            num_attention_heads=cfg.encoder_attention_heads,
+            dropout=self.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout,
+            activation_fn=cfg.activation_fn,
+            layer_norm_first=cfg.layer_norm_first,
+        )
+
+    # -- forward hooks -----------------------------------------------------------------------------
+
+    def embed_positions(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Add the positional convolution's output (B×T×C in and out)."""
+        return x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+
+    def layer_kwargs(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Dict[str, Any]:
+        """Keyword arguments every layer receives (computed once per forward, after time padding)."""
+        return {"padding_mask": padding_mask, "attn_mask": attention_mask_from_padding(padding_mask)}
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def extract_features(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                         tgt_layer: Optional[int] = None, min_layer: int = 0
+                         ) -> Tuple[torch.Tensor, List[LayerResult]]:
+        """B×T×C → (output of the last run layer or of ``tgt_layer``, [(x, None, ffn_out)] per layer ≥ min_layer)."""
+        if padding_mask is not None:
+            if padding_mask.any():
+                x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+            else:
+                padding_mask = None  # no padding: let SDPA run without a mask
+        x = self.embed_positions(x, padding_mask)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        x, padding_mask, extra = pad_to_multiple(x, padding_mask, self.required_seq_len_multiple)
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        kwargs = self.layer_kwargs(x, padding_mask)
+
+        layer_results: List[LayerResult] = []
+        target = None
+        drops = torch.rand(len(self.layers)).tolist() if self.training and self.layerdrop > 0 else None
+        for i, layer in enumerate(self.layers):
+            if drops is None or drops[i] > self.layerdrop:
+                x, ffn_out = layer(x, **kwargs)
+                if i >= min_layer:
+                    layer_results.append((x, None, ffn_out))
+            if i == tgt_layer:
+                target = x
+                break
+        if target is not None:
+            x = target
+        if extra:
+            x = x[:, :-extra]
+            layer_results = [(a[:, :-extra], z, b[:, :-extra]) for a, z, b in layer_results]
+        return x, layer_results
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                layer: Optional[int] = None) -> Tuple[torch.Tensor, List[LayerResult]]:
+        """Encoder output; pre-LN models apply the final LayerNorm here (unless a ``layer`` is requested)."""
+        x, layer_results = self.extract_features(x, padding_mask, tgt_layer=layer)
+        if self.layer_norm_first and layer is None:
+            x = self.layer_norm(x)
+        return x, layer_results
