@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Optional
+from typing import Iterator, Optional
+
+import numpy as np
 
 from fairseq_lite.errors import ConfigError
+
+
+@contextlib.contextmanager
+def numpy_seed(seed: Optional[int]) -> Iterator[None]:
+    """Seed numpy's global RNG for a block and restore its state after (fairseq's ``numpy_seed``)."""
+    if seed is None:
+        yield
+        return
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 #: ``--post-process`` choices that glue sub-word units back into words: unit separator → word separator.
 _GLUE_SYMBOLS = {
