@@ -9,6 +9,7 @@ resolves every interpolation once and returns plain dataclass instances.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from typing import Any, Iterable, List, Optional, Sequence
@@ -19,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
 from fairseq_lite.dataclass.utils import (
     closest_match,
+    summarize_keys,
     describe_omegaconf_error,
     field_names,
     structured_node,
@@ -26,6 +28,8 @@ from fairseq_lite.dataclass.utils import (
     unknown_key_message,
 )
 from fairseq_lite.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_NAME = "_fairseq_lite_schema"
 ROOT_NAME = "_fairseq_lite_root"
@@ -170,8 +174,6 @@ def describe_hydra_error(exc: BaseException) -> str:
 
 def _drop_unknown_typed_keys(cfg: dict) -> None:
     """Checkpoint configs from other fairseq versions carry keys we do not have: drop them with one warning."""
-    import logging
-
     dropped = []
     known_groups = {f.name: f for f in dataclasses.fields(FairseqConfig)}
     for group in list(cfg):
@@ -184,7 +186,7 @@ def _drop_unknown_typed_keys(cfg: dict) -> None:
                 dropped.append(f"{group}.{key}")
                 del cfg[group][key]
     if dropped:
-        logging.getLogger(__name__).warning("dropping config keys unknown to fairseq_lite: %s", ", ".join(dropped))
+        logger.warning("dropping config keys unknown to fairseq_lite: %s", summarize_keys(dropped))
 
 
 def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
@@ -209,6 +211,11 @@ def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
         else:
             user = OmegaConf.to_container(node, resolve=False)
         name = registry.name_of(user)
+        if from_checkpoint and name not in registry and group not in ("task", "model"):
+            logger.warning("checkpoint %s '%s' is not available in fairseq_lite; ignoring it", group, name)
+            with _open_struct(root):
+                root[group] = None
+            continue
         dc_cls = registry.get_dataclass(name)
         if dc_cls is None:
             continue

@@ -45,6 +45,13 @@ def unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:
     return f"unknown key '{where}.{key}': {hint}valid keys are: {', '.join(valid)}"
 
 
+def summarize_keys(keys: Iterable[str], limit: int = 12) -> str:
+    """A short, sorted list of keys for a warning ("a, b, c and 40 more")."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 # ---------------------------------------------------------------------------------------------
 # Safe evaluation of the Python-literal strings fairseq configs carry
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +156,7 @@ def structured_node(dc_cls: type, user_cfg: Any, *, where: str, from_checkpoint:
     unknown = [k for k in user if k not in valid]
     if unknown:
         if from_checkpoint:
-            logger.warning(
-                "%s: dropping keys unknown to %s: %s", where, dc_cls.__name__, ", ".join(sorted(unknown))
-            )
+            logger.warning("%s: dropping keys unknown to %s: %s", where, dc_cls.__name__, summarize_keys(unknown))
             for key in unknown:
                 del user[key]
         else:

@@ -1,0 +1,201 @@
+"""Read genuine fairseq checkpoints safely, without fairseq installed (fairseq's ``load_checkpoint_to_cpu``).
+
+Files are read with ``torch.load(weights_only=True)`` plus an explicit allow-list of what fairseq files
+contain: ``argparse.Namespace`` (pre-Hydra ``args``), ``fairseq.data.dictionary.Dictionary`` (in the
+``task_state`` of fine-tuned models; mapped onto fairseq_lite's Dictionary, which keeps fairseq's attribute
+names) and NumPy scalars. Any other pickled global is refused with a message naming it, unless the caller
+passes ``trust_checkpoint=True``. Both eras are read: ``cfg`` dicts, and legacy ``args`` Namespaces, which
+are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg`` dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import pickle
+import re
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from fairseq_lite.data.dictionary import Dictionary
+from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
+from fairseq_lite.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+#: Argparse attribute naming the registry entry of each component group in legacy ``args``.
+LEGACY_SELECTORS = {"task": "task", "model": "arch", "criterion": "criterion", "optimizer": "optimizer",
+                    "lr_scheduler": "lr_scheduler"}
+
+
+def _numpy_globals() -> list:
+    """NumPy scalar/dtype globals that appear in fairseq's extra_state (best metric values and the like)."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import scalar
+    allowed: list = [np.dtype]
+    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):  # files written by NumPy 2 / 1
+        allowed.append((scalar, f"{module_name}.scalar"))
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType", "Float16DType"):
+        if hasattr(np.dtypes, name):
+            allowed.append(getattr(np.dtypes, name))
+    return allowed
+
+
+def safe_globals() -> list:
+    """The allow-list for ``torch.load(weights_only=True)`` on fairseq and fairseq_lite checkpoints."""
+    return [
+        argparse.Namespace,
+        Dictionary,
+        (Dictionary, "fairseq.data.dictionary.Dictionary"),
+        *_numpy_globals(),
+    ]
+
+
+def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
+    """``torch.load`` on CPU with the allow-list; refuses any other pickled global with a clear message."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if trust_checkpoint:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)|unrecognized function (\S+)|but got (<[^>]+>)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        what = next(g for g in found.groups() if g)
+        raise CheckpointError(
+            f"{path} contains a pickled '{what}' that fairseq_lite does not load by default, since unpickling it "
+            "could run code; if you trust this file, load it with trust_checkpoint=True (--trust-checkpoint)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a fairseq checkpoint: expected a dict with a 'model' entry")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+# ---------------------------------------------------------------------------------------------
+# Legacy ``args`` → ``cfg``
+# ---------------------------------------------------------------------------------------------
+
+
+def upgrade_legacy_args(args: argparse.Namespace) -> argparse.Namespace:
+    """fairseq's ``_upgrade_state_dict`` renames for pre-Hydra ``args`` (reference §9.2)."""
+    if not hasattr(args, "task"):
+        args.task = "translation"
+    if getattr(args, "task", None) == "speech_pretraining":
+        args.task = "audio_pretraining"
+    if getattr(args, "arch", None) == "audio_cpc":
+        args.arch = "wav2vec"
+    if getattr(args, "criterion", None) in ("binary_cross_entropy", "kd_binary_cross_entropy"):
+        args.criterion = "wav2vec"
+    if hasattr(args, "remove_bpe") and not hasattr(args, "post_process"):
+        args.post_process = args.remove_bpe
+    if hasattr(args, "min_lr") and not hasattr(args, "stop_min_lr"):
+        args.stop_min_lr = args.min_lr
+    if hasattr(args, "log_keys") and args.log_keys is None:
+        del args.log_keys
+    if isinstance(getattr(args, "lr", None), float):
+        args.lr = [args.lr]
+    if isinstance(getattr(args, "data", None), list):
+        args.data = args.data[0] if args.data else None
+    return args
+
+
+def namespace_to_config_dict(args: argparse.Namespace) -> Dict[str, Any]:
+    """A ``cfg`` dict from legacy ``args`` (fairseq's ``convert_namespace_to_omegaconf``).
+
+    Typed groups take the attributes named like their fields; each component group gets ``_name`` from
+    the selector attribute (``task``, ``arch``, ...) and every other attribute, so that its dataclass picks
+    the fields it knows (unknown ones are dropped when the config is finalised from a checkpoint).
+    """
+    values = {k: v for k, v in vars(args).items()}
+    cfg: Dict[str, Any] = {}
+    factories = {f.name: f.default_factory for f in dataclasses.fields(FairseqConfig)}
+    for group in TYPED_GROUPS:
+        names = {f.name for f in dataclasses.fields(factories[group])}
+        cfg[group] = {k: v for k, v in values.items() if k in names and k != "_name"}
+    import fairseq_lite  # noqa: F401  (registers every component)
+    from fairseq_lite.registry import REGISTRIES
+
+    for group, selector in LEGACY_SELECTORS.items():
+        name = values.get(selector)
+        if name is None:
+            continue
+        registry = REGISTRIES[group]
+        dc_cls = registry.dataclasses.get(name)
+        known = {f.name for f in dataclasses.fields(dc_cls)} if dc_cls else set(values)
+        cfg[group] = {**{k: v for k, v in values.items() if k in known}, "_name": name}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides and the whole load
+# ---------------------------------------------------------------------------------------------
+
+
+def overwrite_args_by_name(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+    """Set every same-named key at any depth (fairseq's rule: ``{"data": d}`` sets ``task.data``)."""
+    for key, value in list(cfg.items()):
+        if isinstance(value, dict):
+            overwrite_args_by_name(value, overrides)
+        elif key in overrides:
+            cfg[key] = overrides[key]
+
+
+def load_checkpoint_to_cpu(
+    path: str, arg_overrides: Optional[Dict[str, Any]] = None, load_on_all_ranks: bool = False,
+    trust_checkpoint: bool = False,
+) -> Dict[str, Any]:
+    """The checkpoint dict with ``cfg`` as a plain nested dict (legacy ``args`` converted), overrides applied."""
+    state = torch_load(path, trust_checkpoint=trust_checkpoint)
+    args = state.get("args")
+    if args is not None:
+        if not isinstance(args, argparse.Namespace):
+            raise CheckpointError(f"{path}: 'args' holds a {type(args).__name__}, expected an argparse Namespace")
+        state["cfg"] = namespace_to_config_dict(upgrade_legacy_args(args))
+        state["args"] = None
+    cfg = state.get("cfg")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} has neither 'args' nor a 'cfg' dict: not a fairseq checkpoint")
+    _upgrade_cfg(cfg)
+    if arg_overrides:
+        overwrite_args_by_name(cfg, dict(arg_overrides))
+    _fill_training_state(state)
+    return state
+
+
+def _upgrade_cfg(cfg: Dict[str, Any]) -> None:
+    """cfg-era fixes: boolean ``print_alignment`` values become "hard"/None (fairseq's upgrade)."""
+    for holder in (cfg.get("generation"), (cfg.get("task") or {}).get("eval_wer_config"),
+                   ((cfg.get("model") or {}).get("w2v_args") or {}).get("task", {}).get("eval_wer_config")
+                   if isinstance((cfg.get("model") or {}).get("w2v_args"), dict) else None):
+        if isinstance(holder, dict) and isinstance(holder.get("print_alignment"), bool):
+            holder["print_alignment"] = "hard" if holder["print_alignment"] else None
+    for group in REGISTRY_GROUPS:
+        if isinstance(cfg.get(group), argparse.Namespace):  # legacy sub-configs kept as Namespaces
+            cfg[group] = dict(vars(cfg[group]))
+
+
+def _fill_training_state(state: Dict[str, Any]) -> None:
+    """Very old files lack optimizer_history / extra_state structures: add fairseq's defaults."""
+    history = state.setdefault("optimizer_history", [])
+    if not history:
+        history.append({"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": 0})
+    history[-1].setdefault("num_updates", 0)
+    extra = state.setdefault("extra_state", {}) or {}
+    state["extra_state"] = extra
+    extra.setdefault("train_iterator", {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True})
+    state.setdefault("task_state", {})
