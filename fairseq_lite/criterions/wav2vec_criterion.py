@@ -1,0 +1,149 @@
+"""The contrastive ``wav2vec`` criterion (fairseq's ``criterions/wav2vec_criterion.py``) for wav2vec 2.0
+(InfoNCE) and wav2vec 1.0 / vq-wav2vec (binary cross-entropy, optional target weights)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from fairseq_lite.criterions import register_criterion
+from fairseq_lite.criterions.fairseq_criterion import FairseqCriterion
+from fairseq_lite.dataclass import FairseqDataclass
+from fairseq_lite.errors import ConfigError
+
+
+@dataclass
+class Wav2VecCriterionConfig(FairseqDataclass):
+    infonce: bool = field(default=False, metadata={
+        "help": "if set, uses cross entropy instead of binary cross entropy (i.e. InfoNCE loss)"})
+    loss_weights: Optional[List[float]] = field(default=None, metadata={
+        "help": "weights for additional loss terms (not first one)"})
+    log_keys: List[str] = field(default_factory=list, metadata={"help": "output keys to log"})
+
+
+_BUILTIN_KEYS = {"loss", "ntokens", "nsentences", "sample_size", "correct", "count"}
+
+
+@register_criterion("wav2vec", dataclass=Wav2VecCriterionConfig)
+class Wav2vecCriterion(FairseqCriterion):
+    """Summed contrastive loss plus weighted extra losses (codebook diversity, feature penalty)."""
+
+    def __init__(self, task: Any = None, infonce: bool = False, loss_weights: Optional[List[float]] = None,
+                 log_keys: Optional[List[str]] = None):
+        super().__init__(task)
+        self.infonce = infonce
+        self.loss_weights = list(loss_weights) if loss_weights is not None else None
+        self.log_keys = list(log_keys) if log_keys is not None else []
+
+    @staticmethod
+    def _sample_size(sample: Dict[str, Any], target: torch.Tensor, infonce: bool) -> int:
+        """``sample["sample_size"]``, else the number of masked frames, else the number of targets
+        (all rows for InfoNCE, positive labels for BCE)."""
+        if "sample_size" in sample:
+            return int(sample["sample_size"])
+        mask_indices = sample["net_input"].get("mask_indices")
+        if mask_indices is not None:
+            return int(mask_indices.sum())
+        return target.numel() if infonce else int(target.long().sum())
+
+    def forward(self, model, sample: Dict[str, Any], reduce: bool = True):
+        net_output = model(**sample["net_input"])
+        logits = model.get_logits(net_output).float()
+        target = model.get_targets(sample, net_output)
+        reduction = "sum" if reduce else "none"
+        if self.infonce:
+            loss = F.cross_entropy(logits, target, reduction=reduction)
+        else:
+            weights = None
+            if hasattr(model, "get_target_weights"):
+                weights = model.get_target_weights(target, net_output)
+                if torch.is_tensor(weights):
+                    weights = weights.float()
+            loss = F.binary_cross_entropy_with_logits(logits, target.float(), weights, reduction=reduction)
+        sample_size = self._sample_size(sample, target, self.infonce)
+
+        losses = [loss.detach().clone()]
+        if self.loss_weights is not None:
+            extra = model.get_extra_losses(net_output)
+            if torch.is_tensor(extra):
+                extra = [extra]
+            weights = self.loss_weights
+            if len(weights) == 1 and len(extra) != 1:
+                weights = weights * len(extra)
+            if len(weights) != len(extra):
+                raise ConfigError(
+                    f"criterion.loss_weights has {len(weights)} values but the model has {len(extra)} extra "
+                    "losses: give one weight per extra loss (or a single weight for all)"
+                )
+            for term, coef in zip(extra, weights):
+                if coef != 0 and term is not None:
+                    term = coef * term.float() * sample_size
+                    loss = loss + term
+                    losses.append(term.detach())
+
+        source = sample["net_input"].get("source")
+        nsentences = sample["id"].numel() if "id" in sample else (source.size(0) if source is not None else 0)
+        logging_output: Dict[str, Any] = {
+            "loss": loss.item() if reduce else loss.detach(),
+            "ntokens": sample_size,
+            "nsentences": nsentences,
+            "sample_size": sample_size,
+        }
+        for key in self.log_keys:
+            if key == "logits":
+                if not self.training:
+                    logging_output["logits"] = logits.detach().cpu().numpy()
+            elif key == "target":
+                if not self.training:
+                    logging_output["target"] = target.detach().cpu().numpy()
+            elif key in net_output:
+                value = net_output[key]
+                logging_output[key] = float(value.detach()) if torch.is_tensor(value) else float(value)
+        if len(losses) > 1:
+            for i, term in enumerate(losses):
+                logging_output[f"loss_{i}"] = term.sum().item()
+        if self.infonce:
+            with torch.no_grad():
+                if logits.numel() == 0:
+                    correct, count = 0, 0
+                else:
+                    is_max = logits.argmax(-1) == 0
+                    is_min = logits.argmin(-1) == 0
+                    correct = int(is_max.sum()) - int((is_max & is_min).sum())  # all-equal rows are not correct
+                    count = is_max.numel()
+            logging_output["correct"] = correct
+            logging_output["count"] = count
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
+        """``loss`` (and every ``loss_*``) in bits per sample_size, ``accuracy``, averaged log_keys."""
+        def total(key: str) -> float:
+            return sum(float(log.get(key, 0)) for log in logging_outputs)
+
+        sample_size = total("sample_size") or 1.0
+        metrics = {
+            "loss": round(total("loss") / sample_size / math.log(2), 3),
+            "ntokens": total("ntokens"),
+            "nsentences": total("nsentences"),
+            "sample_size": total("sample_size"),
+        }
+        count = total("count")
+        if count > 0:
+            metrics["accuracy"] = round(total("correct") / count, 5)
+        for key in (logging_outputs[0] if logging_outputs else {}):
+            if key in _BUILTIN_KEYS or key in ("logits", "target"):
+                continue
+            if key.startswith("loss"):
+                metrics[key] = round(total(key) / sample_size / math.log(2), 3)
+            else:
+                metrics[key] = round(total(key) / len(logging_outputs), 3)
+        return metrics
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return False
