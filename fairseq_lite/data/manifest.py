@@ -1,0 +1,207 @@
+"""fairseq's ``{split}.tsv`` manifests: reading them, and scanning a folder to write them.
+
+Format: the first line is the root directory; each further line is ``relative/path<TAB>num_samples``.
+Paths are kept as one UTF-8 byte buffer plus offsets, so a million-line manifest costs a few dozen MB
+and DataLoader workers do not copy it page by page.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from fairseq_lite.data.audio import audio_frames, split_byte_range
+from fairseq_lite.errors import DataError
+
+
+class PathTable:
+    """Immutable list of strings stored as one byte buffer and an offsets array."""
+
+    def __init__(self, paths: Iterable[str]):
+        encoded = [p.encode("utf-8") for p in paths]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+
+@dataclass
+class Manifest:
+    """A loaded manifest: kept entries and the 0-based line indices (after the header) that were dropped."""
+
+    path: str
+    root: str
+    names: PathTable
+    sizes: np.ndarray
+    line_numbers: np.ndarray  # 1-based file line of each kept entry, for error messages
+    skipped_indices: np.ndarray
+
+    def full_path(self, i: int) -> str:
+        return os.path.join(self.root, self.names[i])
+
+    def where(self, i: int) -> str:
+        """``manifest:line`` of entry ``i``, for messages."""
+        return f"{self.path}:{self.line_numbers[i]}"
+
+
+def load_manifest(
+    path: str,
+    min_sample_size: int = 0,
+    check_files: bool = True,
+    skip_missing: bool = False,
+    on_skip: Optional[Callable[[str], None]] = None,
+) -> Manifest:
+    """Read ``path``; drop entries shorter than ``min_sample_size`` (fairseq's ``skipped_indices``).
+
+    With ``check_files`` every listed file must exist: a missing one is a DataError naming the line
+    and path, or, with ``skip_missing``, is dropped like a short one and counted.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            root = f.readline().rstrip("\r\n")
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"manifest {path} does not exist: write it with examples/wav2vec/wav2vec_manifest.py")
+    if not root:
+        raise DataError(f"{path}:1: the first line must be the root directory of the audio files")
+    names: List[str] = []
+    sizes: List[int] = []
+    numbers: List[int] = []
+    skipped: List[int] = []
+    missing: List[Tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[1].strip().isdigit():
+            raise DataError(f"{path}:{i + 2}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        size = int(fields[1])
+        if min_sample_size and size < min_sample_size:
+            skipped.append(i)
+            continue
+        if check_files and not os.path.exists(split_byte_range(os.path.join(root, fields[0]))[0]):
+            missing.append((i, fields[0]))
+            if skip_missing:
+                skipped.append(i)
+                continue
+        names.append(fields[0])
+        sizes.append(size)
+        numbers.append(i + 2)
+    if missing and not skip_missing:
+        i, name = missing[0]
+        raise DataError(
+            f"{path}:{i + 2}: audio file {os.path.join(root, name)} does not exist ({len(missing)} of {len(lines)} "
+            "listed files are missing); fix the root line or the paths, or set task.skip_invalid_audio=true"
+        )
+    if missing and on_skip is not None:
+        on_skip(f"{path}: skipped {len(missing)} listed files that do not exist (first: line {missing[0][0] + 2})")
+    if not names:
+        raise DataError(
+            f"{path}: no usable entries ({len(lines)} lines, {len(skipped)} dropped by min_sample_size or missing "
+            "files); check the manifest and task.min_sample_size"
+        )
+    return Manifest(
+        path=path,
+        root=root,
+        names=PathTable(names),
+        sizes=np.asarray(sizes, dtype=np.int64),
+        line_numbers=np.asarray(numbers, dtype=np.int64),
+        skipped_indices=np.asarray(sorted(skipped), dtype=np.int64),
+    )
+
+
+# -- writing (examples/wav2vec/wav2vec_manifest.py) ------------------------------------------------
+
+
+@dataclass
+class ScanResult:
+    root: str
+    train: List[Tuple[str, int]]
+    valid: List[Tuple[str, int]]
+    unreadable: List[Tuple[str, str]]  # (path, reason)
+    seconds: float  # total audio duration of the readable files
+
+
+def find_audio(root: str, ext: str, path_must_contain: Optional[str] = None) -> List[str]:
+    """Files under ``root`` ending in ``.ext``, sorted (fairseq keeps filesystem order, which differs between machines)."""
+    suffix = "." + ext.lstrip(".").lower()
+    found = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            if name.lower().endswith(suffix):
+                full = os.path.join(dirpath, name)
+                if path_must_contain is None or path_must_contain in os.path.realpath(full):
+                    found.append(full)
+    return sorted(found)
+
+
+def scan_folder(
+    root: str,
+    ext: str = "flac",
+    valid_percent: float = 0.01,
+    seed: int = 42,
+    path_must_contain: Optional[str] = None,
+    workers: int = 8,
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> ScanResult:
+    """Read frame counts of every ``*.ext`` under ``root`` in parallel and split train/valid with ``seed``.
+
+    The split draws one ``random.Random(seed).random()`` per file in sorted path order, as fairseq's
+    tool does per file in its own order: the same seed and folder always give the same split.
+    """
+    if not 0 <= valid_percent <= 1:
+        raise DataError(f"--valid-percent must be between 0 and 1, got {valid_percent}")
+    root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"{root} is not a directory")
+    files = find_audio(root, ext, path_must_contain)
+    if not files:
+        where = f" whose path contains {path_must_contain!r}" if path_must_contain else ""
+        raise DataError(f"no *.{ext.lstrip('.')} files{where} under {root}: check the folder and --ext")
+
+    def info(path: str):
+        try:
+            return audio_frames(path)
+        except Exception as e:  # report and continue: one bad file must not stop a scan of thousands
+            return f"{type(e).__name__}: {str(e).strip()}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(info, files)
+        if progress is not None:
+            results = progress(results)
+        results = list(results)
+
+    rand = random.Random(seed)
+    train, valid, unreadable, seconds = [], [], [], 0.0
+    for path, result in zip(files, results):
+        to_valid = rand.random() < valid_percent
+        if isinstance(result, str):
+            unreadable.append((path, result))
+            continue
+        frames, rate = result
+        if frames == 0:
+            unreadable.append((path, "no audio samples"))
+            continue
+        seconds += frames / rate
+        (valid if to_valid else train).append((os.path.relpath(path, root), frames))
+    if not train and not valid:
+        raise DataError(f"none of the {len(files)} *.{ext.lstrip('.')} files under {root} could be read: {unreadable[0][1]}")
+    return ScanResult(root, train, valid, unreadable, seconds)
+
+
+def write_manifest(path: str, root: str, entries: List[Tuple[str, int]]) -> None:
+    """Write a ``{split}.tsv`` (root line, then ``relpath<TAB>frames``) atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(root + "\n")
+        for rel, frames in entries:
+            f.write(f"{rel}\t{frames}\n")
+    os.replace(tmp, path)

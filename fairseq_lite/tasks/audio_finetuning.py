@@ -1,0 +1,124 @@
+"""The ``audio_finetuning`` task: audio plus ``{split}.{labels}`` targets (fairseq's ``audio_finetuning.py``).
+
+The target dictionary comes from ``{target_dictionary or data}/dict.{labels}.txt`` and is kept in the
+task state, so checkpoints carry it (``task_state["target_dictionary"]``) and inference does not
+depend on the data directory's copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from fairseq_lite.data.add_target_dataset import AddTargetDataset, LabelTable
+from fairseq_lite.data.dictionary import Dictionary
+from fairseq_lite.dataclass.configs import GenerationConfig
+from fairseq_lite.errors import ConfigError, DataError
+from fairseq_lite.tasks import register_task
+from fairseq_lite.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask, _help
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioFinetuningConfig(AudioPretrainingConfig):
+    """fairseq's ``AudioFinetuningConfig``. The ``eval_wer``/``eval_bleu`` options serve seq2seq models,
+    which fairseq_lite does not include (the ``ctc`` criterion reports WER itself); they are accepted
+    so that fairseq configs load, and turning them on is an error."""
+
+    eval_wer: bool = field(default=False, metadata=_help("seq2seq only: compute WER during validation"))
+    eval_wer_config: GenerationConfig = field(default_factory=GenerationConfig)
+    eval_wer_tokenizer: Optional[Any] = field(default=None, metadata=_help("seq2seq only"))
+    eval_wer_post_process: str = field(default="letter", metadata=_help("seq2seq only: post_process for WER"))
+    eval_bleu: bool = field(default=False, metadata=_help("seq2seq only: compute BLEU during validation"))
+    eval_bleu_detok: Optional[str] = field(default=None, metadata=_help("seq2seq only"))
+    eval_bleu_detok_args: Optional[str] = field(default="{}", metadata=_help("seq2seq only"))
+    eval_tokenized_bleu: bool = field(default=False, metadata=_help("seq2seq only"))
+    eval_bleu_remove_bpe: Optional[str] = field(default=None, metadata=_help("seq2seq only"))
+    eval_bleu_args: Optional[str] = field(default="{}", metadata=_help("seq2seq only"))
+    eval_bleu_print_samples: bool = field(default=False, metadata=_help("seq2seq only"))
+    autoregressive: bool = field(default=False, metadata=_help("add prev_output_tokens and append eos to targets"))
+    rebuild_batches: bool = True
+    target_dictionary: Optional[str] = field(default=None, metadata=_help("directory of dict.{labels}.txt, if not data"))
+
+
+@register_task("audio_finetuning", dataclass=AudioFinetuningConfig)
+class AudioFinetuningTask(AudioPretrainingTask):
+    """Supervised (CTC) fine-tuning on audio with letter/word/BPE labels."""
+
+    blank_symbol = "<s>"
+
+    def __init__(self, cfg: AudioFinetuningConfig):
+        super().__init__(cfg)
+        for key in ("eval_wer", "eval_bleu"):
+            if getattr(cfg, key):
+                raise ConfigError(
+                    f"task.{key}=true needs a seq2seq model, which fairseq_lite does not include; "
+                    "the ctc criterion reports WER during validation"
+                )
+        self._target_dictionary: Optional[Dictionary] = None
+
+    @property
+    def target_dictionary(self) -> Optional[Dictionary]:
+        """The label dictionary: the checkpoint's when restored, else ``dict.{labels}.txt`` from disk."""
+        if self._target_dictionary is None and self.cfg.labels is not None:
+            folder = self.cfg.target_dictionary or self.cfg.data
+            self._target_dictionary = Dictionary.load(os.path.join(folder, f"dict.{self.cfg.labels}.txt"))
+        return self._target_dictionary
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"target_dictionary": self.target_dictionary}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("target_dictionary") is not None:
+            self._target_dictionary = state["target_dictionary"]
+
+    def load_dataset(self, split: str, task_cfg: Optional[Any] = None, **kwargs: Any) -> None:
+        """The audio dataset of ``split`` with the encoded lines of ``{data}/{split}.{labels}`` as targets."""
+        super().load_dataset(split, task_cfg, **kwargs)
+        cfg = task_cfg or self.cfg
+        if cfg.labels is None:
+            raise ConfigError("audio_finetuning needs task.labels, e.g. task.labels=ltr")
+        audio = self.datasets[split]
+        label_path = os.path.join(cfg.data, f"{split}.{cfg.labels}")
+        labels = self.load_labels(label_path, audio)
+        self.datasets[split] = AddTargetDataset(
+            audio,
+            labels,
+            pad=self.target_dictionary.pad(),
+            eos=self.target_dictionary.eos(),
+            batch_targets=True,
+            add_to_input=cfg.autoregressive,
+        )
+
+    def load_labels(self, label_path: str, audio: Any) -> LabelTable:
+        """Encode the label lines kept by ``audio`` (its skipped manifest lines are skipped here too)."""
+        try:
+            with open(label_path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            raise DataError(
+                f"label file {label_path} does not exist: write it with examples/wav2vec/libri_labels.py "
+                "or scripts/make_labels.py"
+            )
+        manifest = audio.manifest
+        total = len(audio) + len(manifest.skipped_indices)
+        if len(lines) != total:
+            raise DataError(
+                f"{label_path} has {len(lines)} lines but {manifest.path} lists {total} audio files: "
+                "there must be one label line per manifest entry, in the same order"
+            )
+        keep = set(range(total)).difference(manifest.skipped_indices.tolist())
+        dictionary = self.target_dictionary
+        encoded = [dictionary.encode_line(line) for i, line in enumerate(lines) if i in keep]
+        unknown = sum(int((t == dictionary.unk()).sum()) for t in encoded)
+        if unknown:
+            known = set(dictionary.symbols)
+            examples = sorted({w for line in lines for w in line.split() if w not in known})[:10]
+            logger.warning(
+                "%s: %d label tokens are not in the dictionary and map to <unk> (e.g. %s)",
+                label_path, unknown, " ".join(examples),
+            )
+        return LabelTable(encoded)

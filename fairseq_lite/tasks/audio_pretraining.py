@@ -1,0 +1,122 @@
+"""The ``audio_pretraining`` task: raw audio from ``{data}/{split}.tsv`` (fairseq's ``audio_pretraining.py``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from fairseq_lite.data.raw_audio_dataset import AudioAugmentation, FileAudioDataset
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
+from fairseq_lite.errors import ConfigError
+from fairseq_lite.tasks import register_task
+from fairseq_lite.tasks.fairseq_task import FairseqTask
+
+logger = logging.getLogger(__name__)
+
+TEXT_COMPRESSION_CHOICES = ChoiceEnum(["none", "low", "high"])
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class AudioPretrainingConfig(FairseqDataclass):
+    """fairseq's ``AudioPretrainingConfig`` (same names and defaults) plus fairseq_lite's data options."""
+
+    data: str = field(default="???", metadata=_help("path to the data directory with {split}.tsv manifests"))
+    labels: Optional[str] = field(default=None, metadata=_help("extension of the label files to load, e.g. ltr"))
+    multi_corpus_keys: Optional[str] = field(default=None, metadata=_help("not supported: comma-separated corpus keys"))
+    multi_corpus_sampling_weights: Optional[str] = field(default=None, metadata=_help("not supported"))
+    binarized_dataset: bool = field(default=False, metadata=_help("not supported: binarized manifests"))
+    sample_rate: int = field(default=16_000, metadata=_help("target sample rate; other rates are resampled"))
+    normalize: bool = field(default=False, metadata=_help("zero-mean unit-variance normalise each utterance"))
+    enable_padding: bool = field(default=False, metadata=_help("pad shorter clips instead of cropping"))
+    max_sample_size: Optional[int] = field(default=None, metadata=_help("crop clips longer than this"))
+    min_sample_size: Optional[int] = field(default=None, metadata=_help("drop clips shorter than this"))
+    num_batch_buckets: int = field(default=0, metadata=_help("pad batches to this many fixed lengths (TPU)"))
+    tpu: bool = II("common.tpu")
+    text_compression_level: TEXT_COMPRESSION_CHOICES = field(  # type: ignore[valid-type]
+        default="none", metadata=_help("accepted for fairseq configs; labels are stored as int arrays anyway")
+    )
+    rebuild_batches: bool = field(default=True, metadata=_help("rebuild the batches every epoch"))
+    precompute_mask_config: Optional[Any] = field(default=None, metadata=_help("data2vec option; ignored"))
+    post_save_script: Optional[str] = field(default=None, metadata=_help("script run after a checkpoint is saved"))
+    subsample: float = field(default=1, metadata=_help("must be 1: subsampling is not supported"))
+    seed: int = II("common.seed")
+    # set by fairseq's TPU yamls; fairseq_lite computes masks inside the model with static shapes already
+    precompute_mask_indices: bool = field(default=False, metadata=_help("accepted for fairseq's TPU yamls; no effect"))
+    inferred_w2v_config: Optional[Any] = field(default=None, metadata=_help("accepted for fairseq's TPU yamls; no effect"))
+    # fairseq_lite additions
+    strict_sample_rate: bool = field(
+        default=False, metadata=_help("raise on a file at another sample rate (fairseq) instead of resampling it")
+    )
+    skip_invalid_audio: bool = field(
+        default=False, metadata=_help("skip missing, corrupt or empty audio files (counted in warnings)")
+    )
+    augment_noise_prob: float = field(default=0.0, metadata=_help("train: probability of adding white noise"))
+    augment_snr_min_db: float = field(default=5.0, metadata=_help("train: lowest SNR of the added noise"))
+    augment_snr_max_db: float = field(default=30.0, metadata=_help("train: highest SNR of the added noise"))
+    augment_shift_max_ms: float = field(default=0.0, metadata=_help("train: random circular shift up to ± ms"))
+    augment_gain_max_db: float = field(default=0.0, metadata=_help("train: random gain up to ± dB"))
+
+
+@register_task("audio_pretraining", dataclass=AudioPretrainingConfig)
+class AudioPretrainingTask(FairseqTask):
+    """Self-supervised training on raw audio; no dictionaries."""
+
+    def __init__(self, cfg: AudioPretrainingConfig):
+        super().__init__(cfg)
+        unsupported = {
+            "multi_corpus_keys": cfg.multi_corpus_keys is not None,
+            "binarized_dataset": cfg.binarized_dataset,
+            "subsample": cfg.subsample != 1,
+        }
+        for key, is_set in unsupported.items():
+            if is_set:
+                raise ConfigError(f"task.{key} is not supported by fairseq_lite: remove it or write a manifest with the data you want")
+
+    def augmentation(self, split: str) -> Optional[AudioAugmentation]:
+        """The training augmentation, for splits whose name starts with ``train``; None otherwise."""
+        if not split.startswith("train"):
+            return None
+        cfg = self.cfg
+        return AudioAugmentation(
+            noise_prob=cfg.augment_noise_prob,
+            snr_min_db=cfg.augment_snr_min_db,
+            snr_max_db=cfg.augment_snr_max_db,
+            shift_max_ms=cfg.augment_shift_max_ms,
+            gain_max_db=cfg.augment_gain_max_db,
+        )
+
+    def load_dataset(self, split: str, task_cfg: Optional[Any] = None, **kwargs: Any) -> None:
+        """``self.datasets[split]`` = a FileAudioDataset over ``{data}/{split}.tsv``."""
+        cfg = task_cfg or self.cfg
+        pad = cfg.labels is not None or cfg.enable_padding
+        self.datasets[split] = FileAudioDataset(
+            manifest_path=os.path.join(cfg.data, f"{split}.tsv"),
+            sample_rate=cfg.sample_rate,
+            max_sample_size=cfg.max_sample_size,
+            min_sample_size=cfg.min_sample_size,
+            pad=pad,
+            normalize=cfg.normalize,
+            num_buckets=cfg.num_batch_buckets or int(cfg.tpu and pad),  # one bucket on TPU: static shapes
+            strict_sample_rate=cfg.strict_sample_rate,
+            skip_invalid=cfg.skip_invalid_audio,
+            augment=self.augmentation(split),
+            seed=cfg.seed,
+        )
+
+    def max_positions(self):
+        return sys.maxsize, sys.maxsize
+
+    def build_model(self, cfg: Any, from_checkpoint: bool = False):
+        """Build the model and copy its resolved ``w2v_args`` back into ``cfg`` (saved in fine-tuned checkpoints)."""
+        model = super().build_model(cfg, from_checkpoint)
+        built_cfg = getattr(model, "cfg", None)
+        if built_cfg is not None and hasattr(built_cfg, "w2v_args") and hasattr(cfg, "w2v_args"):
+            cfg.w2v_args = built_cfg.w2v_args
+        return model
