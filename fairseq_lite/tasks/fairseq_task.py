@@ -168,10 +168,15 @@ class FairseqTask:
     # -- steps (fairseq semantics: the criterion returns a summed loss) ------------------------
 
     def train_step(self, sample, model, criterion, optimizer, update_num: int, ignore_grad: bool = False):
-        """Forward and backward one micro-batch; returns (loss, sample_size, logging_output)."""
+        """Forward and backward one micro-batch; returns (loss, sample_size, logging_output).
+
+        The forward pass runs under ``optimizer.autocast()`` (torch autocast for ``common.amp``, nothing
+        otherwise) and the backward through ``optimizer.backward`` (which applies fp16 loss scaling).
+        """
         model.train()
         model.set_num_updates(update_num)
-        loss, sample_size, logging_output = criterion(model, sample)
+        with optimizer.autocast():
+            loss, sample_size, logging_output = criterion(model, sample)
         if ignore_grad:
             loss = loss * 0
         optimizer.backward(loss)

@@ -1,0 +1,264 @@
+"""Checkpoint files of a training run (fairseq's ``checkpoint_utils.save_checkpoint`` / ``load_checkpoint``).
+
+File policy, as fairseq: ``checkpoint{epoch}.pt`` at the end of an epoch, ``checkpoint_{epoch}_{updates}.pt``
+every ``save_interval_updates``, ``checkpoint_best.pt`` when the validation metric improves,
+``checkpoint.best_{metric}_{value}.pt`` with ``keep_best_checkpoints``, and ``checkpoint_last.pt``; old
+files are pruned by ``keep_interval_updates``, ``keep_last_epochs`` and ``keep_best_checkpoints``.
+
+Every file is written to ``<name>.tmp``, flushed, fsynced and renamed over the old one, so a run killed
+in the middle of a write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from fairseq_lite.dataclass.utils import safe_eval
+from fairseq_lite.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("fairseq_lite.checkpoint")
+
+DEFAULT_RESTORE_FILE = "checkpoint_last.pt"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path + ".tmp"``, fsync, then rename over ``path`` (never a half-written ``path``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    tmp = dst + ".tmp"
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=16 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """A checkpoint dict on the CPU, read safely (fairseq_lite's and genuine fairseq files, legacy ``args`` upgraded)."""
+    from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+
+    return load_checkpoint_to_cpu(path)
+
+
+def checkpoint_paths(directory: str, pattern: str) -> List[str]:
+    """Files in ``directory`` matching ``pattern``, sorted by its first group as a number, largest first."""
+    regex = re.compile(pattern)
+    found = []
+    for name in os.listdir(directory):
+        match = regex.fullmatch(name)
+        if match:
+            found.append((float(match.group(1)), os.path.join(directory, match.group(0))))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+class CheckpointManager:
+    """Saves and restores a run's checkpoints and tracks the best validation value (``checkpoint.*`` config)."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.best: Optional[float] = None
+        self.patience_best: Optional[float] = None  # every validation counts here, saved or not
+        self.runs_without_improvement = 0
+
+    def is_better(self, a: float, b: float) -> bool:
+        return a >= b if self.cfg.maximize_best_checkpoint_metric else a <= b
+
+    def should_stop_early(self, valid_loss: Optional[float]) -> bool:
+        """``patience``: stop when the metric has not improved for that many validations in a row."""
+        if valid_loss is None or self.cfg.patience <= 0:
+            return False
+        if self.patience_best is None or self.is_better(valid_loss, self.patience_best):
+            self.patience_best = valid_loss
+            self.runs_without_improvement = 0
+            return False
+        self.runs_without_improvement += 1
+        if self.runs_without_improvement >= self.cfg.patience:
+            logger.info(
+                "early stop: %s has not improved for %d validation runs", self.cfg.best_checkpoint_metric,
+                self.cfg.patience,
+            )
+            return True
+        return False
+
+    # -- saving ---------------------------------------------------------------------------------------
+
+    def save(self, trainer: Any, epoch_itr: Any, val_loss: Optional[float]) -> None:
+        cfg = self.cfg
+        improved = val_loss is not None and (self.best is None or self.is_better(val_loss, self.best))
+        previous_best = self.best
+        if improved:
+            self.best = val_loss
+        if cfg.no_save or not trainer.is_master:
+            return
+        os.makedirs(cfg.save_dir, exist_ok=True)
+        start = time.perf_counter()
+        epoch, updates = epoch_itr.epoch, trainer.get_num_updates()
+        end_of_epoch = epoch_itr.end_of_epoch()
+        suffix = cfg.checkpoint_suffix
+        metric = cfg.best_checkpoint_metric
+
+        names: List[str] = []
+        if end_of_epoch and not cfg.no_epoch_checkpoints and epoch % cfg.save_interval == 0:
+            names.append(f"checkpoint{epoch}{suffix}.pt")
+        if not end_of_epoch and cfg.save_interval_updates > 0 and updates % cfg.save_interval_updates == 0:
+            names.append(f"checkpoint_{epoch}_{updates}{suffix}.pt")
+        if improved:
+            names.append(f"checkpoint_best{suffix}.pt")
+        if val_loss is not None and cfg.keep_best_checkpoints > 0:
+            kept = self._best_paths()
+            worst = previous_best
+            if kept:
+                worst_name = os.path.basename(kept[-1] if cfg.maximize_best_checkpoint_metric else kept[0])
+                worst = float(re.search(r"_(\d+\.\d{3})", worst_name).group(1))
+            if worst is None or self.is_better(val_loss, worst):
+                tie_break = random.randint(0, cfg.keep_best_checkpoints)
+                names.append(f"checkpoint.best_{metric}_{val_loss:.3f}{tie_break}{suffix}.pt")
+        if not cfg.no_last_checkpoints:
+            names.append(f"checkpoint_last{suffix}.pt")
+        if not names:
+            return
+
+        state = trainer.state_dict(save_optimizer_state=not cfg.no_save_optimizer_state)
+        state["extra_state"].update(
+            train_iterator=epoch_itr.state_dict(),
+            val_loss=val_loss,
+            best=self.best,
+            patience_best=self.patience_best,
+            runs_without_improvement=self.runs_without_improvement,
+        )
+        paths = [os.path.join(cfg.save_dir, name) for name in names]
+        trainer.save_file(state, paths[0])
+        for path in paths[1:]:
+            atomic_copy(paths[0], path)
+        logger.info(
+            "saved checkpoint %s (epoch %d @ %d updates, score %s) (writing took %.2f seconds)",
+            paths[0], epoch, updates, val_loss, time.perf_counter() - start,
+        )
+        self._prune(end_of_epoch)
+
+    def _best_paths(self) -> List[str]:
+        """The ``checkpoint.best_<metric>_<value><n>.pt`` files, largest value first."""
+        metric, suffix = re.escape(self.cfg.best_checkpoint_metric), re.escape(self.cfg.checkpoint_suffix)
+        return checkpoint_paths(self.cfg.save_dir, rf"checkpoint\.best_{metric}_(\d+\.?\d*){suffix}\.pt")
+
+    def _prune(self, end_of_epoch: bool) -> None:
+        cfg, suffix = self.cfg, re.escape(self.cfg.checkpoint_suffix)
+        doomed: List[str] = []
+        if not end_of_epoch and cfg.keep_interval_updates > 0:
+            paths = checkpoint_paths(cfg.save_dir, rf"checkpoint_\d+_(\d+){suffix}\.pt")
+            if cfg.keep_interval_updates_pattern > 0:
+                pattern = cfg.keep_interval_updates_pattern
+                paths = [p for p in paths if int(re.search(r"_(\d+)" + suffix + r"\.pt$", p).group(1)) % pattern != 0]
+            doomed += paths[cfg.keep_interval_updates:]
+        if cfg.keep_last_epochs > 0:
+            doomed += checkpoint_paths(cfg.save_dir, rf"checkpoint(\d+){suffix}\.pt")[cfg.keep_last_epochs:]
+        if cfg.keep_best_checkpoints > 0:
+            paths = self._best_paths()
+            if not cfg.maximize_best_checkpoint_metric:
+                paths = paths[::-1]
+            doomed += paths[cfg.keep_best_checkpoints:]
+        for path in doomed:
+            if os.path.lexists(path):
+                os.remove(path)
+
+    # -- loading -----------------------------------------------------------------------------------------
+
+    def restore_path(self) -> Tuple[Optional[str], bool]:
+        """The file to resume from (None: start fresh) and whether it is a ``finetune_from_model`` start."""
+        cfg = self.cfg
+        resets = [cfg.reset_optimizer, cfg.reset_lr_scheduler, cfg.reset_meters, cfg.reset_dataloader]
+        if cfg.finetune_from_model and any(resets):
+            raise ConfigError(
+                "checkpoint.finetune_from_model cannot be combined with the checkpoint.reset_* flags "
+                "(it resets everything itself)"
+            )
+        if cfg.finetune_from_model and cfg.restore_file != DEFAULT_RESTORE_FILE:
+            raise ConfigError("set either checkpoint.finetune_from_model or checkpoint.restore_file, not both")
+        if cfg.restore_file != DEFAULT_RESTORE_FILE:
+            path = cfg.restore_file
+            if cfg.checkpoint_suffix:
+                path = path.replace(".pt", cfg.checkpoint_suffix + ".pt")
+            if not os.path.isfile(path):
+                raise CheckpointError(f"checkpoint.restore_file {path} does not exist")
+            return path, False
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{cfg.checkpoint_suffix}.pt")
+        if os.path.isfile(last):
+            return last, False
+        if cfg.continue_once is not None:
+            return cfg.continue_once, False
+        if cfg.finetune_from_model:
+            if not os.path.isfile(cfg.finetune_from_model):
+                raise CheckpointError(f"checkpoint.finetune_from_model {cfg.finetune_from_model} does not exist")
+            return cfg.finetune_from_model, True
+        return None, False
+
+    def load(self, trainer: Any) -> Tuple[Dict[str, Any], Any]:
+        """Restore ``trainer`` from the checkpoint the config selects; returns (extra_state, epoch iterator)."""
+        cfg = self.cfg
+        path, finetune = self.restore_path()
+        reset_optimizer = cfg.reset_optimizer or finetune
+        reset_lr_scheduler = cfg.reset_lr_scheduler or finetune
+        reset_meters = cfg.reset_meters or finetune
+        reset_dataloader = cfg.reset_dataloader or finetune
+        extra_state: Dict[str, Any] = {}
+        if path is None:
+            logger.info("no existing checkpoint found in %s: training from scratch", cfg.save_dir)
+        else:
+            state = load_checkpoint_file(path)
+            overrides = safe_eval(cfg.optimizer_overrides) or {}
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"checkpoint.optimizer_overrides must be a dict literal, got {cfg.optimizer_overrides!r}")
+            if finetune:
+                trainer.load_state(state, reset_optimizer=True, reset_lr_scheduler=True, reset_meters=True)
+                logger.info("loaded weights from %s to fine-tune (optimizer, lr scheduler, meters and data reset)", path)
+            else:
+                extra_state = trainer.load_state(
+                    state,
+                    reset_optimizer=reset_optimizer,
+                    reset_lr_scheduler=reset_lr_scheduler,
+                    reset_meters=reset_meters,
+                    optimizer_overrides=overrides,
+                )
+                logger.info("loaded checkpoint %s (epoch %s @ %d updates)",
+                            path, (extra_state.get("train_iterator") or {}).get("epoch"), trainer.get_num_updates())
+            if not reset_optimizer and not reset_meters and extra_state.get("best") is not None:
+                self.best = extra_state["best"]
+                self.patience_best = extra_state.get("patience_best")
+                self.runs_without_improvement = int(extra_state.get("runs_without_improvement", 0))
+
+        iterator_state = extra_state.get("train_iterator")
+        if iterator_state is not None and not reset_dataloader:
+            epoch_itr = trainer.get_train_iterator(epoch=iterator_state["epoch"])
+            epoch_itr.load_state_dict(iterator_state)
+        else:
+            epoch_itr = trainer.get_train_iterator(epoch=1)
+        trainer.lr_step(epoch_itr.epoch)
+        return extra_state, epoch_itr
