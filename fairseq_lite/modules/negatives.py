@@ -16,9 +16,18 @@ def _draw_excluding_self(bsz: int, num: int, count: int, high: int, own: torch.T
     return idx + (idx >= own).long()
 
 
+def _draw_near(bsz: int, num: int, count: int, high: int, own: torch.Tensor, distance: int) -> torch.Tensor:
+    """B × (num·count) indices uniform over the window own ± ``distance`` (clipped to [0, high)) minus own."""
+    low = (own - distance).clamp(min=0)
+    size = (own + distance + 1).clamp(max=high) - low  # the window, own included: at least 2 frames
+    draw = torch.rand(bsz, num, count, device=own.device) * (size - 1).unsqueeze(-1)
+    idx = low.unsqueeze(-1) + draw.long()
+    return (idx + (idx >= own.unsqueeze(-1)).long()).view(bsz, num * count)
+
+
 def sample_negatives(y: torch.Tensor, num: int, n_negatives: int, cross_sample_negatives: int = 0,
-                     padding_count: Optional[int] = None, positions: Optional[torch.Tensor] = None
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+                     padding_count: Optional[int] = None, positions: Optional[torch.Tensor] = None,
+                     sample_distance: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Draw distractors for ``num`` positions of each row of ``y`` (B×T×C): the first ``num`` frames, or the
     frames ``positions`` (B × num, e.g. the masked frames when negatives come from everywhere).
 
@@ -26,6 +35,7 @@ def sample_negatives(y: torch.Tensor, num: int, n_negatives: int, cross_sample_n
     itself); ``cross_sample_negatives`` come from any other position of the whole batch. Returns the
     negatives (n_negatives + cross) × B × num × C and the flat indices into ``y.view(-1, C)``.
     ``padding_count`` frames at the end of each row are excluded from the within-row draw.
+    ``sample_distance`` (wav2vec 1.0's option) keeps the within-row draws at most that many frames away.
     """
     bsz, tsz, fsz = y.shape
     total = n_negatives + cross_sample_negatives
@@ -42,7 +52,10 @@ def sample_negatives(y: torch.Tensor, num: int, n_negatives: int, cross_sample_n
             positions = torch.arange(num, device=y.device).expand(bsz, num)
         parts = []
         if n_negatives > 0:
-            local = _draw_excluding_self(bsz, num, n_negatives, high, positions)
+            if sample_distance is None:
+                local = _draw_excluding_self(bsz, num, n_negatives, high, positions)
+            else:
+                local = _draw_near(bsz, num, n_negatives, high, positions, sample_distance)
             parts.append(local + torch.arange(bsz, device=y.device).unsqueeze(1) * tsz)
         if cross_sample_negatives > 0:
             own = positions + torch.arange(bsz, device=y.device).unsqueeze(1) * tsz
