@@ -1,0 +1,212 @@
+"""Hugging Face Transformers ↔ fairseq_lite for wav2vec 2.0: state-dict key maps and config maps.
+
+The key map is the one HF's own fairseq converter uses (``post_extract_proj`` ↔
+``feature_projection.projection``, ``quantizer.vars`` ↔ ``quantizer.codevectors``, ``final_proj`` ↔
+``project_hid`` …). Backbone keys carry HF's model prefix (``wav2vec2.`` in ``Wav2Vec2ForPreTraining``/
+``ForCTC``, none in ``Wav2Vec2Model``); the pretraining heads never do. Per-layer names go through a
+pluggable function so the conformer layers (``Wav2Vec2Conformer*``) reuse the rest of the map.
+Transformers is imported only by the config helpers (``pip install fairseq_lite[hf]``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from fairseq_lite.dataclass import safe_eval
+
+StateDict = Dict[str, torch.Tensor]
+KeyMap = Callable[[str], str]
+
+# ---------------------------------------------------------------------------------------------------
+# wav2vec 2.0 transformer layers (Wav2Vec2EncoderLayer / Wav2Vec2EncoderLayerStableLayerNorm)
+
+#: fairseq → HF renames inside one encoder layer (names relative to ``encoder.layers.{n}.``).
+_TRANSFORMER_LAYER_RENAMES = (
+    ("self_attn_layer_norm.", "layer_norm."),
+    ("self_attn.", "attention."),
+    ("fc1.", "feed_forward.intermediate_dense."),
+    ("fc2.", "feed_forward.output_dense."),
+    ("final_layer_norm.", "final_layer_norm."),
+)
+
+
+def transformer_layer_key_to_hf(key: str) -> str:
+    """fairseq name inside a transformer layer → HF name."""
+    for ours, theirs in _TRANSFORMER_LAYER_RENAMES:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    raise KeyError(f"unexpected wav2vec 2.0 layer key '{key}'")
+
+
+def transformer_layer_key_from_hf(key: str) -> str:
+    """HF name inside a transformer layer → fairseq name."""
+    for ours, theirs in _TRANSFORMER_LAYER_RENAMES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    raise KeyError(f"unexpected Hugging Face wav2vec 2.0 layer key '{key}'")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Everything outside the layers
+
+#: fairseq → HF for keys outside the encoder layers; ``{P}`` is HF's backbone prefix.
+_TOP_LEVEL_RENAMES = (
+    ("mask_emb", "{P}masked_spec_embed"),
+    ("layer_norm.", "{P}feature_projection.layer_norm."),
+    ("post_extract_proj.", "{P}feature_projection.projection."),
+    ("encoder.pos_conv.0.weight_g", "{P}encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    ("encoder.pos_conv.0.weight_v", "{P}encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    ("encoder.pos_conv.0.bias", "{P}encoder.pos_conv_embed.conv.bias"),
+    ("encoder.layer_norm.", "{P}encoder.layer_norm."),
+    ("quantizer.vars", "quantizer.codevectors"),
+    ("quantizer.weight_proj.", "quantizer.weight_proj."),
+    ("project_q.", "project_q."),
+    ("final_proj.", "project_hid."),
+)
+_LEGACY_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+_OUR_CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)\.(weight|bias)$")
+_HF_CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
+_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+
+
+def wav2vec2_to_hf_state_dict(state_dict: StateDict, hf_prefix: str = "wav2vec2.",
+                              layer_key_to_hf: KeyMap = transformer_layer_key_to_hf) -> StateDict:
+    """Our ``Wav2Vec2Model`` state dict → HF names (``Wav2Vec2ForPreTraining`` with the default prefix,
+    ``Wav2Vec2Model`` with ``hf_prefix=""``). Weight-norm tensors get PyTorch's parametrization names."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        out[_key_to_hf(key, hf_prefix, layer_key_to_hf)] = value
+    return out
+
+
+def _key_to_hf(key: str, prefix: str, layer_key_to_hf: KeyMap) -> str:
+    conv = _OUR_CONV.match(key)
+    if conv:
+        index, part, name = conv.groups()
+        return f"{prefix}feature_extractor.conv_layers.{index}.{'conv' if part == '0' else 'layer_norm'}.{name}"
+    layer = _LAYER.match(key)
+    if layer:
+        return f"{prefix}encoder.layers.{layer.group(1)}.{layer_key_to_hf(layer.group(2))}"
+    for ours, theirs in _TOP_LEVEL_RENAMES:
+        if key == ours or (ours.endswith(".") and key.startswith(ours)):
+            return theirs.format(P=prefix) + key[len(ours):]
+    raise KeyError(f"no Hugging Face name for wav2vec 2.0 key '{key}'")
+
+
+def wav2vec2_from_hf_state_dict(hf_state_dict: StateDict, hf_prefix: Optional[str] = None,
+                                layer_key_from_hf: KeyMap = transformer_layer_key_from_hf) -> StateDict:
+    """HF wav2vec 2.0 state dict → our names. The backbone prefix is detected (``wav2vec2.`` or none);
+    legacy ``weight_g``/``weight_v`` and parametrization spellings are both accepted; heads that are not
+    part of a pretraining model (``lm_head``, ``dropout_features`` …) are rejected with a KeyError."""
+    if hf_prefix is None:
+        hf_prefix = "wav2vec2." if any(k.startswith("wav2vec2.") for k in hf_state_dict) else ""
+    layer_norm_mode = any(re.match(r"^(?:wav2vec2\.)?feature_extractor\.conv_layers\.1\.layer_norm\.", k)
+                          for k in hf_state_dict)
+    inverse = [(theirs.format(P=hf_prefix), ours) for ours, theirs in _TOP_LEVEL_RENAMES]
+    out: StateDict = {}
+    for key, value in hf_state_dict.items():
+        for legacy, modern in _LEGACY_WEIGHT_NORM.items():
+            if key.endswith("pos_conv_embed.conv." + legacy):
+                key = key[: -len(legacy)] + modern
+        out[_key_from_hf(key, hf_prefix, inverse, layer_norm_mode, layer_key_from_hf)] = value
+    return out
+
+
+def _key_from_hf(key: str, prefix: str, inverse, layer_norm_mode: bool, layer_key_from_hf: KeyMap) -> str:
+    body = key[len(prefix):] if prefix and key.startswith(prefix) else key
+    conv = _HF_CONV.match(body)
+    if conv:
+        index, part, name = conv.groups()
+        slot = "0" if part == "conv" else ("2.1" if layer_norm_mode else "2")
+        return f"feature_extractor.conv_layers.{index}.{slot}.{name}"
+    layer = _LAYER.match(body)
+    if layer:
+        return f"encoder.layers.{layer.group(1)}.{layer_key_from_hf(layer.group(2))}"
+    for theirs, ours in inverse:
+        if key == theirs or (theirs.endswith(".") and key.startswith(theirs)):
+            return ours + key[len(theirs):]
+    raise KeyError(f"no fairseq name for Hugging Face wav2vec 2.0 key '{key}'")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs
+
+def hf_config_kwargs(cfg: Any) -> Dict[str, Any]:
+    """Keyword arguments for ``transformers.Wav2Vec2Config`` describing the same network as our
+    ``Wav2Vec2Config`` ``cfg`` (architecture, dropouts, masking and contrastive settings)."""
+    layers = safe_eval(cfg.conv_feature_layers)
+    final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
+    return dict(
+        hidden_size=cfg.encoder_embed_dim,
+        num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=cfg.encoder_attention_heads,
+        intermediate_size=cfg.encoder_ffn_embed_dim,
+        hidden_act=str(cfg.activation_fn),
+        hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        feat_proj_dropout=cfg.dropout_input,
+        feat_quantizer_dropout=cfg.dropout_features,
+        layerdrop=cfg.encoder_layerdrop,
+        layer_norm_eps=1e-5,
+        feat_extract_norm="layer" if str(cfg.extractor_mode) == "layer_norm" else "group",
+        feat_extract_activation="gelu",
+        conv_dim=[c for c, _, _ in layers],
+        conv_kernel=[k for _, k, _ in layers],
+        conv_stride=[s for _, _, s in layers],
+        conv_bias=cfg.conv_bias,
+        num_conv_pos_embeddings=cfg.conv_pos,
+        num_conv_pos_embedding_groups=cfg.conv_pos_groups,
+        do_stable_layer_norm=cfg.layer_norm_first,
+        mask_time_prob=cfg.mask_prob,
+        mask_time_length=cfg.mask_length,
+        mask_feature_prob=cfg.mask_channel_prob,
+        mask_feature_length=cfg.mask_channel_length,
+        num_codevectors_per_group=cfg.latent_vars,
+        num_codevector_groups=cfg.latent_groups,
+        codevector_dim=cfg.latent_dim if cfg.latent_dim > 0 else final_dim,
+        proj_codevector_dim=final_dim,
+        contrastive_logits_temperature=cfg.logit_temp,
+        num_negatives=cfg.num_negatives,
+    )
+
+
+def wav2vec2_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """Our ``wav2vec2`` model config (a dict with ``_name``) for a ``transformers.Wav2Vec2Config``."""
+    layers = [(int(c), int(k), int(s)) for c, k, s in zip(hf_config.conv_dim, hf_config.conv_kernel,
+                                                            hf_config.conv_stride)]
+    return {
+        "_name": "wav2vec2",
+        "extractor_mode": "layer_norm" if hf_config.feat_extract_norm == "layer" else "default",
+        "encoder_layers": hf_config.num_hidden_layers,
+        "encoder_embed_dim": hf_config.hidden_size,
+        "encoder_ffn_embed_dim": hf_config.intermediate_size,
+        "encoder_attention_heads": hf_config.num_attention_heads,
+        "activation_fn": hf_config.hidden_act,
+        "dropout": hf_config.hidden_dropout,
+        "attention_dropout": hf_config.attention_dropout,
+        "activation_dropout": hf_config.activation_dropout,
+        "encoder_layerdrop": hf_config.layerdrop,
+        "dropout_input": hf_config.feat_proj_dropout,
+        "dropout_features": hf_config.feat_quantizer_dropout,
+        "final_dim": hf_config.proj_codevector_dim,
+        "layer_norm_first": hf_config.do_stable_layer_norm,
+        "conv_feature_layers": repr(layers),
+        "conv_bias": hf_config.conv_bias,
+        "logit_temp": hf_config.contrastive_logits_temperature,
+        "quantize_targets": True,
+        "latent_vars": hf_config.num_codevectors_per_group,
+        "latent_groups": hf_config.num_codevector_groups,
+        "latent_dim": hf_config.codevector_dim,
+        "mask_prob": hf_config.mask_time_prob,
+        "mask_length": hf_config.mask_time_length,
+        "mask_channel_prob": hf_config.mask_feature_prob,
+        "mask_channel_length": hf_config.mask_feature_length,
+        "num_negatives": hf_config.num_negatives,
+        "conv_pos": hf_config.num_conv_pos_embeddings,
+        "conv_pos_groups": hf_config.num_conv_pos_embedding_groups,
+    }
