@@ -9,6 +9,7 @@ rate is resampled with soxr (fairseq raises instead; ``strict`` restores that). 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import threading
@@ -67,7 +68,12 @@ def _read_av(source) -> Tuple[np.ndarray, int]:
     with av.open(source) as container:
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
-        chunks = [frame.to_ndarray(format="fltp") for frame in container.decode(stream)]
+        to_float = av.AudioResampler(format="fltp")  # planar float32 (channels × samples), same rate and layout
+        chunks = [
+            out.to_ndarray()
+            for frame in itertools.chain(container.decode(stream), [None])
+            for out in to_float.resample(frame)
+        ]
     if not chunks:
         return np.zeros((0,), dtype=np.float32), rate
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False).T, rate
@@ -102,6 +108,8 @@ def read_audio(path: str, sample_rate: int, strict: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found")
     except Exception as e:  # decoders raise many types for corrupt input
+        if not os.path.exists(split_byte_range(path)[0]):
+            raise DataError(f"{path}: file not found")
         raise DataError(f"{path}: cannot decode audio ({type(e).__name__}: {str(e).strip() or 'no detail'})")
     wav = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
     if len(wav) == 0:
