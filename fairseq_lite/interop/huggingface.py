@@ -10,12 +10,14 @@ Transformers is imported only by the config helpers (``pip install fairseq_lite[
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from fairseq_lite.dataclass import safe_eval
+from fairseq_lite.errors import ConfigError
 
 StateDict = Dict[str, torch.Tensor]
 KeyMap = Callable[[str], str]
@@ -210,3 +212,127 @@ def wav2vec2_config_from_hf(hf_config: Any) -> Dict[str, Any]:
         "conv_pos": hf_config.num_conv_pos_embeddings,
         "conv_pos_groups": hf_config.num_conv_pos_embedding_groups,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# wav2vec 2.0 conformer (layer_type=conformer) <-> HF Wav2Vec2Conformer*: per-layer renames plugged into
+# the maps above (feature extractor, pos_conv, layer norms, quantizer and heads are named the same), the
+# rotary inv_freq (one per layer here, one per model in HF) and the config maps.
+
+#: fairseq -> HF renames inside one conformer layer (names relative to ``encoder.layers.{n}.``).
+_CONFORMER_LAYER_RENAMES = (
+    ("ffn1.layer_norm.", "ffn1_layer_norm."),
+    ("ffn2.layer_norm.", "ffn2_layer_norm."),
+    ("ffn1.w_1.", "ffn1.intermediate_dense."),
+    ("ffn1.w_2.", "ffn1.output_dense."),
+    ("ffn2.w_1.", "ffn2.intermediate_dense."),
+    ("ffn2.w_2.", "ffn2.output_dense."),
+)
+#: fairseq keeps a rotary ``inv_freq`` in every layer; HF keeps one, as ``encoder.embed_positions.inv_freq``.
+CONFORMER_ROTARY_KEY = "self_attn.rotary_emb.inv_freq"
+
+
+def conformer_layer_key_to_hf(key: str) -> str:
+    """fairseq name of a conformer-layer tensor (relative to the layer) -> HF ``Wav2Vec2ConformerEncoderLayer``
+    name (``conv_module.*``, ``self_attn.linear_*``/``pos_bias_*`` and the layer norms keep their names)."""
+    for ours, theirs in _CONFORMER_LAYER_RENAMES:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return key
+
+
+def conformer_layer_key_from_hf(key: str) -> str:
+    """HF conformer-layer name -> fairseq name (the inverse of ``conformer_layer_key_to_hf``)."""
+    for ours, theirs in _CONFORMER_LAYER_RENAMES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def conformer_layer_to_hf(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One conformer layer's state dict with HF names; the per-layer rotary table is left out."""
+    return {conformer_layer_key_to_hf(k): v for k, v in state.items() if k != CONFORMER_ROTARY_KEY}
+
+
+#: HF's backbone prefix in ``Wav2Vec2ConformerForPreTraining`` / ``ForCTC`` (none in ``Wav2Vec2ConformerModel``).
+HF_CONFORMER_PREFIX = "wav2vec2_conformer."
+_HF_ROTARY_KEY = "encoder.embed_positions.inv_freq"
+_OUR_ROTARY = re.compile(r"^encoder\.layers\.\d+\." + re.escape(CONFORMER_ROTARY_KEY) + "$")
+
+
+def wav2vec2_conformer_to_hf_state_dict(state_dict: StateDict, hf_prefix: str = HF_CONFORMER_PREFIX) -> StateDict:
+    """Our conformer ``Wav2Vec2Model`` state dict -> HF ``Wav2Vec2ConformerForPreTraining`` names
+    (``Wav2Vec2ConformerModel`` with ``hf_prefix=""``). The rope models' per-layer ``inv_freq`` (identical
+    in every layer) becomes HF's single ``encoder.embed_positions.inv_freq``."""
+    rotary = {k: v for k, v in state_dict.items() if _OUR_ROTARY.match(k)}
+    rest = {k: v for k, v in state_dict.items() if k not in rotary}
+    out = wav2vec2_to_hf_state_dict(rest, hf_prefix, layer_key_to_hf=conformer_layer_key_to_hf)
+    if rotary:
+        out[hf_prefix + _HF_ROTARY_KEY] = next(iter(rotary.values()))
+    return out
+
+
+def wav2vec2_conformer_from_hf_state_dict(hf_state_dict: StateDict) -> StateDict:
+    """HF ``Wav2Vec2Conformer*`` state dict -> our names (prefix ``wav2vec2_conformer.`` or none).
+    HF's ``encoder.embed_positions.inv_freq`` is copied into every layer's ``self_attn.rotary_emb``."""
+    stripped = {(k[len(HF_CONFORMER_PREFIX):] if k.startswith(HF_CONFORMER_PREFIX) else k): v
+                for k, v in hf_state_dict.items()}
+    inv_freq = stripped.pop(_HF_ROTARY_KEY, None)
+    out = wav2vec2_from_hf_state_dict(stripped, hf_prefix="", layer_key_from_hf=conformer_layer_key_from_hf)
+    if inv_freq is not None:
+        layers = sorted({int(m.group(1)) for m in map(_LAYER.match, out) if m})
+        for n in layers:
+            out[f"encoder.layers.{n}.{CONFORMER_ROTARY_KEY}"] = inv_freq.clone()
+    return out
+
+
+_HF_POSITIONS = {"rel_pos": "relative", "rope": "rotary"}
+
+
+def hf_conformer_config_kwargs(cfg: Any) -> Dict[str, Any]:
+    """Keyword arguments for ``transformers.Wav2Vec2ConformerConfig`` describing our conformer ``cfg``.
+
+    HF's conformer encoder exists in one layout only (final LayerNorm after the layers, none before, no
+    positional convolution): it matches fairseq's ``layer_norm_first=True`` with ``rel_pos``/``rope`` and
+    ESPnet attention (the released conformer checkpoints); other settings raise a ConfigError.
+    """
+    if str(cfg.layer_type) != "conformer" or str(cfg.attn_type) != "espnet" or str(cfg.pos_enc_type) not in _HF_POSITIONS:
+        raise ConfigError(
+            "Hugging Face's Wav2Vec2Conformer needs model.layer_type=conformer, model.attn_type=espnet and "
+            f"model.pos_enc_type rel_pos or rope (got {cfg.layer_type}, '{cfg.attn_type}', {cfg.pos_enc_type})"
+        )
+    if not cfg.layer_norm_first:
+        raise ConfigError(
+            "Hugging Face's Wav2Vec2Conformer implements only model.layer_norm_first=true (the Large layout); "
+            "a post-LN conformer would give different outputs there"
+        )
+    kwargs = hf_config_kwargs(cfg)
+    del kwargs["do_stable_layer_norm"]
+    kwargs.update(
+        hidden_act="swish",  # fairseq's conformer layers always use swish, whatever activation_fn says
+        position_embeddings_type=_HF_POSITIONS[str(cfg.pos_enc_type)],
+        conv_depthwise_kernel_size=cfg.depthwise_conv_kernel_size,
+        conformer_conv_dropout=cfg.dropout,
+    )
+    return kwargs
+
+
+def wav2vec2_conformer_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """Our ``wav2vec2`` conformer model config (a dict with ``_name``) for a ``transformers.Wav2Vec2ConformerConfig``."""
+    positions = {theirs: ours for ours, theirs in _HF_POSITIONS.items()}
+    if hf_config.position_embeddings_type not in positions:
+        raise ConfigError(
+            f"Hugging Face position_embeddings_type={hf_config.position_embeddings_type!r} has no fairseq "
+            "equivalent (HF's conformer never applies its positional convolution); use relative or rotary"
+        )
+    stable = copy.copy(hf_config)
+    stable.do_stable_layer_norm = True  # HF's conformer layout is fairseq's layer_norm_first
+    cfg = wav2vec2_config_from_hf(stable)
+    cfg.update(
+        activation_fn="swish",
+        layer_type="conformer",
+        attn_type="espnet",
+        pos_enc_type=positions[hf_config.position_embeddings_type],
+        depthwise_conv_kernel_size=hf_config.conv_depthwise_kernel_size,
+    )
+    return cfg
