@@ -11,6 +11,7 @@ in the middle of a write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import random
@@ -21,7 +22,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from fairseq_lite.dataclass.utils import safe_eval
 from fairseq_lite.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("fairseq_lite.checkpoint")
@@ -66,6 +66,19 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
 
     return load_checkpoint_to_cpu(path)
+
+
+def _parse_overrides(text: Any) -> Dict[str, Any]:
+    """``checkpoint.optimizer_overrides``: a dict literal such as ``{'lr': 1e-4}`` (literals only, never code)."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = ast.literal_eval(str(text).strip() or "{}")
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"checkpoint.optimizer_overrides must be a dict literal such as {{'lr': 1e-4}}, got {text!r}")
+    return value
 
 
 def checkpoint_paths(directory: str, pattern: str) -> List[str]:
@@ -233,9 +246,7 @@ class CheckpointManager:
             logger.info("no existing checkpoint found in %s: training from scratch", cfg.save_dir)
         else:
             state = load_checkpoint_file(path)
-            overrides = safe_eval(cfg.optimizer_overrides) or {}
-            if not isinstance(overrides, dict):
-                raise ConfigError(f"checkpoint.optimizer_overrides must be a dict literal, got {cfg.optimizer_overrides!r}")
+            overrides = _parse_overrides(cfg.optimizer_overrides)
             if finetune:
                 trainer.load_state(state, reset_optimizer=True, reset_lr_scheduler=True, reset_meters=True)
                 logger.info("loaded weights from %s to fine-tune (optimizer, lr scheduler, meters and data reset)", path)
