@@ -73,7 +73,7 @@ LOCATIVE = ["IN", "NEAR", "BEHIND", "BESIDE", "UNDER"]
 TIMES = [["TODAY"], ["TONIGHT"], ["EVERY", "MORNING"], ["EVERY", "EVENING"], ["AGAIN"]]
 MANNERS = ["SLOWLY", "QUICKLY", "QUIETLY", "GLADLY"]
 CONJUNCTIONS = ["AND", "BUT", "THEN"]
-FIXED_WORDS = ["IS", "VERY", "WHILE"]
+FIXED_WORDS = ["AN", "IS", "VERY", "WHILE"]
 
 
 def _agent(rng: random.Random) -> list[str]:
@@ -126,8 +126,15 @@ def make_sentence(rng: random.Random) -> str:
         words += ["WHILE"] + _clause(rng)
     elif kind < 0.45:
         time = rng.choice(TIMES)
-        words = time + words if rng.random() < 0.5 else words + time
-    return " ".join(words)
+        in_front = rng.random() < 0.5 and time != ["AGAIN"]
+        words = time + words if in_front else words + time
+    return " ".join(_articles(words))
+
+
+def _articles(words: list[str]) -> list[str]:
+    """Turn the article A into AN before a vowel letter: A OLD BOX -> AN OLD BOX."""
+    vowel_next = [after.startswith(tuple("AEIOU")) for after in words[1:] + [""]]
+    return ["AN" if word == "A" and vowel else word for word, vowel in zip(words, vowel_next)]
 
 
 def vocabulary() -> list[str]:
