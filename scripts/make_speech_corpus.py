@@ -5,7 +5,7 @@ Writes a LibriSpeech-shaped corpus that the wav2vec tools read as they read Libr
 
     OUT/{train,valid,test}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac   16 kHz, 16-bit FLAC
     OUT/{train,valid,test}/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt    "<utt-id> UPPER CASE WORDS"
-    OUT/dict.ltr.txt      fairseq letter dictionary ("SYMBOL COUNT", by frequency in train, "|" = word boundary)
+    OUT/dict.ltr.txt      fairseq letter dictionary of the train labels ("SYMBOL COUNT", most frequent first)
     OUT/lexicon.lst       flashlight lexicon ("WORD<TAB>W O R D |") of every word the grammar can produce
     OUT/lm_text.txt       LM training text: one upper-case sentence per line, same grammar, no valid/test sentence
     OUT/SPEAKERS.TXT      LibriSpeech-style speaker table (id, sex, subset, minutes, espeak-ng voice)
@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+from fairseq_lite.data.labels import dictionary_from_labels, letters
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "valid", "test")
@@ -265,17 +267,6 @@ def synthesise(utt: Utterance, root: Path) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # Text files
 # ---------------------------------------------------------------------------------------------------------
-def letter_dictionary(train_texts: list[str]) -> list[tuple[str, int]]:
-    """fairseq dict.ltr.txt entries: "|" and every letter of the vocabulary, counted in the train labels
-    (as libri_labels.py writes them: letters, "|" after every word), most frequent first."""
-    counts = Counter({symbol: 0 for symbol in "|" + "".join(vocabulary())})
-    for text in train_texts:
-        for word in text.split():
-            counts.update(word)
-            counts["|"] += 1
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-
-
 def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list[str]) -> None:
     """Transcripts per chapter, dict.ltr.txt, lexicon.lst, lm_text.txt and SPEAKERS.TXT."""
     by_directory: dict[Path, list[Utterance]] = {}
@@ -286,8 +277,8 @@ def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list
         lines = "".join(f"{u.id} {u.text}\n" for u in utts)
         (root / directory / f"{speaker.id}-{speaker.chapter}.trans.txt").write_text(lines)
 
-    train_texts = [u.text for u in durations if u.speaker.split == "train"]
-    (root / "dict.ltr.txt").write_text("".join(f"{s} {c}\n" for s, c in letter_dictionary(train_texts)))
+    train_labels = [letters(u.text) for u in durations if u.speaker.split == "train"]
+    dictionary_from_labels(train_labels).save(str(root / "dict.ltr.txt"))
     (root / "lexicon.lst").write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in vocabulary()))
     (root / "lm_text.txt").write_text("".join(line + "\n" for line in lm_lines))
 

@@ -3,6 +3,7 @@
 The checks of the committed corpus need nothing but Python; the generator runs only where espeak-ng is on PATH.
 """
 
+import importlib.util
 import re
 import shutil
 import sys
@@ -14,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from fairseq_lite.data.dictionary import Dictionary
+from fairseq_lite.data.labels import letters
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "demo" / "corpus"
@@ -114,13 +116,11 @@ def test_dict_ltr_counts_the_train_letters_in_fairseq_format(corpus):
     entries = [(symbol, int(count)) for symbol, count in (line.split(" ") for line in lines)]
     counts = [count for _, count in entries]
     assert counts == sorted(counts, reverse=True)
-    ltr = [" ".join("|".join(u["text"].split())) + " |" for u in corpus["train"].values()]  # libri_labels.py
-    assert dict(entries) == Counter(" ".join(ltr).split())
     dictionary = Dictionary.load(CORPUS / "dict.ltr.txt")
     assert len(dictionary) == 4 + 27 and dictionary.index("|") == 4
     for utts in corpus.values():
         for utt in utts.values():
-            ids = dictionary.encode_line(" ".join("|".join(utt["text"].split())) + " |", append_eos=False)
+            ids = dictionary.encode_line(letters(utt["text"]), append_eos=False)
             assert dictionary.unk() not in ids.tolist()
 
 
@@ -133,14 +133,38 @@ def test_lm_text_is_more_of_the_grammar_without_held_out_sentences(corpus):
 
 
 def test_committed_text_is_what_the_generator_plans(corpus):
-    """Transcripts, LM text, dictionary and lexicon are reproducible without espeak-ng."""
+    """Transcripts, LM text and lexicon are reproducible without espeak-ng."""
     utterances, lm_lines = msc.plan_corpus(msc.DEFAULT_SEED, msc.DEFAULT_UTTS_PER_SPEAKER, msc.DEFAULT_LM_SENTENCES)
     assert {u.id: u.text for u in utterances} == {k: u["text"] for utts in corpus.values() for k, u in utts.items()}
     assert all((CORPUS / u.path).is_file() for u in utterances)
     assert (CORPUS / "lm_text.txt").read_text() == "".join(line + "\n" for line in lm_lines)
-    train = [u.text for u in utterances if u.speaker.split == "train"]
-    assert (CORPUS / "dict.ltr.txt").read_text() == "".join(f"{s} {c}\n" for s, c in msc.letter_dictionary(train))
     assert [line.split("\t")[0] for line in (CORPUS / "lexicon.lst").read_text().splitlines()] == msc.vocabulary()
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "wav2vec" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fairseq_preparation_scripts_read_the_corpus(corpus, tmp_path):
+    """wav2vec_manifest.py + libri_labels.py, as make demo runs them, give labels that match the corpus."""
+    manifest, labels = load_example("wav2vec_manifest"), load_example("libri_labels")
+    for split in ("train", "valid"):
+        assert manifest.main([str(CORPUS / split), "--dest", str(tmp_path / split), "--valid-percent", "0"]) == 0
+        tsv = tmp_path / split / "train.tsv"
+        assert labels.main([str(tsv), "--output-dir", str(tmp_path), "--output-name", split]) == 0
+        root, *entries = tsv.read_text().splitlines()
+        assert Path(root) == (CORPUS / split).resolve() and len(entries) == len(corpus[split])
+        wrd = (tmp_path / f"{split}.wrd").read_text().splitlines()
+        for entry, text in zip(entries, wrd):
+            rel, frames = entry.split("\t")
+            utt = corpus[split][Path(rel).stem]
+            assert text == utt["text"] and int(frames) == round(utt["seconds"] * 16000)
+    committed = dict(line.split(" ") for line in (CORPUS / "dict.ltr.txt").read_text().splitlines())
+    train_letters = Counter((tmp_path / "train.ltr").read_text().split())
+    assert {symbol: int(count) for symbol, count in committed.items()} == train_letters
 
 
 def test_grammar_reaches_exactly_the_vocabulary():
