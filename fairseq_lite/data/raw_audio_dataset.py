@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fairseq_lite.data.audio import read_audio
 from fairseq_lite.data.manifest import load_manifest
@@ -166,11 +165,9 @@ class FileAudioDataset(torch.utils.data.Dataset):
             return {"id": index, "source": None}
         if self.augment is not None:
             wav = self.augment(wav, np.random.default_rng([self.seed, self.epoch, index]), self.sample_rate)
-        source = torch.from_numpy(wav)
-        if self.normalize:
-            with torch.no_grad():
-                source = F.layer_norm(source, source.shape, eps=1e-5)
-        return {"id": index, "source": source}
+        if self.normalize:  # fairseq's layer_norm over the whole waveform (biased variance, eps 1e-5)
+            wav = ((wav - wav.mean()) / np.sqrt(wav.var() + 1e-5)).astype(np.float32)
+        return {"id": index, "source": torch.from_numpy(wav)}
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -188,16 +185,17 @@ class FileAudioDataset(torch.utils.data.Dataset):
             width = int(self._bucketed(self.sizes[ids]).max())
             target = min(target, width)
         rng = np.random.default_rng([self.seed, self.epoch, *ids])
-        collated = torch.zeros(len(sources), width)
-        padding_mask = torch.ones(len(sources), width, dtype=torch.bool) if self.pad else None
+        # assembled in numpy: torch's intra-op threads make these small copies slow in a busy process
+        collated = np.zeros((len(sources), width), dtype=np.float32)
+        padding_mask = np.ones((len(sources), width), dtype=bool) if self.pad else None
         for i, source in enumerate(sources):
             if len(source) > target:
                 start = int(rng.integers(0, len(source) - target + 1))
                 source = source[start : start + target]
-            collated[i, : len(source)] = source
+            collated[i, : len(source)] = source.numpy()
             if padding_mask is not None:
                 padding_mask[i, : len(source)] = False
-        net_input = {"source": collated}
+        net_input = {"source": torch.from_numpy(collated)}
         if padding_mask is not None:
-            net_input["padding_mask"] = padding_mask
+            net_input["padding_mask"] = torch.from_numpy(padding_mask)
         return {"id": torch.LongTensor(ids), "net_input": net_input}
