@@ -64,7 +64,8 @@ def test_kenlm_lexicon_decoder_fixes_what_greedy_gets_wrong(lm_files):
     greedy = ViterbiDecoder(d).decode(emissions, lengths)[0][0]
     assert words_of(greedy, d) == "THA CAT SAAS THA DOG"
 
-    cfg = DecoderConfig(beam=50, lm_weight=2.0, word_score=-1.0, lexicon=str(lexicon), kenlm_model=str(word_lm), nbest=3)
+    cfg = DecoderConfig(beam=50, lm_weight=2.0, word_score=-1.0, lexicon=str(lexicon), kenlm_model=str(word_lm),
+                        nbest=3)
     hypos = build_decoder("kenlm", d, cfg).decode(emissions, lengths)[0]
     best = hypos[0]
     assert best.words == ["THE", "CAT", "SEES", "THE", "DOG"]

@@ -145,7 +145,9 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.size(1) > self.max_positions:
-            raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than max_target_positions={self.max_positions}")
+            raise ValueError(
+                f"sequence of {tokens.size(1)} tokens is longer than max_target_positions={self.max_positions}"
+            )
         x = self.embed_scale * self.embed_tokens(tokens)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions_of(tokens, self.padding_idx))
@@ -201,5 +203,6 @@ class TransformerLanguageModel(BaseFairseqModel):
             elif "adaptive_softmax" in key or "embed_tokens.embeddings." in key:
                 raise CheckpointError(f"{key}: adaptive input/softmax LMs are not supported; use a standard softmax LM")
         if self.cfg.share_decoder_input_output_embed:
-            state_dict.setdefault(f"{prefix}decoder.output_projection.weight", state_dict[f"{prefix}decoder.embed_tokens.weight"])
+            tied = state_dict[f"{prefix}decoder.embed_tokens.weight"]
+            state_dict.setdefault(f"{prefix}decoder.output_projection.weight", tied)
         return state_dict
