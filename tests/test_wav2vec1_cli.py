@@ -1,6 +1,7 @@
 """wav2vec 1.0 / vq-wav2vec as users run them: the legacy fairseq-train command, the featurize scripts,
 and the Python API lines of commands.md, on real audio files written here."""
 
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import torch
 
 from fairseq_lite import checkpoint_utils
 from fairseq_lite.cli.train import main as train_main
+from fairseq_lite.errors import CheckpointError, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEAT = "[(32, 10, 5), (32, 8, 4), (32, 4, 2), (32, 4, 2), (32, 4, 2), (32, 1, 1), (32, 1, 1)]"
@@ -127,6 +129,15 @@ def test_vq_wav2vec_command_trains_with_log_keys(vq_checkpoint):
     assert {"prob_perplexity", "code_perplexity", "temp"} <= set(train[-1])
 
 
+def _script_main(script):
+    """The ``main(argv)`` of an examples/wav2vec script, to run it in-process (no interpreter start-up)."""
+    path = os.path.join(REPO, "examples", "wav2vec", script)
+    spec = importlib.util.spec_from_file_location(script.replace("-", "_")[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return lambda *args: module.main([str(a) for a in args])
+
+
 def _run(script, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     return subprocess.run([sys.executable, os.path.join(REPO, "examples", "wav2vec", script), *map(str, args)],
@@ -152,9 +163,9 @@ def test_wav2vec_featurize_writes_h5context_files(corpus, wav2vec_checkpoint, tm
     assert features.shape == (frames * channels,)
     np.testing.assert_allclose(features.reshape(frames, channels), c.T, rtol=1e-4, atol=1e-5)
 
-    feat = _run("wav2vec_featurize.py", "-i", corpus / "waves", "-o", tmp_path / "z", "--model",
-                wav2vec_checkpoint[0], "--split", "valid", "--use-feat", "--no-copy-labels")
-    assert feat.returncode == 0, feat.stderr
+    featurize = _script_main("wav2vec_featurize.py")
+    assert featurize("-i", corpus / "waves", "-o", tmp_path / "z", "--model", wav2vec_checkpoint[0],
+                     "--split", "valid", "--use-feat", "--no-copy-labels") == 0
     assert sorted(os.listdir(tmp_path / "z" / "valid")) == ["utt0.h5context", "utt1.h5context"]
     with h5py.File(tmp_path / "z" / "valid" / "utt0.h5context", "r") as f:
         frames, channels = int(f["info"][1]), int(f["info"][2])
@@ -182,16 +193,15 @@ def test_vq_wav2vec_featurize_writes_code_lines(corpus, vq_checkpoint, wav2vec_c
     _write_waves(str(nested), 4, seed=2)
     for i in range(4):
         (nested / f"utt{i}.lbl").write_text(f"label {i}\n")
-    sharded = _run("vq-wav2vec_featurize.py", "--data-dir", tmp_path / "glob", "--output-dir", out,
-                   "--checkpoint", vq_checkpoint[0], "--splits", "train", "--extension", "wav",
-                   "--labels", "lbl", "--shard", "1", "--num-shards", "2", "--max-size", "6000")
-    assert sharded.returncode == 0, sharded.stderr
+    featurize = _script_main("vq-wav2vec_featurize.py")
+    assert featurize("--data-dir", tmp_path / "glob", "--output-dir", out, "--checkpoint", vq_checkpoint[0],
+                     "--splits", "train", "--extension", "wav", "--labels", "lbl", "--shard", "1",
+                     "--num-shards", "2", "--max-size", "6000") == 0
     assert (out / "train.lbl.1").read_text() == "label 1\nlabel 3\n"
     assert len((out / "train.src.1").read_text().splitlines()) == 2
 
-    bad = _run("vq-wav2vec_featurize.py", "--data-dir", corpus / "manifest", "--output-dir", out,
-               "--checkpoint", vq_checkpoint[0], "--splits", "train", "--extension", "tsv", "--shard", "1")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --shard and --num-shards")
-    wrong_model = _run("vq-wav2vec_featurize.py", "--data-dir", corpus / "manifest", "--output-dir", out,
-                       "--checkpoint", wav2vec_checkpoint[0], "--splits", "train", "--extension", "tsv")
-    assert wrong_model.returncode == 1 and "no vector quantizer" in wrong_model.stderr
+    common = ["--data-dir", corpus / "manifest", "--output-dir", out, "--splits", "train", "--extension", "tsv"]
+    with pytest.raises(ConfigError, match="--shard and --num-shards"):
+        featurize(*common, "--checkpoint", vq_checkpoint[0], "--shard", "1")
+    with pytest.raises(CheckpointError, match="no vector quantizer"):
+        featurize(*common, "--checkpoint", wav2vec_checkpoint[0])
