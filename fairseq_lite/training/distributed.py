@@ -127,12 +127,16 @@ def call_main(cfg: Any, main: Callable, **kwargs: Any) -> Any:
         return _run_rank(cfg, main, dt.distributed_rank, world, init_method, kwargs)
     from fairseq_lite.dataclass.utils import config_to_dict
 
-    nprocs = min(world, torch.cuda.device_count()) if _uses_cuda(cfg) else world
-    logger.info("spawning %d training processes (%s)", nprocs, init_method)
-    torch.multiprocessing.spawn(
+    cuda = _uses_cuda(cfg)
+    nprocs = min(world, torch.cuda.device_count()) if cuda else world
+    # CUDA cannot be used in forked children; CPU ranks are forked, which saves re-importing torch in each
+    start_method = "spawn" if cuda else "fork"
+    logger.info("starting %d training processes (%s, %s)", nprocs, start_method, init_method)
+    torch.multiprocessing.start_processes(
         _spawned_rank,
         args=(config_to_dict(cfg), main, init_method, world, dt.distributed_rank or 0, kwargs),
         nprocs=nprocs,
         join=True,
+        start_method=start_method,
     )
     return None

@@ -36,7 +36,11 @@ class MetricsJsonlSink:
 
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a+", encoding="utf-8")
+        if self.file.tell() > 0:  # a killed run may have left half a line: start on a fresh one
+            self.file.seek(self.file.tell() - 1)
+            if self.file.read(1) != "\n":
+                self.file.write("\n")
 
     def write(self, stats: Mapping[str, float], tag: str, step: int, epoch: Optional[int]) -> None:
         record = {"tag": tag, "step": step, "epoch": epoch}

@@ -1,0 +1,151 @@
+"""Training in subprocesses: gloo data parallelism versus update_freq, SIGKILL and resume, a kill while a
+checkpoint is written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import train_toy
+from fairseq_lite.training.checkpoint import load_checkpoint_file
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import json, logging, os, signal, sys
+    sys.path.insert(0, {TESTS_DIR!r})
+    import torch
+    torch.set_num_threads(1)
+    import train_toy  # registers the toy task in this process and in every spawned rank
+    from fairseq_lite.training.distributed import call_main
+    from fairseq_lite.training.train import main
+
+    def kill_on_save(n):
+        # SIGKILL this process in the middle of its n-th checkpoint write
+        import fairseq_lite.training.checkpoint as checkpoint
+        real, calls = torch.save, []
+        def save(obj, f, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                f.write(b"half a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(obj, f, *args, **kwargs)
+        checkpoint.torch.save = save
+
+    if __name__ == "__main__":
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        if os.environ.get("KILL_ON_SAVE"):
+            kill_on_save(int(os.environ["KILL_ON_SAVE"]))
+        call_main(train_toy.toy_config(sys.argv[1], **json.loads(sys.argv[2])), main)
+    """
+)
+
+
+def _start(tmp_path, save_dir, env=None, **groups):
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(save_dir), json.dumps(groups)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def _run(tmp_path, save_dir, **groups):
+    proc = _start(tmp_path, save_dir, **groups)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _model(save_dir):
+    return load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))["model"]
+
+
+def _losses(save_dir):
+    """step -> train_inner loss, the last record of each step (a resumed run repeats some)."""
+    out = {}
+    with open(save_dir / "metrics.jsonl") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["tag"] == "train_inner":
+                out[record["step"]] = record["loss"]
+    return out
+
+
+def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
+    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends."""
+    common = dict(optimization={"max_update": 6, "update_freq": [2]}, model={"freeze_first": True})
+    _run(tmp_path, tmp_path / "single", **common)
+    reference = _model(tmp_path / "single")
+    for backend in ("legacy_ddp", "pytorch_ddp"):
+        save_dir = tmp_path / backend
+        _run(tmp_path, save_dir, optimization={"max_update": 6, "update_freq": [1]}, model={"freeze_first": True},
+             common={"cpu": True}, distributed_training={"distributed_world_size": 2, "ddp_backend": backend})
+        params = _model(save_dir)
+        for key, value in reference.items():
+            torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{backend} {key}")
+        assert _losses(save_dir)[6] == pytest.approx(_losses(tmp_path / "single")[6], rel=1e-5)
+    # the frozen layer kept its initial weights
+    torch.manual_seed(3)
+    fresh = train_toy.ToyModel(train_toy.ToyModelConfig(freeze_first=True))
+    assert torch.equal(reference["proj.weight"], fresh.proj.weight.detach())
+
+
+def test_layerdrop_with_torch_ddp_trains(tmp_path):
+    save_dir = tmp_path / "layerdrop"
+    _run(tmp_path, save_dir, optimization={"max_update": 8}, model={"layerdrop": 0.5, "layers": 4},
+         common={"cpu": True}, distributed_training={"distributed_world_size": 2, "ddp_backend": "pytorch_ddp"})
+    losses = _losses(save_dir)
+    assert sorted(losses) == list(range(1, 9))
+    assert all(torch.isfinite(v).all() for v in _model(save_dir).values())
+
+
+def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
+    groups = dict(optimization={"max_update": 40}, checkpoint={"save_interval_updates": 5})
+    _run(tmp_path, tmp_path / "straight", **groups)
+
+    save_dir = tmp_path / "killed"
+    proc = _start(tmp_path, save_dir, task={"step_sleep": 0.03}, **groups)
+    deadline = time.time() + 120
+    while not (save_dir / "checkpoint_1_10.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # a few more updates: the kill lands between checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    interrupted_at = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
+    assert 5 <= interrupted_at < 40
+
+    out = _run(tmp_path, save_dir, **groups)
+    assert "loaded checkpoint" in out
+    reference, resumed = _losses(tmp_path / "straight"), _losses(save_dir)
+    assert [resumed[s] for s in range(1, 41)] == [reference[s] for s in range(1, 41)]
+    for key, value in _model(tmp_path / "straight").items():
+        assert torch.equal(_model(save_dir)[key], value), key
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    save_dir = tmp_path / "run"
+    groups = dict(optimization={"max_update": 12}, checkpoint={"save_interval_updates": 2})
+    proc = _start(tmp_path, save_dir, env={"KILL_ON_SAVE": "2"}, **groups)
+    proc.communicate(timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    assert (save_dir / "checkpoint_1_4.pt.tmp").exists() and not (save_dir / "checkpoint_1_4.pt").exists()
+    state = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
+    assert state["optimizer_history"][-1]["num_updates"] == 2
+
+    _run(tmp_path, save_dir, **groups)
+    state = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
+    assert state["optimizer_history"][-1]["num_updates"] == 12
