@@ -14,6 +14,7 @@ import torch
 
 import train_toy
 from fairseq_lite.training.checkpoint import load_checkpoint_file
+from fairseq_lite.training.train import main
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,6 +67,11 @@ def _run(tmp_path, save_dir, **groups):
     return out
 
 
+def _run_here(save_dir, **groups):
+    """The same training in this process (single thread, as the scripts): one torch import fewer."""
+    main(train_toy.toy_config(save_dir, **groups))
+
+
 def _model(save_dir):
     return load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))["model"]
 
@@ -87,7 +93,7 @@ def _losses(save_dir):
 def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
     """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends."""
     common = dict(optimization={"max_update": 6, "update_freq": [2]}, model={"freeze_first": True})
-    _run(tmp_path, tmp_path / "single", **common)
+    _run_here(tmp_path / "single", **common)
     reference = _model(tmp_path / "single")
     for backend in ("legacy_ddp", "pytorch_ddp"):
         save_dir = tmp_path / backend
@@ -114,7 +120,7 @@ def test_layerdrop_with_torch_ddp_trains(tmp_path):
 
 def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
     groups = dict(optimization={"max_update": 40}, checkpoint={"save_interval_updates": 5})
-    _run(tmp_path, tmp_path / "straight", **groups)
+    _run_here(tmp_path / "straight", **groups)
 
     save_dir = tmp_path / "killed"
     proc = _start(tmp_path, save_dir, task={"step_sleep": 0.03}, **groups)
@@ -146,6 +152,6 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     state = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 2
 
-    _run(tmp_path, save_dir, **groups)
+    _run_here(save_dir, **groups)
     state = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 12
