@@ -6,7 +6,6 @@ Writes a LibriSpeech-shaped corpus that the wav2vec tools read as they read Libr
     OUT/{train,valid,test}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac   16 kHz, 16-bit FLAC
     OUT/{train,valid,test}/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt    "<utt-id> UPPER CASE WORDS"
     OUT/dict.ltr.txt      fairseq letter dictionary of the train labels ("SYMBOL COUNT", most frequent first)
-    OUT/lexicon.lst       flashlight lexicon ("WORD<TAB>W O R D |") of every word the grammar can produce
     OUT/lm_text.txt       LM training text: one upper-case sentence per line, same grammar, no valid/test sentence
     OUT/SPEAKERS.TXT      LibriSpeech-style speaker table (id, sex, subset, minutes, espeak-ng voice)
 
@@ -46,7 +45,7 @@ DEFAULT_LM_SENTENCES = 10000
 DEFAULT_UTTS_PER_SPEAKER = {"train": 13, "valid": 10, "test": 14}  # sized to keep the corpus under ~15 MB
 SPEED_RANGE = (140, 180)  # espeak-ng words per minute, drawn per utterance
 PITCH_JITTER = 6  # per-utterance pitch = speaker pitch +- this
-LEVEL_RANGE_DB = (-30.0, -24.0)  # speech RMS in dBFS, drawn per utterance (LibriSpeech-like levels)
+LEVEL_RANGE_DB = (-30.0, -24.0)  # RMS level in dBFS, drawn per utterance
 TRIM_THRESHOLD_DB = -45.0  # 10 ms frames this far below the loudest frame count as silence
 TRIM_MARGIN_S = 0.1  # silence kept before the first and after the last voiced frame
 PEAK_LIMIT = 0.95
@@ -237,8 +236,8 @@ def plan_corpus(seed: int, utts_per_speaker: dict[str, int],
 # Audio
 # ---------------------------------------------------------------------------------------------------------
 def trim_silence(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Leave exactly TRIM_MARGIN_S of silence before and after the speech: espeak-ng starts speaking at the
-    first sample and trails about 0.4 s of silence."""
+    """Leave TRIM_MARGIN_S of silence (to the 10 ms frame) before and after the speech: espeak-ng starts
+    speaking at the first sample and trails about 0.4 s of silence."""
     margin = int(TRIM_MARGIN_S * rate)
     audio = np.pad(audio, (margin, margin))
     frame = rate // 100
@@ -268,7 +267,7 @@ def synthesise(utt: Utterance, root: Path) -> int:
 # Text files
 # ---------------------------------------------------------------------------------------------------------
 def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list[str]) -> None:
-    """Transcripts per chapter, dict.ltr.txt, lexicon.lst, lm_text.txt and SPEAKERS.TXT."""
+    """Transcripts per chapter, dict.ltr.txt, lm_text.txt and SPEAKERS.TXT."""
     by_directory: dict[Path, list[Utterance]] = {}
     for utt in durations:
         by_directory.setdefault(utt.directory, []).append(utt)
@@ -279,7 +278,6 @@ def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list
 
     train_labels = [letters(u.text) for u in durations if u.speaker.split == "train"]
     dictionary_from_labels(train_labels).save(str(root / "dict.ltr.txt"))
-    (root / "lexicon.lst").write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in vocabulary()))
     (root / "lm_text.txt").write_text("".join(line + "\n" for line in lm_lines))
 
     minutes = Counter()
@@ -292,7 +290,7 @@ def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list
     (root / "SPEAKERS.TXT").write_text(header + "".join(rows))
 
 
-GENERATED = [*SPLITS, "dict.ltr.txt", "lexicon.lst", "lm_text.txt", "SPEAKERS.TXT"]
+GENERATED = [*SPLITS, "dict.ltr.txt", "lm_text.txt", "SPEAKERS.TXT"]
 
 
 def generate(root: Path, seed: int, utts_per_speaker: dict[str, int], lm_sentences: int,

@@ -99,13 +99,12 @@ def test_valid_and_test_voices_are_not_in_train(corpus):
     assert not variants["valid"] & variants["test"]
 
 
-def test_transcripts_use_the_lexicon_and_every_letter(corpus):
-    lexicon = dict(line.split("\t") for line in (CORPUS / "lexicon.lst").read_text().splitlines())
-    assert 60 <= len(lexicon) <= 150
-    assert all(spelling == " ".join(word) + " |" for word, spelling in lexicon.items())
+def test_transcripts_use_the_vocabulary_and_every_letter(corpus):
+    vocabulary = set(msc.vocabulary())
+    assert 60 <= len(vocabulary) <= 150
     words = {split: Counter(w for u in utts.values() for w in u["text"].split()) for split, utts in corpus.items()}
-    assert set(words["train"]) == set(lexicon), "train says every word of the vocabulary"
-    assert set(words["valid"]) <= set(lexicon) and set(words["test"]) <= set(lexicon)
+    assert set(words["train"]) == vocabulary, "train says every word of the vocabulary"
+    assert set(words["valid"]) <= vocabulary and set(words["test"]) <= vocabulary
     assert set("".join(words["train"])) == set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     texts = [u["text"] for utts in corpus.values() for u in utts.values()]
     assert len(set(texts)) == len(texts), "no sentence is spoken twice"
@@ -133,12 +132,11 @@ def test_lm_text_is_more_of_the_grammar_without_held_out_sentences(corpus):
 
 
 def test_committed_text_is_what_the_generator_plans(corpus):
-    """Transcripts, LM text and lexicon are reproducible without espeak-ng."""
+    """Transcripts and LM text are reproducible without espeak-ng."""
     utterances, lm_lines = msc.plan_corpus(msc.DEFAULT_SEED, msc.DEFAULT_UTTS_PER_SPEAKER, msc.DEFAULT_LM_SENTENCES)
     assert {u.id: u.text for u in utterances} == {k: u["text"] for utts in corpus.values() for k, u in utts.items()}
     assert all((CORPUS / u.path).is_file() for u in utterances)
     assert (CORPUS / "lm_text.txt").read_text() == "".join(line + "\n" for line in lm_lines)
-    assert [line.split("\t")[0] for line in (CORPUS / "lexicon.lst").read_text().splitlines()] == msc.vocabulary()
 
 
 def load_example(name: str):
@@ -191,7 +189,7 @@ def test_generator_is_deterministic_for_a_seed(tmp_path):
     first = msc.generate(tmp_path / "a", 7, counts, 30, workers=2, overwrite=False)
     msc.generate(tmp_path / "b", 7, counts, 30, workers=2, overwrite=False)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == len(first) + len({u.directory for u in first}) + 4
+    assert len(files) == len(first) + len({u.directory for u in first}) + 3
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     generated = read_corpus(tmp_path / "a")
