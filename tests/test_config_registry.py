@@ -116,3 +116,17 @@ def test_interpolation_default_resolves_inside_a_root():
     TASK_REGISTRY.register(name, dataclass=InterpTaskConfig)(type(name, (TASK_REGISTRY.base_class,), {}))
     cfg = finalize_config({"common": {"seed": 17}, "task": {"_name": name}})
     assert cfg.task.seed == 17
+
+
+def test_component_built_alone_resolves_interpolations_from_fairseq_defaults():
+    from fairseq_lite.tasks import TASK_REGISTRY
+
+    @dataclass
+    class AloneTaskConfig(FairseqDataclass):
+        seed: int = II("common.seed")
+        tpu: bool = II("common.tpu")
+
+    name = f"alone_task_{uuid.uuid4().hex[:6]}"
+    TASK_REGISTRY.register(name, dataclass=AloneTaskConfig)(type(name, (TASK_REGISTRY.base_class,), {}))
+    config = TASK_REGISTRY.build_config({"_name": name})
+    assert config.seed == 1 and config.tpu is False

@@ -177,8 +177,19 @@ def to_dataclass(node: DictConfig, where: str = "") -> Any:
 
 
 def merge_with_defaults(dc_cls: type, user_cfg: Any, *, where: str, from_checkpoint: bool = False) -> Any:
-    """A ``dc_cls`` instance: registered defaults with the user's values on top (see ``structured_node``)."""
-    return to_dataclass(structured_node(dc_cls, user_cfg, where=where, from_checkpoint=from_checkpoint), where)
+    """A ``dc_cls`` instance: registered defaults with the user's values on top (see ``structured_node``).
+
+    A component built on its own (``setup_task({"_name": "audio_pretraining", "data": d})``) has no whole
+    config around it, so its interpolations (``${common.tpu}``) resolve against FairseqConfig's defaults.
+    """
+    from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, FairseqConfig
+
+    node = structured_node(dc_cls, user_cfg, where=where, from_checkpoint=from_checkpoint)
+    root = OmegaConf.structured(FairseqConfig)
+    OmegaConf.set_struct(root, False)
+    key = where if where in REGISTRY_GROUPS else "_standalone"
+    root[key] = node
+    return to_dataclass(root[key], where)
 
 
 def describe_omegaconf_error(exc: Exception, prefix: str = "") -> str:
