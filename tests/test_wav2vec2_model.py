@@ -141,9 +141,24 @@ def test_model_options_run():
                     {"target_glu": True, "mask_channel_prob": 0.3, "mask_channel_length": 4},
                     {"mask_channel_prob": 0.3, "mask_channel_length": 4, "mask_channel_before": True},
                     {"layer_norm_first": True, "extractor_mode": "layer_norm", "conv_bias": True},
-                    {"pos_conv_depth": 2, "crop_seq_to_multiple": 4, "checkpoint_activations": True}):
+                    {"pos_conv_depth": 2, "crop_seq_to_multiple": 4}):
         out = tiny(**options)(source)
         assert torch.isfinite(out["x"][0]).all(), options
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_layerdrop_skips_layers():
+    source = torch.randn(2, 4000)
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = tiny(checkpoint_activations=flag)
+        torch.manual_seed(1)
+        model(source, mask=False, features_only=True)["x"].pow(2).mean().backward()
+        grads.append(model.encoder.layers[0].fc1.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    model = tiny(encoder_layerdrop=1.0).train()
+    assert model(source, mask=False, features_only=True)["layer_results"] == []
+    assert len(model.eval()(source, mask=False, features_only=True)["layer_results"]) == 2
 
 
 def test_bf16_forward():

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fairseq_lite.modules.fp32_norm import TransposeLast
 from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
@@ -115,6 +116,7 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.layer_norm = nn.LayerNorm(self.embedding_dim)
         self.layerdrop = cfg.encoder_layerdrop
+        self.checkpoint_activations = getattr(cfg, "checkpoint_activations", False)
         self.apply(init_bert_params)
 
     # -- construction hooks ------------------------------------------------------------------------
@@ -165,24 +167,28 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         x, padding_mask, extra = pad_to_multiple(x, padding_mask, self.required_seq_len_multiple)
         x = F.dropout(x, p=self.dropout, training=self.training)
-        kwargs = self.layer_kwargs(x, padding_mask)
-
-        layer_results: List[LayerResult] = []
-        target = None
-        drops = torch.rand(len(self.layers)).tolist() if self.training and self.layerdrop > 0 else None
-        for i, layer in enumerate(self.layers):
-            if drops is None or drops[i] > self.layerdrop:
-                x, ffn_out = layer(x, **kwargs)
-                if i >= min_layer:
-                    layer_results.append((x, None, ffn_out))
-            if i == tgt_layer:
-                target = x
-                break
-        if target is not None:
-            x = target
+        x, layer_results = self.run_layers(x, self.layer_kwargs(x, padding_mask), tgt_layer, min_layer)
         if extra:
             x = x[:, :-extra]
             layer_results = [(a[:, :-extra], z, b[:, :-extra]) for a, z, b in layer_results]
+        return x, layer_results
+
+    def run_layers(self, x: torch.Tensor, kwargs: Dict[str, Any], tgt_layer: Optional[int] = None,
+                   min_layer: int = 0) -> Tuple[torch.Tensor, List[LayerResult]]:
+        """The layer loop: layerdrop (one draw per layer, training only), activation checkpointing, early
+        stop after ``tgt_layer``; returns that layer's output (or the last one's) and the layer results."""
+        layer_results: List[LayerResult] = []
+        drops = torch.rand(len(self.layers)).tolist() if self.training and self.layerdrop > 0 else None
+        for i, layer in enumerate(self.layers):
+            if drops is None or drops[i] > self.layerdrop:
+                if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                    x, ffn_out = checkpoint(layer, x, use_reentrant=False, **kwargs)
+                else:
+                    x, ffn_out = layer(x, **kwargs)
+                if i >= min_layer:
+                    layer_results.append((x, None, ffn_out))
+            if i == tgt_layer:
+                break
         return x, layer_results
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
