@@ -1,0 +1,348 @@
+"""CTC fine-tuning of wav2vec 2.0 (fairseq's ``models/wav2vec/wav2vec2_asr.py``): the ``wav2vec_ctc`` model.
+
+``Wav2VecEncoder`` wraps a pretrained ``Wav2Vec2Model`` (read from ``w2v_path`` with the fine-tuning
+overrides: dropouts, masking, layerdrop, feature_grad_mult) and adds ``proj``, a linear layer onto the
+target dictionary. The pretraining config is stored under ``w2v_args``, so a fine-tuned checkpoint
+rebuilds its network without ``w2v_path``. State-dict keys are fairseq's: ``w2v_encoder.w2v_model.*``
+and ``w2v_encoder.proj.{weight,bias}``.
+
+Deliberate differences from fairseq, each a fix for a reported problem:
+
+* the network shape (``layer_type``: transformer or conformer) always comes from the pretraining config,
+  so a conformer model fine-tunes without repeating ``model.layer_type=conformer`` (fairseq copies the
+  fine-tuning default ``transformer`` over it);
+* loading weights whose output layer has another vocabulary size re-initialises ``proj`` with a warning
+  (fairseq stops with a size mismatch, fairseq#4284);
+* a fine-tuned checkpoint given as ``w2v_path``, or pretraining weights loaded into a CTC model, raise one
+  ``CheckpointError`` naming what was found (fairseq#4267);
+* a ``normalize`` mismatch is a ``ConfigError`` naming the value to use, not an assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+from enum import Enum
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
+from fairseq_lite.errors import CheckpointError, ConfigError
+from fairseq_lite.models import BaseFairseqModel, build_model, register_model
+from fairseq_lite.models.wav2vec.wav2vec2 import LAYER_TYPE_CHOICES, MASKING_DISTRIBUTION_CHOICES
+
+logger = logging.getLogger(__name__)
+
+BLANK_MODE_CHOICES = ChoiceEnum(["add", "set"])
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class Wav2Vec2AsrConfig(FairseqDataclass):
+    """fairseq's ``Wav2Vec2AsrConfig``: the fine-tuning options shared by CTC (and fairseq's seq2seq) models."""
+
+    w2v_path: str = field(default="???", metadata=_h("path to wav2vec 2.0 model"))
+    no_pretrained_weights: bool = field(default=False, metadata=_h("if true, does not load pretrained weights"))
+    dropout_input: float = field(default=0.0, metadata=_h("dropout to apply to the input (after feat extr)"))
+    final_dropout: float = field(default=0.0, metadata=_h(
+        "dropout after transformer and before final projection"))
+    dropout: float = field(default=0.0, metadata=_h("dropout probability inside wav2vec 2.0 model"))
+    attention_dropout: float = field(default=0.0, metadata=_h(
+        "dropout probability for attention weights inside wav2vec 2.0 model"))
+    activation_dropout: float = field(default=0.0, metadata=_h(
+        "dropout probability after activation in FFN inside wav2vec 2.0 model"))
+    conv_feature_layers: Optional[str] = field(
+        default="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]",
+        metadata=_h("accepted for fairseq configs; the network is read from the pretraining config"))
+    encoder_embed_dim: Optional[int] = field(default=768, metadata=_h(
+        "accepted for fairseq configs; the network is read from the pretraining config"))
+    apply_mask: bool = field(default=False, metadata=_h("apply masking during fine-tuning"))
+    mask_length: int = field(default=10, metadata=_h("repeat the mask indices multiple times"))
+    mask_prob: float = field(default=0.5, metadata=_h(
+        "probability of replacing a token with mask (normalized by length)"))
+    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h("how to choose masks"))
+    mask_other: float = field(default=0, metadata=_h(
+        "secondary mask argument (used for more complex distributions), see help in compute_mask_indices"))
+    no_mask_overlap: bool = field(default=False, metadata=_h("whether to allow masks to overlap"))
+    mask_min_space: Optional[int] = field(default=1, metadata=_h(
+        "min space between spans (if no overlap is enabled)"))
+    require_same_masks: bool = field(default=True, metadata=_h(
+        "whether to number of masked timesteps must be the same across all examples in a batch"))
+    mask_dropout: float = field(default=0.0, metadata=_h("percent of masks to unmask for each sample"))
+    mask_channel_length: int = field(default=10, metadata=_h("length of the mask for features (channels)"))
+    mask_channel_prob: float = field(default=0.0, metadata=_h("probability of replacing a feature with 0"))
+    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h(
+        "how to choose mask length for channel masking"))
+    mask_channel_other: float = field(default=0, metadata=_h(
+        "secondary mask argument (used for more complex distributions), see help in compute_mask_indicesh"))
+    no_mask_channel_overlap: bool = field(default=False, metadata=_h("whether to allow channel masks to overlap"))
+    freeze_finetune_updates: int = field(default=0, metadata=_h("dont finetune wav2vec for this many updates"))
+    feature_grad_mult: float = field(default=0.0, metadata=_h("reset feature grad mult in wav2vec 2.0 to this"))
+    layerdrop: float = field(default=0.0, metadata=_h("probability of dropping a layer in wav2vec 2.0"))
+    drop_path: float = field(default=0.0, metadata=_h("data2vec option; must be 0"))
+    mask_channel_min_space: Optional[int] = field(default=1, metadata=_h(
+        "min space between spans (if no overlap is enabled)"))
+    mask_channel_before: bool = False
+    normalize: bool = II("task.normalize")
+    update_alibi: bool = field(default=True, metadata=_h("data2vec option; no effect"))
+    data: str = II("task.data")
+    w2v_args: Any = field(default=None, metadata=_h(
+        "the pretraining config (filled from w2v_path; stored in fine-tuned checkpoints)"))
+    offload_activations: bool = field(default=False, metadata=_h("offload_activations (FSDP); no effect"))
+    min_params_to_wrap: int = field(default=int(1e8), metadata=_h("FSDP option; no effect"))
+    checkpoint_activations: bool = field(default=False, metadata=_h(
+        "recompute activations and save memory for extra compute"))
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    zero_mask: bool = field(default=False, metadata=_h("data2vec option; must be false"))
+    load_ema: bool = field(default=False, metadata=_h("data2vec option; must be false"))
+    layer_decay: float = field(default=1, metadata=_h("data2vec option; must be 1"))
+    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=_h(
+        "layer type of the pretrained encoder; read from the pretraining config when left at transformer"))
+    adp_num: int = field(default=-1, metadata=_h("adapter option (layer_type trf_adp); not supported"))
+    adp_dim: int = field(default=64, metadata=_h("adapter option; not supported"))
+    adp_act_fn: str = field(default="relu", metadata=_h("adapter option; not supported"))
+    adp_trf_idx: str = field(default="all", metadata=_h("adapter option; not supported"))
+    freeze_regex: Optional[str] = field(default=None, metadata=_h(
+        "freeze the parameters whose full name matches this regular expression"))
+
+
+@dataclass
+class Wav2Vec2CtcConfig(Wav2Vec2AsrConfig):
+    """fairseq's ``Wav2Vec2CtcConfig``: the blank logit's offset (``add``) or value (``set``)."""
+
+    blank_weight: float = 0
+    blank_mode: BLANK_MODE_CHOICES = "add"
+
+
+#: Fine-tuning option → the ``Wav2Vec2Config`` field of the pretrained model it overrides.
+W2V_OVERRIDES = {
+    "dropout": "dropout",
+    "activation_dropout": "activation_dropout",
+    "dropout_input": "dropout_input",
+    "attention_dropout": "attention_dropout",
+    "mask_length": "mask_length",
+    "mask_prob": "mask_prob",
+    "require_same_masks": "require_same_masks",
+    "mask_dropout": "mask_dropout",
+    "mask_selection": "mask_selection",
+    "mask_other": "mask_other",
+    "no_mask_overlap": "no_mask_overlap",
+    "mask_min_space": "mask_min_space",
+    "mask_channel_length": "mask_channel_length",
+    "mask_channel_prob": "mask_channel_prob",
+    "mask_channel_before": "mask_channel_before",
+    "mask_channel_selection": "mask_channel_selection",
+    "mask_channel_other": "mask_channel_other",
+    "no_mask_channel_overlap": "no_mask_channel_overlap",
+    "mask_channel_min_space": "mask_channel_min_space",
+    "layerdrop": "encoder_layerdrop",
+    "feature_grad_mult": "feature_grad_mult",
+    "checkpoint_activations": "checkpoint_activations",
+}
+
+#: Pretraining-only weights that fine-tuning drops before loading (EMA teachers, data2vec heads).
+_PRETRAINING_ONLY_PREFIXES = ("_ema", "target_proj", "decoder")
+
+
+def _check_supported(cfg: Wav2Vec2AsrConfig) -> None:
+    unsupported = {
+        "drop_path": cfg.drop_path != 0,
+        "zero_mask": cfg.zero_mask,
+        "load_ema": cfg.load_ema,
+        "layer_decay": cfg.layer_decay != 1,
+        "adp_num": cfg.adp_num != -1 or str(cfg.layer_type) == "trf_adp",
+    }
+    for key, is_set in unsupported.items():
+        if is_set:
+            raise ConfigError(f"model.{key} is a data2vec/adapter option that fairseq_lite does not support: "
+                              "leave it at its default")
+
+
+def checkpoint_kind(state: Dict[str, Any]) -> str:
+    """What a checkpoint holds, from its config and keys: ``wav2vec_ctc``, ``wav2vec2``, or another model name."""
+    model_cfg = (state.get("cfg") or {}).get("model") or {}
+    name = str(model_cfg.get("_name") or "unknown") if isinstance(model_cfg, dict) else "unknown"
+    if any(k.startswith("w2v_encoder.") for k in state.get("model") or {}):
+        return "wav2vec_ctc"
+    return name
+
+
+def pretraining_config_from(w2v_args: Any) -> Dict[str, Any]:
+    """The stored pretraining config as a plain dict (legacy checkpoints keep it as an argparse Namespace)."""
+    from fairseq_lite.interop.fairseq_checkpoint import namespace_to_config_dict, upgrade_legacy_args
+
+    if isinstance(w2v_args, argparse.Namespace):
+        return namespace_to_config_dict(upgrade_legacy_args(w2v_args))
+    if isinstance(w2v_args, dict):
+        return w2v_args
+    raise CheckpointError(f"model.w2v_args holds a {type(w2v_args).__name__}; expected the pretraining config")
+
+
+class Wav2VecEncoder(nn.Module):
+    """The pretrained wav2vec 2.0 network plus the output projection (fairseq's ``Wav2VecEncoder``)."""
+
+    def __init__(self, cfg: Wav2Vec2AsrConfig, output_size: Optional[int] = None):
+        super().__init__()
+        _check_supported(cfg)
+        self.apply_mask = cfg.apply_mask
+        state = None
+        if cfg.w2v_args is None:
+            state = self._load_pretrained(cfg.w2v_path)
+            w2v_args = state["cfg"]
+            w2v_args["criterion"] = None
+            w2v_args["lr_scheduler"] = None
+        else:
+            w2v_args = pretraining_config_from(cfg.w2v_args)
+        task_cfg = w2v_args.get("task") or {}
+        model_cfg = w2v_args.get("model")
+        if not isinstance(model_cfg, dict) or model_cfg.get("_name", model_cfg.get("arch")) != "wav2vec2":
+            found = model_cfg.get("_name") if isinstance(model_cfg, dict) else None
+            raise CheckpointError(
+                f"model.w2v_path must be a wav2vec 2.0 pretraining checkpoint; its model is '{found}'")
+        if isinstance(cfg.normalize, bool) and cfg.normalize != bool(task_cfg.get("normalize", False)):
+            pretrained = bool(task_cfg.get("normalize", False))
+            raise ConfigError(
+                f"task.normalize={cfg.normalize} but the pretrained model was trained with normalize={pretrained}; "
+                f"fine-tuning works best when data normalization is the same: set task.normalize={pretrained}"
+            )
+        for ours, theirs in W2V_OVERRIDES.items():
+            value = getattr(cfg, ours)
+            model_cfg[theirs] = value.value if isinstance(value, Enum) else value
+        pretrained_type = str(model_cfg.get("layer_type", "transformer"))
+        if str(cfg.layer_type) not in ("transformer", pretrained_type):
+            raise ConfigError(f"model.layer_type={cfg.layer_type} but the pretrained model is a {pretrained_type}: "
+                              "remove model.layer_type (it is read from the pretraining config)")
+        cfg.layer_type = pretrained_type  # what fairseq itself copies back into w2v_args when it reads our files
+        task_cfg["data"] = cfg.data
+        w2v_args["task"] = task_cfg
+        cfg.w2v_args = w2v_args
+
+        model = build_model(model_cfg, from_checkpoint=True)
+        model.remove_pretraining_modules()
+        if state is not None and not cfg.no_pretrained_weights:
+            weights = {k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_ONLY_PREFIXES)}
+            model.load_state_dict(weights, strict=True)
+        self.w2v_model = model
+        self.final_dropout = nn.Dropout(cfg.final_dropout)
+        self.freeze_finetune_updates = cfg.freeze_finetune_updates
+        self.num_updates = 0
+        dim = model.cfg.encoder_embed_dim
+        self.proj = None
+        if output_size is not None:
+            self.proj = nn.Linear(dim, output_size)
+            nn.init.xavier_uniform_(self.proj.weight)
+            nn.init.constant_(self.proj.bias, 0.0)
+        if cfg.freeze_regex:  # matched against the model's names, e.g. "w2v_encoder.w2v_model.encoder.layers.0.fc1.weight"
+            pattern = re.compile(cfg.freeze_regex)
+            for name, param in self.named_parameters():
+                if pattern.search(f"w2v_encoder.{name}"):
+                    param.requires_grad_(False)
+
+    @staticmethod
+    def _load_pretrained(path: str) -> Dict[str, Any]:
+        """The pretraining checkpoint at ``path``; a fine-tuned one is refused with the way to use it."""
+        from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+
+        if path in (None, "", "???"):
+            raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
+        state = load_checkpoint_to_cpu(path)
+        kind = checkpoint_kind(state)
+        if kind == "wav2vec_ctc":
+            raise CheckpointError(
+                f"model.w2v_path {path} is a fine-tuned wav2vec_ctc checkpoint, not a pretrained one: to fine-tune "
+                f"it further, set checkpoint.finetune_from_model={path} and model.w2v_path to the pretrained model "
+                "it was fine-tuned from"
+            )
+        if kind != "wav2vec2":
+            raise CheckpointError(f"model.w2v_path {path} holds a '{kind}' model; expected a wav2vec2 pretraining "
+                                  "checkpoint")
+        return state
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = num_updates
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs: Any
+                ) -> Dict[str, Any]:
+        """``encoder_out`` T×B×V (or T×B×E without ``proj``), ``padding_mask`` B×T (True = padding or None)."""
+        frozen = self.num_updates < self.freeze_finetune_updates
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            res = self.w2v_model.extract_features(source, padding_mask, mask=self.apply_mask and self.training)
+            x = res["x"].transpose(0, 1)
+        x = self.final_dropout(x)
+        if self.proj is not None:
+            x = self.proj(x)
+        return {"encoder_out": x, "encoder_padding_mask": res["padding_mask"], "padding_mask": res["padding_mask"],
+                "layer_results": res["layer_results"]}
+
+
+@register_model("wav2vec_ctc", dataclass=Wav2Vec2CtcConfig)
+class Wav2VecCtc(BaseFairseqModel):
+    """wav2vec 2.0 with a CTC output layer over the task's target dictionary (blank = index 0, ``<s>``)."""
+
+    def __init__(self, cfg: Wav2Vec2CtcConfig, w2v_encoder: Wav2VecEncoder):
+        super().__init__()
+        self.cfg = cfg
+        self.w2v_encoder = w2v_encoder
+        self.blank_weight = cfg.blank_weight
+        self.blank_mode = str(cfg.blank_mode)
+
+    @classmethod
+    def build_model(cls, cfg: Wav2Vec2CtcConfig, task: Any = None) -> "Wav2VecCtc":
+        dictionary = getattr(task, "target_dictionary", None)
+        if dictionary is None:
+            raise ConfigError("wav2vec_ctc needs a task with a target dictionary: use task._name=audio_finetuning "
+                              "with task.labels (e.g. ltr) and dict.ltr.txt in task.data")
+        return cls(cfg, Wav2VecEncoder(cfg, len(dictionary)))
+
+    def forward(self, **kwargs: Any) -> Dict[str, Any]:
+        return self.w2v_encoder(**kwargs)
+
+    def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
+        """CTC logits T×B×V with ``blank_weight`` applied; padded frames become [0, −inf, …] (always blank)."""
+        logits = net_output["encoder_out"]
+        if self.blank_weight != 0:
+            blank = logits[..., :1]
+            blank = blank + self.blank_weight if self.blank_mode == "add" else torch.full_like(blank, self.blank_weight)
+            logits = torch.cat([blank, logits[..., 1:]], dim=-1)
+        padding = net_output.get("padding_mask")
+        if padding is not None and padding.any():
+            forced = torch.full_like(logits[0, 0], float("-inf"))
+            forced[0] = 0
+            logits = torch.where(padding.t().unsqueeze(-1), forced.to(logits.dtype), logits)
+        if normalize:
+            logits = torch.log_softmax(logits.float(), dim=-1)
+        return logits
+
+    def get_normalized_probs(self, net_output: Dict[str, Any], log_probs: bool, sample: Optional[Dict] = None
+                             ) -> torch.Tensor:
+        """(log-)softmax of ``get_logits`` in fp32, T×B×V."""
+        logits = self.get_logits(net_output).float()
+        return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
+
+    def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, model_cfg: Any = None):
+        """Load fine-tuned weights; an output layer of another vocabulary size is re-initialised with a warning,
+        and pretraining weights (no ``w2v_encoder.*`` keys) are refused with the way to use them."""
+        if state_dict and not any(k.startswith("w2v_encoder.") for k in state_dict):
+            raise CheckpointError(
+                "these are wav2vec 2.0 pretraining weights (no w2v_encoder.* keys), not a fine-tuned CTC model: "
+                "fine-tune from them with model._name=wav2vec_ctc model.w2v_path=<that checkpoint>"
+            )
+        state_dict = dict(state_dict)
+        proj = self.w2v_encoder.proj
+        stored = state_dict.get("w2v_encoder.proj.weight")
+        if proj is not None and stored is not None and stored.shape != proj.weight.shape:
+            logger.warning(
+                "the checkpoint's output layer has %d units, this model's dictionary %d: re-initialising "
+                "w2v_encoder.proj (fine-tuning onto a new vocabulary)", stored.shape[0], proj.weight.shape[0],
+            )
+            state_dict["w2v_encoder.proj.weight"] = proj.weight.detach().clone()
+            state_dict["w2v_encoder.proj.bias"] = proj.bias.detach().clone()
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg)
