@@ -213,3 +213,21 @@ def test_world_size_larger_than_devices_suggests_update_freq(tmp_path):
                                optimization={"update_freq": [2]})
     with pytest.raises(ConfigError, match=r"distributed_world_size=64 .*update_freq=\[\d+\]"):
         check_world_size(cfg)
+
+
+def test_tensorboard_events_and_missing_wandb_is_a_warning(tmp_path, caplog):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    cfg = train_toy.toy_config(tmp_path / "run", common={"tensorboard_logdir": str(logdir), "wandb_project": "toy"})
+    with caplog.at_level(logging.WARNING):
+        main(cfg)
+    events = EventAccumulator(str(logdir / "train_inner"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
+    assert (logdir / "valid").is_dir()
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        assert any("wandb is not installed" in r.getMessage() for r in caplog.records)
