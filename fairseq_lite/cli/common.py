@@ -47,6 +47,8 @@ def run_cli(main: Callable[[List[str]], Optional[int]], argv: Optional[List[str]
 def launch_training(cfg) -> Optional[float]:
     """Hand a finalised FairseqConfig to the training loop (single process, spawned or torchrun ranks)."""
     from fairseq_lite.training.distributed import call_main
+
+    setup_logging()
     from fairseq_lite.training.train import main
 
     return call_main(cfg, main)

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from fairseq_lite.cli.common import launch_training, run_cli, setup_logging
+from fairseq_lite.cli.common import launch_training, run_cli
 from fairseq_lite.dataclass.initialize import UNTYPED_GROUPS, add_defaults, compose_config, finalize_config
 from fairseq_lite.dataclass.utils import config_to_dict
 from fairseq_lite.errors import ConfigError
@@ -160,7 +160,6 @@ def main(argv: List[str]) -> Optional[int]:
             print(OmegaConf.to_yaml(with_defaults, resolve=False))
         return 0
     cfg = finalize_config(composed)
-    setup_logging()
     if run_dir:
         _write_run_dir(run_dir, cfg, kept)
     launch_training(cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from fairseq_lite.cli.common import launch_training, run_cli, setup_logging
+from fairseq_lite.cli.common import launch_training, run_cli
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
 
@@ -21,7 +21,6 @@ def main(argv: List[str]) -> Optional[int]:
         print(build_help(argv))
         return 0
     cfg = finalize_config(parse_legacy_args(argv))
-    setup_logging()
     launch_training(cfg)
     return 0
 

@@ -25,7 +25,7 @@ def numpy_seed(seed: Optional[int]) -> Iterator[None]:
         np.random.set_state(state)
 
 #: ``--post-process`` choices that glue sub-word units back into words: unit separator → word separator.
-_GLUE_SYMBOLS = {
+GLUE_SYMBOLS = {
     "letter": "|",
     "sentencepiece": "\u2581",
     "wordpiece": "_",
@@ -33,9 +33,9 @@ _GLUE_SYMBOLS = {
 }
 
 #: ``--post-process`` choices that strip a continuation marker (subword-nmt's ``@@``).
-_CONTINUATION_SYMBOLS = {"subword_nmt": "@@ ", "@@ ": "@@ ", "@@": "@@"}
+CONTINUATION_SYMBOLS = {"subword_nmt": "@@ ", "@@ ": "@@ ", "@@": "@@"}
 
-POST_PROCESS_CHOICES = ("none", "silence", *_GLUE_SYMBOLS, *_CONTINUATION_SYMBOLS)
+POST_PROCESS_CHOICES = ("none", "silence", *GLUE_SYMBOLS, *CONTINUATION_SYMBOLS)
 
 
 def post_process(sentence: str, symbol: Optional[str]) -> str:
@@ -48,10 +48,10 @@ def post_process(sentence: str, symbol: Optional[str]) -> str:
     """
     if symbol is None or symbol == "none":
         return sentence
-    if symbol in _GLUE_SYMBOLS:
-        return sentence.replace(" ", "").replace(_GLUE_SYMBOLS[symbol], " ").strip()
-    if symbol in _CONTINUATION_SYMBOLS:
-        return (sentence + " ").replace(_CONTINUATION_SYMBOLS[symbol], "").rstrip()
+    if symbol in GLUE_SYMBOLS:
+        return sentence.replace(" ", "").replace(GLUE_SYMBOLS[symbol], " ").strip()
+    if symbol in CONTINUATION_SYMBOLS:
+        return (sentence + " ").replace(CONTINUATION_SYMBOLS[symbol], "").rstrip()
     if symbol == "silence":
         return re.sub(" +", " ", sentence.replace("<SIL>", "")).strip()
     raise ConfigError(f"unknown post_process '{symbol}': choose one of {', '.join(POST_PROCESS_CHOICES)}")

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from fairseq_lite.data.data_utils import _CONTINUATION_SYMBOLS, _GLUE_SYMBOLS
+from fairseq_lite.data.data_utils import CONTINUATION_SYMBOLS, GLUE_SYMBOLS
 
 #: wav2vec 2.0's convolutional feature extractor emits one frame per 320 samples at 16 kHz.
 WAV2VEC2_FRAME_SECONDS = 320 / 16000
@@ -114,8 +114,8 @@ def word_spans(
         current.pieces.append(piece)
         current.end = frame + 1
 
-    glue = _GLUE_SYMBOLS.get(post_process or "none")
-    continuation = _CONTINUATION_SYMBOLS.get(post_process or "none")
+    glue = GLUE_SYMBOLS.get(post_process or "none")
+    continuation = CONTINUATION_SYMBOLS.get(post_process or "none")
     joins = continuation is not None and continuation.endswith(" ")
     for unit, frame in zip(units, frames, strict=True):
         if glue is not None:
