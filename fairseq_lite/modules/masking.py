@@ -139,7 +139,7 @@ def compute_mask_indices(
 
     # Paint the spans with a difference array: +1 at each start, -1 after each (clipped) end.
     ends = np.minimum(starts + lengths, sizes[:, None])
-    live = lengths > 0
+    live = (lengths > 0) & (starts < sizes[:, None])
     delta = np.zeros((bsz, all_sz + 1), dtype=np.int64)
     rows = np.broadcast_to(np.arange(bsz)[:, None], starts.shape)
     np.add.at(delta, (rows[live], np.minimum(starts[live], all_sz)), 1)

@@ -92,7 +92,7 @@ class Wav2Vec2Config(FairseqDataclass):
     mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h(
         "how to choose mask length for channel masking"))
     mask_channel_other: float = field(default=0, metadata=_h(
-        "secondary mask argument (used for more complex distributions), see help in compute_mask_indicesh"))
+        "secondary mask argument (used for more complex distributions), see help in compute_mask_indices"))
     no_mask_channel_overlap: bool = field(default=False, metadata=_h("whether to allow channel masks to overlap"))
     mask_channel_min_space: int = field(default=1, metadata=_h(
         "min space between spans (if no overlap is enabled)"))
@@ -350,8 +350,6 @@ class Wav2Vec2Model(BaseFairseqModel):
                                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Projected (quantised) targets of the masked frames (B×M×final_dim) and their distractors."""
         bsz, num = y.shape[:2]
-        sample = dict(n_negatives=self.n_negatives, cross_sample_negatives=self.cross_sample_negatives,
-                      padding_count=padding_count)
         if self.negatives_from_everywhere:
             # distractors come from every frame; each masked frame excludes itself
             positions = torch.nonzero(mask_indices)[:, 1].view(bsz, num)
@@ -364,7 +362,8 @@ class Wav2Vec2Model(BaseFairseqModel):
             source = self.project_q(q["x"])
         else:
             source = self.project_q(source)
-        negs, _ = sample_negatives(source, num, positions=positions, **sample)
+        negs, _ = sample_negatives(source, num, self.n_negatives, self.cross_sample_negatives,
+                                   padding_count=padding_count, positions=positions)
         if self.negatives_from_everywhere:
             y = source[mask_indices].view(bsz, num, -1)
         else:
