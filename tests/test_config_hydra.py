@@ -226,3 +226,8 @@ def test_cli_full_error_shows_traceback(config_dir, tmp_path):
 def test_multirun_is_refused_clearly(config_dir):
     with pytest.raises(ConfigError, match="multirun"):
         hydra_train.main(["-m", "--config-dir", config_dir, "--config-name", "pretrain"])
+
+
+def test_tuple_literal_for_a_sequence_typed_field(config_dir):
+    cfg = compose(config_dir, "task.data=/x", "model.widths=(3,4)")
+    assert cfg.model.widths == [3, 4]

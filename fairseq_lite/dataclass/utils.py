@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import logging
 import operator
+import typing
 from enum import Enum
 from typing import Any, Iterable, Mapping, Optional
 
@@ -144,6 +145,23 @@ def _to_container(cfg: Any) -> dict:
     raise ConfigError(f"expected a config mapping or dataclass, got {type(cfg).__name__}")
 
 
+def _parse_sequence_literals(dc_cls: type, user: dict) -> None:
+    """Turn literal strings such as ``"(2,0.5,0.999995)"`` into lists for List/Tuple-typed fields, in place.
+
+    fairseq writes tuples as strings in yaml files and on the command line (``latent_temp``, ``vq_temp``).
+    """
+    hints = typing.get_type_hints(dc_cls)
+    for key, value in user.items():
+        if not isinstance(value, str) or not value.strip().startswith(("(", "[")) or key not in hints:
+            continue
+        tp = hints[key]
+        if typing.get_origin(tp) is typing.Union:
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if typing.get_origin(tp) in (list, tuple):
+            parsed = safe_eval(value)
+            user[key] = list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
+
+
 def structured_node(dc_cls: type, user_cfg: Any, *, where: str, from_checkpoint: bool = False) -> DictConfig:
     """An OmegaConf node typed by ``dc_cls``: its defaults with ``user_cfg`` merged on top.
 
@@ -161,6 +179,7 @@ def structured_node(dc_cls: type, user_cfg: Any, *, where: str, from_checkpoint:
                 del user[key]
         else:
             raise ConfigError(unknown_key_message(where, unknown[0], valid))
+    _parse_sequence_literals(dc_cls, user)
     node = OmegaConf.structured(dc_cls)
     try:
         return OmegaConf.merge(node, user)
