@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_lite", "fairseq_lite.*"]),
+    package_data={"fairseq_lite": ["config/model/*/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "hydra-core>=1.3,<1.4",

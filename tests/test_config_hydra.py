@@ -231,3 +231,11 @@ def test_multirun_is_refused_clearly(config_dir):
 def test_tuple_literal_for_a_sequence_typed_field(config_dir):
     cfg = compose(config_dir, "task.data=/x", "model.widths=(3,4)")
     assert cfg.model.widths == [3, 4]
+
+
+def test_fairseq_model_presets_are_on_the_search_path(tmp_path):
+    (tmp_path / "run.yaml").write_text("task:\n  _name: audio_pretraining\n  data: /x\ncriterion:\n  _name: wav2vec\n  infonce: true\n")
+    cfg = finalize_config(compose_config(str(tmp_path), "run", ["+model=wav2vec2/wav2vec2_large"]))
+    assert cfg.model._name == "wav2vec2" and cfg.model.encoder_layers == 24 and cfg.model.latent_temp == [2.0, 0.1, 0.999995]
+    cfg = finalize_config(compose_config(str(tmp_path), "run", ["+model=wav2vec/vq_wav2vec_gumbel"]))
+    assert cfg.model._name == "wav2vec" and cfg.model.vq_type == "gumbel"

@@ -132,7 +132,8 @@ def compose_config(
     config_dir = os.path.abspath(config_dir or os.getcwd())
     if config_name and not os.path.isfile(os.path.join(config_dir, config_name + ".yaml")):
         raise ConfigError(f"config '{config_name}.yaml' not found in {config_dir} (check --config-dir and --config-name)")
-    overrides = [normalize_override(o) for o in overrides]
+    # fairseq's model presets (model=wav2vec2/wav2vec2_base ...) live in the package, as in fairseq/config
+    overrides = ["hydra.searchpath=[pkg://fairseq_lite.config]"] + [normalize_override(o) for o in overrides]
     _store_schema(config_name)
     GlobalHydra.instance().clear()
     try:
