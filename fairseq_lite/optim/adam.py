@@ -3,8 +3,9 @@
 fairseq's update differs from ``torch.optim.AdamW`` in where ``eps`` goes: fairseq divides by
 ``sqrt(v) + eps`` and folds the bias correction of ``v`` into the step size, torch divides by
 ``sqrt(v) / sqrt(1 - β2^t) + eps``. The two differ noticeably in early steps with the wav2vec configs'
-``adam_eps: 1e-06``, so ``Adam`` below computes fairseq's formula with PyTorch's multi-tensor
-(``torch._foreach_*``) kernels: one fused launch per op for all parameters, not a Python loop per tensor.
+``adam_eps: 1e-06``. Passing ``eps / sqrt(1 - β2^t)`` to torch's kernel makes them identical, so ``Adam``
+below runs PyTorch's fused AdamW kernel (CPU and CUDA) on fairseq's formula, one call per group of
+parameters with the same step count.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, List
 
 import torch
+from torch.optim.adam import adam as torch_adam
 
 from fairseq_lite.dataclass import II
 from fairseq_lite.dataclass.configs import FairseqDataclass
@@ -70,26 +72,32 @@ class Adam(torch.optim.Optimizer):
 
     def _update(self, group, step: int, params: List[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        grads = [p.grad.float() for p in params]
         master = [p if p.dtype == torch.float32 else p.float() for p in params]
-        exp_avg = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-
-        torch._foreach_mul_(exp_avg, beta1)
-        torch._foreach_add_(exp_avg, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_add_(denom, eps)
-
-        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        if weight_decay != 0:
-            torch._foreach_add_(master, master, alpha=-weight_decay * lr)
-        torch._foreach_addcdiv_(master, exp_avg, denom, value=-step_size)
-        for p, p32 in zip(params, master):
-            if p32 is not p:
-                p.copy_(p32)
+        grads = [p.grad.float() for p in params]
+        device = params[0].device
+        fused = device.type in ("cpu", "cuda")  # torch's fused kernel wants the step counts beside the params
+        # torch divides by sqrt(v)/sqrt(1-β2^t) + eps; with eps/sqrt(1-β2^t) that is fairseq's sqrt(v) + eps
+        torch_adam(
+            master,
+            grads,
+            [self.state[p]["exp_avg"] for p in params],
+            [self.state[p]["exp_avg_sq"] for p in params],
+            [],
+            [torch.tensor(float(step - 1), device=device if fused else "cpu") for _ in params],
+            fused=True if fused else None,
+            decoupled_weight_decay=True,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"] / math.sqrt(1 - beta2**step),
+            maximize=False,
+        )
+        with torch.no_grad():
+            for p, p32 in zip(params, master):
+                if p32 is not p:
+                    p.copy_(p32)
 
 
 @register_optimizer("adam", dataclass=FairseqAdamConfig)
