@@ -11,6 +11,7 @@ Transformers is imported only by the config helpers (``pip install fairseq_lite[
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from typing import Any, Callable, Dict, Optional
 
@@ -18,6 +19,8 @@ import torch
 
 from fairseq_lite.dataclass import safe_eval
 from fairseq_lite.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 KeyMap = Callable[[str], str]
@@ -336,3 +339,230 @@ def wav2vec2_conformer_config_from_hf(hf_config: Any) -> Dict[str, Any]:
         depthwise_conv_kernel_size=hf_config.conv_depthwise_kernel_size,
     )
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# CTC models (wav2vec_ctc <-> Wav2Vec2ForCTC / Wav2Vec2ConformerForCTC) and whole checkpoints <-> HF folders.
+# Our CTC keys are the backbone's under ``w2v_encoder.w2v_model.`` plus ``w2v_encoder.proj``; HF's are the
+# backbone's under its model prefix plus ``lm_head``. HF's vocab.json names fairseq's index 0 (``<s>``, the
+# CTC blank) ``<pad>`` and index 1 ``<s>``: the rows stay where they are, only the names of 0 and 1 swap.
+
+CTC_BACKBONE_PREFIX = "w2v_encoder.w2v_model."
+CTC_PROJ_PREFIX = "w2v_encoder.proj."
+HF_LM_HEAD_PREFIX = "lm_head."
+#: fairseq's four specials by index, and the names HF gives the same indices.
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+HF_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def is_conformer_config(cfg: Any) -> bool:
+    return str(getattr(cfg, "layer_type", "transformer")) == "conformer"
+
+
+def ctc_to_hf_state_dict(state_dict: StateDict, conformer: bool = False) -> StateDict:
+    """Our ``wav2vec_ctc`` state dict -> HF ``Wav2Vec2ForCTC`` (or ``Wav2Vec2ConformerForCTC``) names."""
+    backbone = {k[len(CTC_BACKBONE_PREFIX):]: v for k, v in state_dict.items() if k.startswith(CTC_BACKBONE_PREFIX)}
+    if conformer:
+        out = wav2vec2_conformer_to_hf_state_dict(backbone)
+    else:
+        out = wav2vec2_to_hf_state_dict(backbone)
+    for key, value in state_dict.items():
+        if key.startswith(CTC_PROJ_PREFIX):
+            out[HF_LM_HEAD_PREFIX + key[len(CTC_PROJ_PREFIX):]] = value
+        elif not key.startswith(CTC_BACKBONE_PREFIX):
+            raise KeyError(f"unexpected wav2vec_ctc key '{key}'")
+    return out
+
+
+def ctc_from_hf_state_dict(hf_state_dict: StateDict, conformer: bool = False) -> StateDict:
+    """HF ``Wav2Vec2ForCTC`` / ``Wav2Vec2ConformerForCTC`` state dict -> our ``wav2vec_ctc`` names."""
+    heads = {k: v for k, v in hf_state_dict.items() if k.startswith(HF_LM_HEAD_PREFIX)}
+    backbone = {k: v for k, v in hf_state_dict.items() if k not in heads}
+    if conformer:
+        mapped = wav2vec2_conformer_from_hf_state_dict(backbone)
+    else:
+        mapped = wav2vec2_from_hf_state_dict(backbone, hf_prefix="wav2vec2.")
+    out = {CTC_BACKBONE_PREFIX + k: v for k, v in mapped.items()}
+    out.update({CTC_PROJ_PREFIX + k[len(HF_LM_HEAD_PREFIX):]: v for k, v in heads.items()})
+    return out
+
+
+def hf_vocab(dictionary: Any) -> Dict[str, int]:
+    """vocab.json for a fairseq dictionary, in HF's naming of the specials (blank = ``<pad>`` = 0)."""
+    if tuple(dictionary.symbols[:4]) != FAIRSEQ_SPECIALS:
+        raise ConfigError(f"the target dictionary starts with {dictionary.symbols[:4]}, not fairseq's {FAIRSEQ_SPECIALS}")
+    return {symbol: i for i, symbol in enumerate(HF_SPECIALS + tuple(dictionary.symbols[4:]))}
+
+
+def dictionary_from_hf_vocab(vocab: Dict[str, int]) -> Any:
+    """Our Dictionary for an HF CTC vocab.json written the way HF's fairseq converter writes it."""
+    from fairseq_lite.data.dictionary import Dictionary
+
+    symbols = [s for s, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    if [vocab[s] for s in symbols] != list(range(len(symbols))) or tuple(symbols[:4]) != HF_SPECIALS:
+        raise ConfigError(
+            f"vocab.json must number its tokens 0..N-1 starting with {', '.join(HF_SPECIALS)} (the layout of "
+            "converted fairseq models); this one starts with " + ", ".join(symbols[:4])
+        )
+    dictionary = Dictionary()
+    for symbol in symbols[4:]:
+        dictionary.add_symbol(symbol)
+    return dictionary
+
+
+def _hf_classes(conformer: bool, ctc: bool):
+    import transformers
+
+    if conformer:
+        config_cls = transformers.Wav2Vec2ConformerConfig
+        model_cls = transformers.Wav2Vec2ConformerForCTC if ctc else transformers.Wav2Vec2ConformerForPreTraining
+    else:
+        config_cls = transformers.Wav2Vec2Config
+        model_cls = transformers.Wav2Vec2ForCTC if ctc else transformers.Wav2Vec2ForPreTraining
+    return config_cls, model_cls
+
+
+def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path: Optional[str] = None,
+                            trust_checkpoint: bool = False) -> str:
+    """Write an HF folder (config.json, model.safetensors; for CTC also vocab.json, tokenizer and feature
+    extractor files) for a fairseq/fairseq_lite ``wav2vec2`` or ``wav2vec_ctc`` checkpoint. Returns the HF
+    class name. ``dictionary_path`` (a dict.ltr.txt) is needed only when the checkpoint stores no dictionary."""
+    import json
+    import os
+
+    from fairseq_lite.data.dictionary import Dictionary
+    from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+    from fairseq_lite.models import MODEL_REGISTRY
+    from fairseq_lite.models.wav2vec.wav2vec2_asr import checkpoint_kind, pretraining_config_from
+
+    state = load_checkpoint_to_cpu(checkpoint_path, trust_checkpoint=trust_checkpoint)
+    kind = checkpoint_kind(state)
+    ctc = kind == "wav2vec_ctc"
+    if kind not in ("wav2vec2", "wav2vec_ctc"):
+        raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only wav2vec2 and wav2vec_ctc convert to HF")
+    model_cfg = state["cfg"]["model"]
+    task_cfg = state["cfg"].get("task") or {}
+    if ctc:
+        w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"]
+    else:
+        w2v_model_cfg = model_cfg
+    cfg = MODEL_REGISTRY.build_config(w2v_model_cfg, from_checkpoint=True)
+    conformer = is_conformer_config(cfg)
+    kwargs = hf_conformer_config_kwargs(cfg) if conformer else hf_config_kwargs(cfg)
+    weights = state["model"]
+    if ctc:
+        dictionary = (state.get("task_state") or {}).get("target_dictionary")
+        if dictionary_path is not None:
+            dictionary = Dictionary.load(dictionary_path)
+        if dictionary is None:
+            raise ConfigError(f"{checkpoint_path} stores no target dictionary: pass the dict.ltr.txt it was trained with")
+        weights = ctc_to_hf_state_dict(weights, conformer)
+        if weights[HF_LM_HEAD_PREFIX + "weight"].shape[0] != len(dictionary):
+            raise ConfigError(f"the dictionary has {len(dictionary)} symbols but the output layer "
+                              f"{weights[HF_LM_HEAD_PREFIX + 'weight'].shape[0]}: pass the dictionary it was trained with")
+        blank_weight, blank_mode = model_cfg.get("blank_weight", 0), str(model_cfg.get("blank_mode", "add"))
+        if blank_weight:
+            if blank_mode != "add":
+                raise ConfigError("blank_mode=set has no Hugging Face equivalent; export with blank_weight=0")
+            bias = weights[HF_LM_HEAD_PREFIX + "bias"].clone()
+            bias[0] += blank_weight  # HF has no blank_weight: fold the constant offset into the bias
+            weights[HF_LM_HEAD_PREFIX + "bias"] = bias
+        kwargs.update(vocab_size=len(dictionary), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                      ctc_loss_reduction="sum", ctc_zero_infinity=True, final_dropout=model_cfg.get("final_dropout", 0.0))
+    else:
+        weights = (wav2vec2_conformer_to_hf_state_dict if conformer else wav2vec2_to_hf_state_dict)(weights)
+    config_cls, model_cls = _hf_classes(conformer, ctc)
+    hf_model = model_cls(config_cls(**kwargs))
+    _load_hf_strict(hf_model, weights)
+    hf_model.save_pretrained(out_dir)
+    if ctc:
+        import transformers
+
+        os.makedirs(out_dir, exist_ok=True)
+        vocab_file = os.path.join(out_dir, "vocab.json")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(hf_vocab(dictionary), f, ensure_ascii=False)
+        tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_file, word_delimiter_token="|")
+        extractor = transformers.Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=int(task_cfg.get("sample_rate", 16000)), padding_value=0.0,
+            do_normalize=bool(task_cfg.get("normalize", False)),
+            return_attention_mask=str(cfg.extractor_mode) == "layer_norm",
+        )
+        transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    return model_cls.__name__
+
+
+def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
+    """Load mapped weights into an HF model; every HF parameter must be covered (HF's non-persistent or
+    recomputed buffers aside)."""
+    missing, unexpected = hf_model.load_state_dict(weights, strict=False)
+    if unexpected or missing:
+        raise ConfigError(f"the converted weights do not fit {type(hf_model).__name__}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+
+
+def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
+    """Write a fairseq-layout checkpoint (``wav2vec2`` or ``wav2vec_ctc``, with the dictionary in ``task_state``)
+    for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC`` or their conformer twins. Returns our model name."""
+    import json
+    import os
+
+    import transformers
+
+    from fairseq_lite.dataclass.initialize import finalize_config
+    from fairseq_lite.dataclass.utils import config_to_dict
+    from fairseq_lite.training.checkpoint import atomic_save
+
+    config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    conformer = config.model_type == "wav2vec2-conformer"
+    if config.model_type not in ("wav2vec2", "wav2vec2-conformer"):
+        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2 or wav2vec2-conformer")
+    architectures = config.architectures or []
+    ctc = any(a.endswith("ForCTC") for a in architectures)
+    _, model_cls = _hf_classes(conformer, ctc)
+    hf_model = model_cls.from_pretrained(hf_dir, local_files_only=True)
+    hf_state = hf_model.state_dict()
+    pretrain_model = wav2vec2_conformer_config_from_hf(config) if conformer else wav2vec2_config_from_hf(config)
+    try:  # task.normalize is the feature extractor's do_normalize (saved with the processor)
+        extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(hf_dir, local_files_only=True)
+        normalize = bool(extractor.do_normalize)
+    except OSError:
+        normalize = not conformer and config.feat_extract_norm == "layer"  # what HF's converter writes
+        logger.warning("%s has no feature extractor config: assuming task.normalize=%s", hf_dir, normalize)
+    pretrain_task = {"_name": "audio_pretraining", "data": hf_dir, "normalize": normalize}
+    data = os.path.abspath(hf_dir)
+    if ctc:
+        with open(os.path.join(hf_dir, "vocab.json"), encoding="utf-8") as f:
+            dictionary = dictionary_from_hf_vocab(json.load(f))
+        pretraining = config_to_dict(finalize_config({"task": pretrain_task, "model": pretrain_model},
+                                                     from_checkpoint=True))
+        pretraining["criterion"] = pretraining["lr_scheduler"] = None
+        cfg = finalize_config({
+            "task": {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize},
+            "model": {"_name": "wav2vec_ctc", "w2v_path": data, "w2v_args": pretraining,
+                      "final_dropout": getattr(config, "final_dropout", 0.0)},
+            "criterion": {"_name": "ctc", "zero_infinity": True},
+        }, from_checkpoint=True)
+        weights = ctc_from_hf_state_dict(hf_state, conformer)
+        task_state = {"target_dictionary": dictionary}
+        name, criterion_name = "wav2vec_ctc", "CtcCriterion"
+    else:
+        cfg = finalize_config({"task": {**pretrain_task, "data": data}, "model": pretrain_model,
+                               "criterion": {"_name": "wav2vec", "infonce": True}}, from_checkpoint=True)
+        weights = (wav2vec2_conformer_from_hf_state_dict if conformer else wav2vec2_from_hf_state_dict)(hf_state)
+        task_state = {}
+        name, criterion_name = "wav2vec2", "Wav2vecCriterion"
+    state = {
+        "args": None,
+        "cfg": config_to_dict(cfg),
+        "model": {k: v.detach().clone().contiguous() for k, v in weights.items()},
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": None,
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "task_state": task_state,
+        "extra_state": {"train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
+                        "val_loss": None, "previous_training_time": 0.0},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    atomic_save(state, out_path)
+    return name

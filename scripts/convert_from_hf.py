@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Convert a local Hugging Face wav2vec 2.0 folder into a checkpoint with fairseq's layout.
+
+    python scripts/convert_from_hf.py hf_model/ wav2vec_ctc.pt
+
+``Wav2Vec2ForCTC`` / ``Wav2Vec2ConformerForCTC`` folders become ``wav2vec_ctc`` checkpoints (the pretraining
+config under ``cfg.model.w2v_args``, the letter dictionary from vocab.json in ``task_state``), so they load with
+``checkpoint_utils.load_model_ensemble_and_task`` and decode with infer.py; ``...ForPreTraining`` folders become
+``wav2vec2`` checkpoints to fine-tune from (``model.w2v_path``). Nothing is downloaded: the folder must be local.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+from fairseq_lite.cli.common import run_cli
+
+
+def main(argv: List[str]) -> Optional[int]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("hf_dir", help="folder with config.json and the weights (save_pretrained output)")
+    parser.add_argument("checkpoint", help="the .pt file to write")
+    args = parser.parse_args(argv)
+    from fairseq_lite.interop.huggingface import import_checkpoint_from_hf
+
+    name = import_checkpoint_from_hf(args.hf_dir, args.checkpoint)
+    print(f"wrote a {name} checkpoint to {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Convert a fairseq / fairseq_lite wav2vec 2.0 checkpoint into a Hugging Face Transformers folder.
+
+    python scripts/convert_to_hf.py checkpoint_best.pt hf_model/ [--dict data/dict.ltr.txt]
+
+A pretraining checkpoint (``wav2vec2``) becomes ``Wav2Vec2ForPreTraining`` (``Wav2Vec2ConformerForPreTraining``
+for conformer models); a fine-tuned one (``wav2vec_ctc``) becomes ``Wav2Vec2ForCTC`` with vocab.json, the
+tokenizer and the feature extractor, so ``Wav2Vec2Processor`` and ``Wav2Vec2ForCTC.from_pretrained`` load the
+folder offline. Weights are written as safetensors. Needs ``pip install fairseq_lite[hf]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+from fairseq_lite.cli.common import run_cli
+
+
+def main(argv: List[str]) -> Optional[int]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="fairseq-layout .pt file (wav2vec2 or wav2vec_ctc)")
+    parser.add_argument("out_dir", help="folder to write the Hugging Face model into")
+    parser.add_argument("--dict", dest="dictionary", default=None,
+                        help="dict.ltr.txt, for CTC checkpoints that do not store their dictionary")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle arbitrary objects in the checkpoint (only for files you trust)")
+    args = parser.parse_args(argv)
+    from fairseq_lite.interop.huggingface import export_checkpoint_to_hf
+
+    name = export_checkpoint_to_hf(args.checkpoint, args.out_dir, args.dictionary, args.trust_checkpoint)
+    print(f"wrote {name} to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
