@@ -119,6 +119,7 @@ class Trainer:
             self.float_dtype = None
         if self.float_dtype is not None:
             model, criterion = model.to(self.float_dtype), criterion.to(self.float_dtype)
+        self.is_xla = self.device.type == "xla"
         self._model = model.to(self.device)
         self._criterion = criterion.to(self.device)
         backend = str(cfg.distributed_training.ddp_backend)
@@ -301,6 +302,7 @@ class Trainer:
                     )
             except torch.OutOfMemoryError as exc:
                 raise self._oom_error(exc) from exc
+            self._mark_step()
             if is_dummy:
                 continue
             logging_outputs.append(logging_output)
@@ -321,6 +323,7 @@ class Trainer:
             if not torch.isfinite(grad_norm):
                 raise _NonFiniteGradients()
             optimizer.step()
+            self._mark_step()
         except OverflowError as exc:
             logger.info("update %d skipped: %s", self.num_updates + 1, exc)
             optimizer.zero_grad()
@@ -338,6 +341,13 @@ class Trainer:
         self.set_num_updates(self.num_updates + 1)
         stats = self._reduce_stats(logging_outputs, sample_size, float(grad_norm), time.perf_counter() - step_start)
         return stats
+
+    def _mark_step(self) -> None:
+        """On XLA, run the graph built so far (one graph per micro-batch and one per update)."""
+        if self.is_xla:
+            from fairseq_lite.training.xla import mark_step
+
+            mark_step()
 
     def _all_reduce_grads(self) -> None:
         """legacy_ddp: one summed all-reduce of every gradient; a parameter unused on every rank keeps no grad."""
