@@ -91,18 +91,21 @@ def _losses(save_dir):
 
 
 def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
-    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends."""
-    common = dict(optimization={"max_update": 6, "update_freq": [2]}, model={"freeze_first": True})
-    _run_here(tmp_path / "single", **common)
+    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends.
+
+    15 batches per epoch: the 8th update is one batch alone, so rank 1 runs the dummy batch (loss × 0).
+    """
+    common = dict(task={"num_examples": 60}, model={"freeze_first": True})
+    _run_here(tmp_path / "single", optimization={"max_update": 8, "update_freq": [2]}, **common)
     reference = _model(tmp_path / "single")
     for backend in ("legacy_ddp", "pytorch_ddp"):
         save_dir = tmp_path / backend
-        _run(tmp_path, save_dir, optimization={"max_update": 6, "update_freq": [1]}, model={"freeze_first": True},
-             common={"cpu": True}, distributed_training={"distributed_world_size": 2, "ddp_backend": backend})
+        _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
+             distributed_training={"distributed_world_size": 2, "ddp_backend": backend}, **common)
         params = _model(save_dir)
         for key, value in reference.items():
             torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{backend} {key}")
-        assert _losses(save_dir)[6] == pytest.approx(_losses(tmp_path / "single")[6], rel=1e-5)
+        assert _losses(save_dir)[8] == pytest.approx(_losses(tmp_path / "single")[8], rel=1e-5)
     # the frozen layer kept its initial weights
     torch.manual_seed(3)
     fresh = train_toy.ToyModel(train_toy.ToyModelConfig(freeze_first=True))
