@@ -134,6 +134,35 @@ def test_set_num_updates_reaches_the_quantizer_and_remove_pretraining_modules():
     fresh.load_state_dict(state, strict=True)  # quantizer/project_q/final_proj keys are accepted
 
 
+def test_apply_mask_puts_mask_emb_on_frames_and_zeros_whole_channels():
+    torch.manual_seed(0)
+    model = tiny(mask_channel_prob=0.5, mask_channel_length=4)
+    x = torch.randn(3, 60, 32) + 5.0
+    padding = torch.zeros(3, 60, dtype=torch.bool)
+    padding[2, 40:] = True
+    masked, mask = model.apply_mask(x, padding)
+    assert not (mask & padding).any() and (mask.sum(1) == mask.sum(1)[0]).all()
+    zero_channels = (masked == 0).all(dim=1)  # B×C: channels zeroed at every frame
+    assert zero_channels.any(dim=1).all()
+    keep = ~zero_channels.unsqueeze(1).expand_as(masked)
+    frames = mask.unsqueeze(-1).expand_as(masked)
+    expected = model.mask_emb.expand_as(masked)
+    assert torch.equal(masked[frames & keep], expected[frames & keep])
+    assert torch.equal(masked[~frames & keep], x[~frames & keep])
+
+
+def test_logits_are_cosine_over_temperature_with_minus_inf_for_copies_of_the_positive():
+    model = tiny(logit_temp=0.5)
+    x = torch.randn(1, 3, 16)
+    y = torch.randn(1, 3, 16)
+    negatives = torch.randn(2, 1, 3, 16)
+    negatives[1, 0, 2] = y[0, 2]
+    logits = model.compute_preds(x, y, negatives)
+    assert logits.shape == (3, 1, 3)
+    assert torch.allclose(logits[0], torch.cosine_similarity(x, y, dim=-1) / 0.5)
+    assert logits[2, 0, 2] == float("-inf") and torch.isfinite(logits[:, 0, :2]).all()
+
+
 def test_model_options_run():
     torch.manual_seed(0)
     source = torch.randn(2, 4000)
