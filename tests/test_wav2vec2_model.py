@@ -103,6 +103,8 @@ def test_features_only_layer_and_feature_grad_mult_zero():
     first = model.extract_features(source, layer=0)
     assert torch.allclose(first["x"], full["layer_results"][0][0])
     assert len(first["layer_results"]) == 1
+    quantized, codes = model.quantize(source)
+    assert quantized.shape == (2, 199, 16) and codes.shape == (2, 199, 2) and int(codes.max()) < 10
     model.train()
     out = model(source)
     out["x"].float().sum().backward()
