@@ -7,7 +7,7 @@ import fairseq_lite  # noqa: F401  (registers everything)
 from fairseq_lite.criterions import build_criterion
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import build_model
-from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config
 
 BASE = {"_name": "wav2vec2", "quantize_targets": True, "final_dim": 256, "encoder_layerdrop": 0.05,
         "dropout_input": 0.1, "dropout_features": 0.1, "feature_grad_mult": 0.1, "encoder_embed_dim": 768}

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, safe_eval
