@@ -187,6 +187,10 @@ def _upgrade_cfg(cfg: Dict[str, Any]) -> None:
     for group in REGISTRY_GROUPS:
         if isinstance(cfg.get(group), argparse.Namespace):  # legacy sub-configs kept as Namespaces
             cfg[group] = dict(vars(cfg[group]))
+    model = cfg.get("model")
+    if isinstance(model, dict) and isinstance(model.get("w2v_args"), argparse.Namespace):
+        # fine-tuned files of the argparse era embed the pretraining args as a Namespace
+        model["w2v_args"] = namespace_to_config_dict(upgrade_legacy_args(model["w2v_args"]))
 
 
 def _fill_training_state(state: Dict[str, Any]) -> None:

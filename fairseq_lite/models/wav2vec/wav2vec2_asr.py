@@ -20,7 +20,6 @@ Deliberate differences from fairseq, each a fix for a reported problem:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
@@ -176,14 +175,10 @@ def checkpoint_kind(state: Dict[str, Any]) -> str:
 
 
 def pretraining_config_from(w2v_args: Any) -> Dict[str, Any]:
-    """The stored pretraining config as a plain dict (legacy checkpoints keep it as an argparse Namespace)."""
-    from fairseq_lite.interop.fairseq_checkpoint import namespace_to_config_dict, upgrade_legacy_args
-
-    if isinstance(w2v_args, argparse.Namespace):
-        return namespace_to_config_dict(upgrade_legacy_args(w2v_args))
-    if isinstance(w2v_args, dict):
-        return w2v_args
-    raise CheckpointError(f"model.w2v_args holds a {type(w2v_args).__name__}; expected the pretraining config")
+    """The stored pretraining config (``model.w2v_args``) as a plain dict; legacy Namespaces are converted on load."""
+    if not isinstance(w2v_args, dict):
+        raise CheckpointError(f"model.w2v_args holds a {type(w2v_args).__name__}; expected the pretraining config")
+    return w2v_args
 
 
 class Wav2VecEncoder(nn.Module):
