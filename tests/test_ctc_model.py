@@ -263,3 +263,10 @@ def test_argparse_era_finetuned_file_loads_with_packed_attention_and_new_weight_
     with torch.no_grad():
         assert torch.allclose(models[0].eval()(**batch())["encoder_out"], model.eval()(**batch())["encoder_out"],
                               atol=1e-6)
+
+
+def test_freeze_regex_freezes_matching_parameters(tmp_path, pretrained):
+    _, model = build(finetune_cfg(tmp_path, pretrained[0], "base_100h", "model.freeze_regex=encoder\\.layers\\.0\\."))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".encoder.layers.0." in n for n in frozen)
+    assert model.w2v_encoder.w2v_model.encoder.layers[1].fc1.weight.requires_grad
