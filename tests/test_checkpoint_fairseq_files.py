@@ -89,7 +89,7 @@ def cfg_era_checkpoint(path, **extra_task_state):
             "common": {"fp16": True, "seed": 3, "no_such_old_flag": 1},
             "task": {"_name": TASK, "data": "/old/data", "labels": "ltr", "eval_wer": False},
             "model": {"_name": MODEL, "width": 3, "stale_key": 0.5},
-            "criterion": {"_name": "ctc", "zero_infinity": True},
+            "criterion": {"_name": "ctc_from_a_newer_fairseq", "zero_infinity": True},
             "optimizer": {"_name": "some_optimizer_we_lack", "lr": [1e-4]},
             "generation": {"print_alignment": True},
             "ema": {"store_ema": False},
