@@ -1,0 +1,489 @@
+"""CTC inference with fairseq's ``examples/speech_recognition/infer.py`` command line::
+
+    python examples/speech_recognition/infer.py /path/to/data --task audio_finetuning \\
+        --nbest 1 --path /path/to/model --gen-subset dev_other --results-path /path/to/results \\
+        --w2l-decoder kenlm --lexicon lexicon.lst --lm-model kenlm.bin --lm-weight 2 --word-score -1 \\
+        --sil-weight 0 --criterion ctc --labels ltr --max-tokens 4000000 --post-process letter
+
+The generic flags (task, ``--path``, ``--gen-subset``, ``--results-path``, ``--max-tokens``, ``--beam``,
+``--nbest``, ``--lm-weight``, ``--post-process``, ``--model-overrides``, ``--cpu`` …) come from the same
+dataclasses as ``fairseq-train``'s; the decoding flags are fairseq's infer.py ones plus ``--chunk-seconds``
+/ ``--chunk-overlap`` (long audio) and ``--decode-workers``. The task is built from the command line (so
+CTC checkpoints saved under ``audio_pretraining`` load) and its target dictionary is the checkpoint's when it
+stores one, else ``dict.{labels}.txt`` in the data folder.
+
+With ``--results-path`` it writes fairseq's four files ``{hypo.word,hypo.units,ref.word,ref.units}-
+{checkpoint}-{subset}.txt`` (one ``<text> (None-<id>)`` line per utterance, in batch order), plus
+``timestamps-{checkpoint}-{subset}.ctm`` (one CTM line per hypothesis word: utterance, channel 1, start
+and duration in seconds) and ``results-{checkpoint}-{subset}.jsonl`` (one JSON object per utterance).
+It logs ``WER: x`` (100 · word edits / reference words over the subset) and fairseq's throughput lines.
+
+``--dump-emissions FILE`` writes the emissions the decoder would see (``get_logits``: raw CTC logits with
+padding forced to blank; fairseq dumps log-softmax instead, which its decoders do not use) and stops;
+``--load-emissions FILE`` decodes from such a file. The file is a numpy ``.npz`` (no pickle), unlike
+fairseq's pickled object array, which is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.data.data_utils import post_process
+from fairseq_lite.dataclass.initialize import finalize_config
+from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
+from fairseq_lite.decoding import W2L_DECODER_CHOICES, ErrorCounter, build_decoder, edit_distance, word_spans
+from fairseq_lite.errors import CheckpointError, ConfigError, DataError
+
+logger = logging.getLogger("fairseq_lite.infer")
+
+RESULT_PREFIXES = {"hypo.words": "hypo.word", "hypo.units": "hypo.units", "ref.words": "ref.word",
+                   "ref.units": "ref.units"}
+DEFAULT_MAX_TOKENS = 4_000_000  # fairseq's infer.py default when neither --max-tokens nor --batch-size is set
+
+
+def decoding_parser() -> argparse.ArgumentParser:
+    """infer.py's own flags (fairseq's names and defaults); everything else goes to the generic parser."""
+    parser = argparse.ArgumentParser(prog="infer.py", add_help=False, allow_abbrev=False)
+    group = parser.add_argument_group("decoding (examples/speech_recognition/infer.py)")
+    group.add_argument("--w2l-decoder", choices=W2L_DECODER_CHOICES, help="CTC decoder")
+    group.add_argument("--lexicon", help="flashlight lexicon: WORD<TAB>S P E L L I N G | per line")
+    group.add_argument("--lm-model", "--kenlm-model", dest="kenlm_model",
+                       help="KenLM binary/ARPA file (kenlm) or fairseq LM checkpoint (fairseqlm)")
+    group.add_argument("--unit-lm", action="store_true", help="the LM is over output units: lexicon-free decoding")
+    group.add_argument("--word-score", type=float, default=1.0, help="word insertion score")
+    group.add_argument("--unk-weight", type=float, default=-math.inf, help="unknown word score")
+    group.add_argument("--sil-weight", type=float, default=0.0, help="silence score")
+    group.add_argument("--beam-threshold", type=float, default=25.0, help="beam score threshold")
+    group.add_argument("--beam-size-token", type=int, default=100, help="tokens considered per frame")
+    group.add_argument("--dump-emissions", help="write the emissions to this .npz file and stop")
+    group.add_argument("--load-emissions", help="decode emissions written by --dump-emissions")
+    group.add_argument("--dump-features", help="not supported: use scripts/extract_features.py")
+    group.add_argument("--wfstlm", help="not supported: WFST decoding")
+    group.add_argument("--kspmodel", help="not supported: sentencepiece model for seq2seq targets")
+    group.add_argument("--rnnt_decoding_type", default="greedy", help="accepted for fairseq commands; unused")
+    group.add_argument("--rnnt_len_penalty", type=float, default=-0.5, help="accepted for fairseq commands; unused")
+    group.add_argument("--chunk-seconds", type=float, help="transcribe audio in windows of this many seconds")
+    group.add_argument("--chunk-overlap", type=float, default=2.0,
+                       help="seconds shared by neighbouring windows; each keeps the frames nearer its centre")
+    group.add_argument("--decode-workers", type=int, default=min(4, os.cpu_count() or 1),
+                       help="threads decoding utterances in parallel (kenlm)")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, Any]:
+    """(decoding flags, finalised FairseqConfig) of an infer.py command line."""
+    args, rest = decoding_parser().parse_known_args(list(argv))
+    for flag in ("dump_features", "wfstlm", "kspmodel"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} is not supported by fairseq_lite's infer.py")
+    cfg_dict = parse_legacy_args(rest)
+    task = cfg_dict.get("task")
+    if not task:
+        raise ConfigError("infer.py needs --task audio_finetuning and the data folder as the first argument")
+    if task.get("_name") == "audio_pretraining":  # older fairseq docs; the labels live in audio_finetuning now
+        task["_name"] = "audio_finetuning"
+    cfg = finalize_config(cfg_dict)
+    if not cfg.common_eval.path and not args.load_emissions:
+        raise ConfigError("infer.py needs --path /path/to/checkpoint.pt")
+    if args.w2l_decoder is None and not args.dump_emissions:
+        raise ConfigError(f"choose a decoder: --w2l-decoder {{{','.join(W2L_DECODER_CHOICES)}}}")
+    if args.chunk_seconds is not None and not 0 <= args.chunk_overlap < args.chunk_seconds:
+        raise ConfigError("--chunk-overlap must be at least 0 and shorter than --chunk-seconds")
+    if cfg.dataset.max_tokens is None and cfg.dataset.batch_size is None:
+        cfg.dataset.max_tokens = DEFAULT_MAX_TOKENS
+    return args, cfg
+
+
+# -- model and emissions ------------------------------------------------------------------------
+
+
+def frame_stride(model: torch.nn.Module) -> int:
+    """Input samples per output frame: the product of the strides of the convolutional feature extractor."""
+    stride = 1
+    for name, module in model.named_modules():
+        if "feature_extractor" in name and isinstance(module, torch.nn.Conv1d):
+            stride *= module.stride[0]
+    return stride
+
+
+class EmissionModel:
+    """The CTC model on its device: batches (or long waveforms in windows) → (B, T, V) emissions + lengths."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool):
+        self.model = model.to(device).eval()
+        if half:
+            self.model.half()
+        self.device = device
+        self.half = half
+        self.stride = frame_stride(model)
+
+    @torch.inference_mode()
+    def __call__(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        source = source.to(self.device)
+        if self.half:
+            source = source.half()
+        net_input = {"source": source}
+        if padding_mask is not None:
+            net_input["padding_mask"] = padding_mask.to(self.device)
+        net_output = self.model(**net_input)
+        if hasattr(self.model, "get_logits"):
+            logits = self.model.get_logits(net_output)
+        else:
+            logits = self.model.get_normalized_probs(net_output, log_probs=True)
+        emissions = logits.transpose(0, 1).float().cpu()
+        out_padding = net_output.get("padding_mask")
+        if out_padding is None:
+            lengths = torch.full((emissions.size(0),), emissions.size(1), dtype=torch.long)
+        else:
+            lengths = (~out_padding).sum(dim=1).cpu()
+        return emissions, lengths
+
+    def chunked(self, wav: torch.Tensor, window: int, overlap: int, max_tokens: Optional[int]) -> torch.Tensor:
+        """(T, V) emissions of one long waveform from overlapping windows (``--chunk-seconds/--chunk-overlap``).
+
+        Windows start at multiples of the frame stride, so window frame ``t`` is global frame ``start/stride +
+        t``; the last window ends at the end of the audio (no padding, which would change the CNN's group
+        norm), and neighbouring windows hand over in the middle of their overlap, so each frame comes from
+        the window where it is farther from an edge. The total is exactly the unchunked number of frames.
+        """
+        stride, length = self.stride, len(wav)
+        window = max(stride, window // stride * stride)
+        hop = (window - overlap) // stride * stride
+        if hop <= 0:
+            raise ConfigError("--chunk-overlap is too large for --chunk-seconds: leave at least one frame per window")
+        starts = [0]
+        while starts[-1] + window < length:
+            starts.append(starts[-1] + hop)
+        if len(starts) > 1:
+            last = (length - window) // stride * stride
+            starts[-1:] = [last] if last > starts[-2] else []  # equal: the previous window becomes the last
+        ends = [start + window for start in starts[:-1]] + [length]
+        handover = [(nxt + end) // 2 // stride for nxt, end in zip(starts[1:], ends[:-1])]
+        per_batch = max(1, (max_tokens or window) // window)
+        pieces = []
+        groups = [list(range(i, min(i + per_batch, len(starts) - 1))) for i in range(0, len(starts) - 1, per_batch)]
+        for group in groups + [[len(starts) - 1]]:
+            batch = torch.stack([wav[starts[k] : ends[k]] for k in group])
+            emissions, lengths = self(batch, None)
+            for row, k in enumerate(group):
+                offset = starts[k] // stride
+                begin = handover[k - 1] - offset if k > 0 else 0
+                end = handover[k] - offset if k < len(handover) else int(lengths[row])
+                pieces.append(emissions[row, begin:end])
+        return torch.cat(pieces)
+
+
+def load_emission_file(path: str, vocab_size: int) -> Dict[int, torch.Tensor]:
+    """id → (T, V) emissions from a ``--dump-emissions`` file."""
+    if not os.path.isfile(path):
+        raise DataError(f"--load-emissions {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, lengths, emissions = data["ids"], data["lengths"], data["emissions"]
+    except ValueError as err:
+        raise DataError(f"{path} is not a fairseq_lite emissions file ({err}); fairseq's pickled dumps are not "
+                        "read: write one with infer.py --dump-emissions") from None
+    except KeyError as err:
+        raise DataError(f"{path} lacks the {err} array; write it with infer.py --dump-emissions") from None
+    if emissions.shape[1] != vocab_size:
+        raise DataError(f"{path} has emissions over {emissions.shape[1]} units but the dictionary has {vocab_size}")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    table = torch.from_numpy(emissions)
+    return {int(i): table[offsets[k] : offsets[k + 1]] for k, i in enumerate(ids)}
+
+
+def save_emission_file(path: str, emissions: Dict[int, torch.Tensor]) -> None:
+    ids = sorted(emissions)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
+        np.savez(f, ids=np.asarray(ids, dtype=np.int64),
+                 lengths=np.asarray([len(emissions[i]) for i in ids], dtype=np.int64),
+                 emissions=torch.cat([emissions[i] for i in ids]).numpy() if ids else np.zeros((0, 0), np.float32))
+
+
+def pad_emissions(rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.zeros(len(rows), int(lengths.max()) if rows else 0, rows[0].size(1) if rows else 0)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, lengths
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+
+class ResultWriter:
+    """fairseq's four result files plus the CTM timestamps and the JSON-lines file (line-buffered)."""
+
+    def __init__(self, folder: str, checkpoint: str, subset: str, shard_prefix: str):
+        os.makedirs(folder, exist_ok=True)
+        name = f"{os.path.basename(checkpoint)}-{subset}"
+        self.files = {key: open(os.path.join(folder, f"{shard_prefix}{prefix}-{name}.txt"), "w", buffering=1,
+                                encoding="utf-8")
+                      for key, prefix in RESULT_PREFIXES.items()}
+        self.ctm = open(os.path.join(folder, f"{shard_prefix}timestamps-{name}.ctm"), "w", buffering=1,
+                        encoding="utf-8")
+        self.jsonl = open(os.path.join(folder, f"{shard_prefix}results-{name}.jsonl"), "w", buffering=1,
+                          encoding="utf-8")
+
+    def write(self, utt: str, texts: Dict[str, str], spans, record: Dict[str, Any]) -> None:
+        for key, text in texts.items():
+            print(f"{text} ({utt})", file=self.files[key])
+        for span in spans:
+            print(f"{utt} 1 {span.start:.3f} {span.end - span.start:.3f} {span.word}", file=self.ctm)
+        print(json.dumps(record, ensure_ascii=False), file=self.jsonl)
+
+    def close(self) -> None:
+        for f in (*self.files.values(), self.ctm, self.jsonl):
+            f.close()
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def load_model(cfg: Any, task: Any):
+    """The first checkpoint of ``--path`` (``\\``-separated as in fairseq) with ``--model-overrides``."""
+    from fairseq_lite import checkpoint_utils
+
+    paths = cfg.common_eval.path.split("\\")
+    if len(paths) > 1:
+        logger.warning("infer.py decodes with one model: using %s of %d", paths[0], len(paths))
+    try:  # fairseq reads it with ast.literal_eval, which evaluates literals only
+        overrides = ast.literal_eval(cfg.common_eval.model_overrides or "{}")
+    except (ValueError, SyntaxError):
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--model-overrides must be a dict literal such as \"{{'dropout': 0.0}}\", "
+                          f"got {cfg.common_eval.model_overrides!r}")
+    if not os.path.isfile(paths[0]):
+        raise CheckpointError(f"checkpoint {paths[0]} does not exist (--path)")
+    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        paths[:1], arg_overrides=overrides, task=task, suffix=cfg.checkpoint.checkpoint_suffix)
+    return models[0], saved_cfg, task
+
+
+def load_lm(path: Optional[str]):
+    """The fairseq LM checkpoint of ``--lm-model`` and its dictionary (``dict.txt`` beside it, or its own)."""
+    from fairseq_lite import checkpoint_utils
+
+    if not path:
+        raise ConfigError("--w2l-decoder fairseqlm needs --lm-model <LM checkpoint>")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"LM checkpoint {path} does not exist (--lm-model)")
+    models, _, lm_task = checkpoint_utils.load_model_ensemble_and_task(
+        [path], arg_overrides={"data": os.path.dirname(os.path.abspath(path))})
+    return models[0].eval(), lm_task.target_dictionary
+
+
+def dataset_task_cfg(cli_task_cfg: Any, saved_cfg: Any) -> Any:
+    """The command line's task config, with the sample rate and normalisation the model was trained with."""
+    saved = getattr(saved_cfg, "task", None)
+    updates = {key: getattr(saved, key) for key in ("normalize", "sample_rate") if hasattr(saved, key)}
+    return dataclasses.replace(cli_task_cfg, **updates)
+
+
+def main(argv: List[str]) -> Optional[int]:
+    if "-h" in argv or "--help" in argv:
+        print(decoding_parser().format_help())
+        print(build_help([a for a in argv if a not in ("-h", "--help")]))
+        return 0
+    setup_logging()
+    args, cfg = parse_args(argv)
+    from fairseq_lite.tasks import setup_task
+
+    task = setup_task(cfg.task)
+    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+    device = torch.device("cuda" if use_cuda else "cpu")
+    model = saved_cfg = None
+    if cfg.common_eval.path:
+        model, saved_cfg, task = load_model(cfg, task)
+    tgt_dict = task.target_dictionary
+    if tgt_dict is None:
+        raise ConfigError("no target dictionary: pass --labels ltr with dict.ltr.txt in the data folder")
+    subset = cfg.dataset.gen_subset
+    task_cfg = dataset_task_cfg(task.cfg, saved_cfg)
+    task.load_dataset(subset, task_cfg=task_cfg)
+    dataset = task.dataset(subset)
+    logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
+
+    emitter = EmissionModel(model, device, cfg.common.fp16 and use_cuda) if model is not None else None
+    loaded = load_emission_file(args.load_emissions, len(tgt_dict)) if args.load_emissions else None
+    if loaded is None and emitter is None:
+        raise ConfigError("infer.py needs --path (a checkpoint) or --load-emissions")
+    decoder = None
+    if not args.dump_emissions:
+        lm_model = lm_dict = None
+        if args.w2l_decoder == "fairseqlm":
+            lm_model, lm_dict = load_lm(args.kenlm_model)
+        decoder = build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
+
+    itr = task.get_batch_iterator(
+        dataset=dataset,
+        max_tokens=cfg.dataset.max_tokens,
+        max_sentences=cfg.dataset.batch_size,
+        max_positions=task.max_positions(),
+        ignore_invalid_inputs=cfg.dataset.skip_invalid_size_inputs_valid_test,
+        required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+        num_shards=cfg.dataset.num_shards,
+        shard_id=cfg.dataset.shard_id,
+        num_workers=cfg.dataset.num_workers,
+        disable_iterator_cache=True,
+    ).next_epoch_itr(shuffle=False)
+
+    writer = None
+    if cfg.common_eval.results_path and not args.dump_emissions:
+        shard = f"{cfg.dataset.shard_id}_" if cfg.dataset.num_shards > 1 else ""
+        writer = ResultWriter(cfg.common_eval.results_path, cfg.common_eval.path or args.load_emissions, subset,
+                              shard)
+    sample_rate = task_cfg.sample_rate
+    frame_seconds = (emitter.stride if emitter is not None else 320) / sample_rate
+    window = overlap = None
+    if args.chunk_seconds:
+        window, overlap = int(args.chunk_seconds * sample_rate), int(args.chunk_overlap * sample_rate)
+
+    dumped: Dict[int, torch.Tensor] = {}
+    counter = ErrorCounter()
+    num_sentences = num_tokens = 0
+    elapsed = 0.0
+    progress = tqdm(total=len(dataset), desc="infer", unit="utt", disable=cfg.common.no_progress_bar)
+    try:
+        for sample in itr:
+            if not sample:
+                continue
+            ids = sample["id"].tolist()
+            started = time.perf_counter()
+            if loaded is not None:
+                missing = [i for i in ids if i not in loaded]
+                if missing:
+                    raise DataError(f"{args.load_emissions} has no emissions for utterances {missing[:5]}: "
+                                    "dump them from the same subset")
+                emissions, lengths = pad_emissions([loaded[i] for i in ids])
+            elif window is not None:
+                emissions, lengths = pad_emissions(chunk_rows(emitter, sample, window, overlap, cfg.dataset.max_tokens))
+            else:
+                net_input = sample["net_input"]
+                emissions, lengths = emitter(net_input["source"], net_input.get("padding_mask"))
+            if args.dump_emissions:
+                for row, i in enumerate(ids):
+                    dumped[i] = emissions[row, : int(lengths[row])].clone()
+                elapsed += time.perf_counter() - started
+                progress.update(len(ids))
+                continue
+            if args.w2l_decoder == "viterbi":
+                hypos = decoder.decode(emissions, lengths)
+            else:
+                hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
+            elapsed += time.perf_counter() - started
+            for row, i in enumerate(ids):
+                target = sample["target"][row, : int(sample["target_lengths"][row])]
+                num_tokens += len(hypos[row][0].tokens)
+                report(i, hypos[row], target, tgt_dict, cfg, counter, writer, frame_seconds, dataset)
+            num_sentences += len(ids)
+            progress.update(len(ids))
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+
+    if args.dump_emissions:
+        save_emission_file(args.dump_emissions, dumped)
+        logger.info("wrote the emissions of %d utterances to %s", len(dumped), args.dump_emissions)
+        return 0
+    logger.info("WER: %s", counter.wer)
+    elapsed = max(elapsed, 1e-9)
+    logger.info("| Processed %d sentences (%d tokens) in %.1fs (%.2f sentences/s, %.2f tokens/s)",
+                num_sentences, num_tokens, elapsed, num_sentences / elapsed, num_tokens / elapsed)
+    logger.info("| Generate %s with beam=%d", subset, cfg.generation.beam)
+    return 0
+
+
+def decoder_config(args: argparse.Namespace, cfg: Any):
+    """flashlight.DecoderConfig from the flags (``--beam``, ``--nbest``, ``--lm-weight`` are generation's)."""
+    if args.w2l_decoder == "viterbi":
+        return None
+    from fairseq_lite.decoding.flashlight import DecoderConfig
+
+    gen = cfg.generation
+    return DecoderConfig(nbest=gen.nbest, beam=gen.beam, beam_threshold=args.beam_threshold,
+                         beam_size_token=args.beam_size_token, lm_weight=gen.lm_weight, word_score=args.word_score,
+                         unk_weight=args.unk_weight, sil_weight=args.sil_weight, lexicon=args.lexicon,
+                         kenlm_model=args.kenlm_model, unit_lm=args.unit_lm)
+
+
+def chunk_rows(emitter: EmissionModel, sample: Dict[str, Any], window: int, overlap: int,
+               max_tokens: Optional[int]) -> List[torch.Tensor]:
+    """Windowed emissions of each waveform of a batch (its valid samples only)."""
+    source = sample["net_input"]["source"]
+    padding = sample["net_input"].get("padding_mask")
+    rows = []
+    for b in range(source.size(0)):
+        length = int((~padding[b]).sum()) if padding is not None else source.size(1)
+        rows.append(emitter.chunked(source[b, :length], window, overlap, max_tokens))
+    return rows
+
+
+def report(utt_id: int, hypos, target: torch.Tensor, tgt_dict, cfg: Any, counter: ErrorCounter,
+           writer: Optional[ResultWriter], frame_seconds: float, dataset: Any) -> None:
+    """Score the first hypothesis against the target and write/log it as fairseq's infer.py does."""
+    best = hypos[0]
+    hyp_units = tgt_dict.string(best.tokens.int())
+    hyp_words = " ".join(best.words) if best.words is not None else post_process(hyp_units, cfg.common_eval.post_process)
+    ref_units = tgt_dict.string(target.int())
+    ref_words = post_process(ref_units, cfg.common_eval.post_process)
+    counter.add(ref_words, hyp_words, ref_units.split(), hyp_units.split())
+    if not cfg.common_eval.quiet:
+        logger.info("HYPO:%s", hyp_words)
+        logger.info("TARGET:%s", ref_words)
+        logger.info("___________________")
+    if writer is None:
+        return
+    shown = [(tgt_dict[t], step) for t, step in zip(best.tokens.tolist(), best.timesteps)
+             if t not in (tgt_dict.bos(), tgt_dict.eos())]  # the units Dictionary.string shows
+    spans = word_spans([u for u, _ in shown], [s for _, s in shown], cfg.common_eval.post_process, frame_seconds)
+    if best.words is not None and len(best.words) == len(spans):
+        for span, word in zip(spans, best.words):
+            span.word = word
+    record = {
+        "id": utt_id,
+        "audio": _audio_path(dataset, utt_id),
+        "hypo": hyp_words,
+        "ref": ref_words,
+        "hypo_units": hyp_units,
+        "score": float(best.score),
+        "word_errors": edit_distance(ref_words.split(), hyp_words.split()),
+        "ref_words": len(ref_words.split()),
+        "words": [{"word": s.word, "start": round(s.start, 3), "end": round(s.end, 3)} for s in spans],
+        "nbest": [{"hypo": " ".join(h.words) if h.words is not None
+                   else post_process(tgt_dict.string(h.tokens.int()), cfg.common_eval.post_process),
+                   "score": float(h.score)} for h in hypos],
+    }
+    texts = {"hypo.units": hyp_units, "hypo.words": hyp_words, "ref.units": ref_units, "ref.words": ref_words}
+    writer.write(f"None-{utt_id}", texts, spans, record)
+
+
+def _audio_path(dataset: Any, index: int) -> Optional[str]:
+    audio = getattr(dataset, "dataset", dataset)
+    manifest = getattr(audio, "manifest", None)
+    return manifest.full_path(index) if manifest is not None else None
+
+
+def cli_main() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli_main()
