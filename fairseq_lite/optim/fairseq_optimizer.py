@@ -91,9 +91,9 @@ def clip_grad_norm(grads: List[torch.Tensor], max_norm: float) -> torch.Tensor:
     """fairseq's ``clip_grad_norm_``: the norm is always returned; coef = max_norm / (norm + 1e-6), capped at 1."""
     if not grads:
         return torch.tensor(0.0)
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
+        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
     return norm
 
 

@@ -39,8 +39,11 @@ def xla_device() -> torch.device:
 
 
 def mark_step() -> None:
-    """Cut the lazy graph here and run it (``xm.mark_step``)."""
-    _xla_model().mark_step()
+    """Cut the lazy graph here and run it (``xm.mark_step``, called ``torch_xla.sync`` since torch-xla 2.7)."""
+    _xla_model()
+    import torch_xla
+
+    torch_xla.sync()
 
 
 def call_main_xla(cfg: Any, main: Callable, **kwargs: Any) -> Any:
