@@ -216,3 +216,57 @@ def test_bad_inputs_fail_with_one_line(setup, tmp_path):
         infer.main(command(root, path, tmp_path))
     with pytest.raises(Exception, match=r"checkpoint .*missing.pt does not exist"):
         infer.main(command(root, tmp_path / "missing.pt", tmp_path, "--w2l-decoder", "viterbi"))
+
+
+def test_unit_lm_and_fairseqlm_decoders_through_infer(setup, tmp_path):
+    from test_infer_language_model import LM_YAML, write_text
+
+    from fairseq_lite.cli import hydra_train
+
+    root, path = setup
+    # lexicon-free: a character KenLM over the letters of the transcripts
+    log_probs, backoffs = estimate([letters(t).split() for t in TEXTS], 4)
+    with open(tmp_path / "char.arpa", "w") as f:
+        write_arpa(log_probs, backoffs, f)
+    flags = ["--w2l-decoder", "kenlm", "--unit-lm", "--lm-model", str(tmp_path / "char.arpa"), "--lm-weight", "1"]
+    assert infer.main(command(root, path, tmp_path / "unit", *flags)) == 0
+    unit = read_results(tmp_path / "unit", path)
+    assert all(unit["hypo.word"][i] == unit["hypo.units"][i].replace(" ", "").replace("|", " ").strip()
+               for i in unit["hypo.word"])
+
+    # fairseqlm: a transformer_lm trained by fairseq-hydra-train on the transcripts
+    lm_data = tmp_path / "lm_data"
+    write_text(lm_data, TEXTS * 2)
+    (tmp_path / "lm.yaml").write_text(LM_YAML.format(data=lm_data, save_dir=tmp_path / "lm").replace(
+        "max_update: 120", "max_update: 20"))
+    assert hydra_train.main(["--config-dir", str(tmp_path), "--config-name", "lm"]) == 0
+    flags = ["--w2l-decoder", "fairseqlm", "--lm-model", str(tmp_path / "lm" / "checkpoint_last.pt"),
+             "--lexicon", str(root / "lexicon.lst"), "--lm-weight", "1", "--beam", "10"]
+    assert infer.main(command(root, path, tmp_path / "fairseqlm", *flags)) == 0
+    hypos = read_results(tmp_path / "fairseqlm", path)["hypo.word"].values()
+    vocabulary = {w for t in TEXTS for w in t.split()}
+    assert all(set(h.split()) <= vocabulary for h in hypos) and any(hypos)
+
+
+def test_ctc_checkpoint_saved_under_audio_pretraining_takes_the_data_folders_dictionary(setup, tmp_path):
+    """fairseq issue #4691: such files store no target dictionary; infer.py builds audio_finetuning itself."""
+    from fairseq_lite.data.dictionary import Dictionary
+
+    root, path = setup
+    state = load_checkpoint_file(str(path))
+    dictionary = state["task_state"]["target_dictionary"]
+    state["task_state"] = {}
+    state["cfg"]["task"] = {"_name": "audio_pretraining", "data": "/elsewhere", "normalize": False}
+    old = tmp_path / "wav2vec2_vox_960h_new.pt"
+    atomic_save(state, str(old))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("dev.tsv", "dev.ltr", "dev.wrd"):
+        (data / name).write_text((root / name).read_text())
+    with pytest.raises(Exception, match="dict.ltr.txt does not exist"):
+        infer.main(command(data, old, tmp_path / "res", "--w2l-decoder", "viterbi"))
+    dictionary.save(str(data / "dict.ltr.txt"))
+    assert Dictionary.load(str(data / "dict.ltr.txt")) == dictionary
+    assert infer.main(command(data, old, tmp_path / "res", "--w2l-decoder", "viterbi")) == 0
+    assert infer.main(command(root, path, tmp_path / "ours", "--w2l-decoder", "viterbi")) == 0
+    assert read_results(tmp_path / "res", old)["hypo.units"] == read_results(tmp_path / "ours", path)["hypo.units"]
