@@ -174,6 +174,22 @@ def test_fp16_overflow_skips_update_without_advancing_num_updates(tmp_path):
     assert trainer.state_dict()["last_optimizer_state"]["loss_scale"] == 64.0
 
 
+def test_amp_overflow_retries_the_batch_at_a_lower_scale(tmp_path):
+    trainer, itr = _trainer(tmp_path, common={"amp": True, "amp_init_scale": 1024})
+    model = trainer.unwrapped_model
+    calls = []
+
+    def inf_once(grad):
+        calls.append(1)
+        return grad * float("inf") if len(calls) == 1 else grad
+
+    handle = model.out.weight.register_hook(inf_once)
+    stats = trainer.train_step([next(itr)])
+    handle.remove()
+    assert len(calls) == 2 and stats is not None and trainer.get_num_updates() == 1
+    assert trainer.optimizer.loss_scale == 512.0
+
+
 @pytest.mark.parametrize("precision,name", [({"bf16": True}, "FP16Optimizer"), ({"amp": True}, "AMPOptimizer"),
                                             ({"memory_efficient_bf16": True}, "MemoryEfficientFP16Optimizer")])
 def test_bf16_and_amp_train_and_set_num_updates_reaches_submodules(tmp_path, precision, name):

@@ -279,8 +279,12 @@ class Trainer:
             "effective batch, or crop long inputs (task.max_sample_size)"
         )
 
-    def train_step(self, samples: Sequence[Any]) -> Optional[Dict[str, float]]:
-        """One update over the micro-batches in ``samples``; returns the logged stats, or None when skipped."""
+    def train_step(self, samples: Sequence[Any], amp_retry: int = 0) -> Optional[Dict[str, float]]:
+        """One update over the micro-batches in ``samples``; returns the logged stats, or None when skipped.
+
+        An fp16 overflow skips the update (the loss scale is lowered); with ``common.amp`` the same batch is
+        retried up to ``common.amp_batch_retries`` times at the lowered scale first, as fairseq does.
+        """
         torch.manual_seed(self.cfg.common.seed + self.num_updates)  # fairseq: reproducible across resumes
         model, criterion, optimizer = self.model, self.criterion, self.optimizer
         model.train()
@@ -325,8 +329,11 @@ class Trainer:
             optimizer.step()
             self._mark_step()
         except OverflowError as exc:
-            logger.info("update %d skipped: %s", self.num_updates + 1, exc)
             optimizer.zero_grad()
+            if isinstance(optimizer, AMPOptimizer) and amp_retry < self.cfg.common.amp_batch_retries:
+                logger.info("update %d: %s; retrying the batch", self.num_updates + 1, exc)
+                return self.train_step(samples, amp_retry + 1)
+            logger.info("update %d skipped: %s", self.num_updates + 1, exc)
             return None
         except _NonFiniteGradients:
             shown = batch_ids[:64]
