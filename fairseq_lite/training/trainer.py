@@ -72,9 +72,13 @@ def move_to(sample: Any, device: torch.device, float_dtype: Optional[torch.dtype
     return sample
 
 
-def uses_layerdrop(model: torch.nn.Module) -> bool:
-    """True when some submodule drops layers at random (``encoder_layerdrop``), leaving parameters unused."""
-    return any(float(getattr(m, "layerdrop", 0) or 0) > 0 for m in model.modules())
+def may_leave_parameters_unused(model: torch.nn.Module) -> bool:
+    """True when some updates leave parameters without gradients: layers dropped at random (``layerdrop``)
+    or an encoder frozen for the first ``freeze_finetune_updates``; torch DDP must then look for them."""
+    return any(
+        float(getattr(m, "layerdrop", 0) or 0) > 0 or int(getattr(m, "freeze_finetune_updates", 0) or 0) > 0
+        for m in model.modules()
+    )
 
 
 def rng_state() -> Dict[str, Any]:
@@ -155,7 +159,7 @@ class Trainer:
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
                     broadcast_buffers=dt.broadcast_buffers,
                     bucket_cap_mb=dt.bucket_cap_mb,
-                    find_unused_parameters=dt.find_unused_parameters or uses_layerdrop(self._model),
+                    find_unused_parameters=dt.find_unused_parameters or may_leave_parameters_unused(self._model),
                     gradient_as_bucket_view=dt.gradient_as_bucket_view,
                 )
             else:
