@@ -14,7 +14,6 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from fairseq_lite.cli import infer
 from fairseq_lite.data.labels import dictionary_from_labels, letters
@@ -31,7 +30,8 @@ LINE = re.compile(r"^(.*) \(None-(\d+)\)$")
 W2V_ARGS = {
     "task": {"_name": "audio_pretraining", "normalize": False},
     "model": {"_name": "wav2vec2", "encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64,
-              "encoder_attention_heads": 4, "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
+              "encoder_attention_heads": 4,
+              "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
               "conv_pos": 16, "conv_pos_groups": 4, "final_dim": 16},
 }
 

@@ -215,6 +215,14 @@ def save_emission_file(path: str, emissions: Dict[int, torch.Tensor]) -> None:
                  emissions=torch.cat([emissions[i] for i in ids]).numpy() if ids else np.zeros((0, 0), np.float32))
 
 
+def stored_emissions(loaded: Dict[int, torch.Tensor], ids: List[int], path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (B, T, V) emissions and lengths of utterances ``ids`` from a ``--load-emissions`` file."""
+    missing = [i for i in ids if i not in loaded]
+    if missing:
+        raise DataError(f"{path} has no emissions for utterances {missing[:5]}: dump them from the same subset")
+    return pad_emissions([loaded[i] for i in ids])
+
+
 def pad_emissions(rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     out = torch.zeros(len(rows), int(lengths.max()) if rows else 0, rows[0].size(1) if rows else 0)
@@ -367,16 +375,11 @@ def main(argv: List[str]) -> Optional[int]:
             ids = sample["id"].tolist()
             started = time.perf_counter()
             if loaded is not None:
-                missing = [i for i in ids if i not in loaded]
-                if missing:
-                    raise DataError(f"{args.load_emissions} has no emissions for utterances {missing[:5]}: "
-                                    "dump them from the same subset")
-                emissions, lengths = pad_emissions([loaded[i] for i in ids])
+                emissions, lengths = stored_emissions(loaded, ids, args.load_emissions)
             elif window is not None:
                 emissions, lengths = pad_emissions(chunk_rows(emitter, sample, window, overlap, cfg.dataset.max_tokens))
             else:
-                net_input = sample["net_input"]
-                emissions, lengths = emitter(net_input["source"], net_input.get("padding_mask"))
+                emissions, lengths = emitter(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
             if args.dump_emissions:
                 for row, i in enumerate(ids):
                     dumped[i] = emissions[row, : int(lengths[row])].clone()
@@ -436,12 +439,17 @@ def chunk_rows(emitter: EmissionModel, sample: Dict[str, Any], window: int, over
     return rows
 
 
+def hypothesis_text(hypo, tgt_dict, post: Optional[str]) -> Tuple[str, str]:
+    """(units, words) of a hypothesis: its lexicon words when it has them, else the post-processed units."""
+    units = tgt_dict.string(hypo.tokens.int())
+    return units, " ".join(hypo.words) if hypo.words is not None else post_process(units, post)
+
+
 def report(utt_id: int, hypos, target: torch.Tensor, tgt_dict, cfg: Any, counter: ErrorCounter,
            writer: Optional[ResultWriter], frame_seconds: float, dataset: Any) -> None:
     """Score the first hypothesis against the target and write/log it as fairseq's infer.py does."""
     best = hypos[0]
-    hyp_units = tgt_dict.string(best.tokens.int())
-    hyp_words = " ".join(best.words) if best.words is not None else post_process(hyp_units, cfg.common_eval.post_process)
+    hyp_units, hyp_words = hypothesis_text(best, tgt_dict, cfg.common_eval.post_process)
     ref_units = tgt_dict.string(target.int())
     ref_words = post_process(ref_units, cfg.common_eval.post_process)
     counter.add(ref_words, hyp_words, ref_units.split(), hyp_units.split())
@@ -467,9 +475,8 @@ def report(utt_id: int, hypos, target: torch.Tensor, tgt_dict, cfg: Any, counter
         "word_errors": edit_distance(ref_words.split(), hyp_words.split()),
         "ref_words": len(ref_words.split()),
         "words": [{"word": s.word, "start": round(s.start, 3), "end": round(s.end, 3)} for s in spans],
-        "nbest": [{"hypo": " ".join(h.words) if h.words is not None
-                   else post_process(tgt_dict.string(h.tokens.int()), cfg.common_eval.post_process),
-                   "score": float(h.score)} for h in hypos],
+        "nbest": [{"hypo": hypothesis_text(h, tgt_dict, cfg.common_eval.post_process)[1], "score": float(h.score)}
+                  for h in hypos],
     }
     texts = {"hypo.units": hyp_units, "hypo.words": hyp_words, "ref.units": ref_units, "ref.words": ref_words}
     writer.write(f"None-{utt_id}", texts, spans, record)

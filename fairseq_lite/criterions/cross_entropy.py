@@ -52,7 +52,7 @@ class CrossEntropyCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
-        """``loss`` in bits per sample_size, ``nll_loss`` in bits per token when they differ, ``ppl`` = 2^(bits/token)."""
+        """``loss`` in bits per sample_size, ``nll_loss`` in bits per token when they differ, ``ppl`` = 2^bits/token."""
         def total(key: str) -> float:
             return sum(float(log.get(key, 0)) for log in logging_outputs)
 
