@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test venv clean-venv system-deps
+XLA_VENV ?= $(HOME)/.cache/fairseq_lite/xla-venv
+XLA_STAMP := $(XLA_VENV)/.installed-fairseq-lite
+
+.PHONY: test test-xla venv clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -25,6 +28,17 @@ $(STAMP): setup.py
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q -n 2 tests $(PYTEST_ARGS)
+
+# torch-xla needs torch 2.9, so it lives in its own venv outside the repo (about 4.3 GB of downloads once).
+$(XLA_STAMP): setup.py
+	test -x $(XLA_VENV)/bin/python || $(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(XLA_VENV)/bin/python -m pip install -q torch==2.9.0 torch-xla==2.9.0
+	$(XLA_VENV)/bin/python -m pip install -q -e . pytest
+	touch $(XLA_STAMP)
+
+test-xla: $(XLA_STAMP)
+	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_train_xla.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,12 +26,13 @@ setup(
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
         "xla": ["torch-xla"],
         "audio": ["av>=12"],
-        "dev": ["av>=12", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3", "jiwer>=3", "scipy>=1.10", "matplotlib>=3.7"],
+        "dev": ["av>=12", "tensorboard>=2.10", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3", "jiwer>=3", "scipy>=1.10", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [
             "fairseq-hydra-train = fairseq_lite.cli.hydra_train:cli_main",
             "fairseq-train = fairseq_lite.cli.train:cli_main",
+            "fairseq-infer = fairseq_lite.cli.infer:cli_main",
         ]
     },
 )

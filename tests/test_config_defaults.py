@@ -100,3 +100,11 @@ def test_mutable_defaults_are_not_shared():
     a, b = FairseqConfig(), FairseqConfig()
     a.optimization.update_freq.append(2)
     assert b.optimization.update_freq == [1]
+
+
+def test_finalized_config_pickles_for_spawned_ranks():
+    import pickle
+
+    cfg = finalize_config({"distributed_training": {"ddp_backend": "legacy_ddp"}, "common": {"log_format": "json"}})
+    copy = pickle.loads(pickle.dumps(cfg))
+    assert copy.distributed_training.ddp_backend == "legacy_ddp" and copy.common.log_format == "json"

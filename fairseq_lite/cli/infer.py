@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, Any]:
     for flag in ("dump_features", "wfstlm", "kspmodel"):
         if getattr(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} is not supported by fairseq_lite's infer.py")
-    cfg_dict = parse_legacy_args(rest)
+    cfg_dict = parse_legacy_args(rest, prog="infer.py")
     task = cfg_dict.get("task")
     if not task:
         raise ConfigError("infer.py needs --task audio_finetuning and the data folder as the first argument")
@@ -307,7 +307,7 @@ def dataset_task_cfg(cli_task_cfg: Any, saved_cfg: Any) -> Any:
 def main(argv: List[str]) -> Optional[int]:
     if "-h" in argv or "--help" in argv:
         print(decoding_parser().format_help())
-        print(build_help([a for a in argv if a not in ("-h", "--help")]))
+        print(build_help([a for a in argv if a not in ("-h", "--help")], prog="infer.py"))
         return 0
     setup_logging()
     args, cfg = parse_args(argv)

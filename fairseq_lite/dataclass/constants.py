@@ -13,6 +13,10 @@ class StrEnum(str, Enum):
     def __repr__(self) -> str:
         return repr(self.value)
 
+    def __reduce_ex__(self, protocol):
+        """Pickle (and deepcopy) as the plain string: the enum types are made at run time and not importable."""
+        return str, (self.value,)
+
 
 def ChoiceEnum(choices: Iterable[str]) -> type:
     """Return a StrEnum type with one member per choice (fairseq's helper of the same name)."""

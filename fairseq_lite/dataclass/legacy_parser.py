@@ -34,6 +34,9 @@ Target = Tuple[str, str]  # (group, field)
 class _ErrorRaisingParser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
 
+    def __init__(self, prog: str = "fairseq-train", **kwargs: Any):
+        super().__init__(prog=prog, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
             flags = [a for a in message.split(":", 1)[1].split() if a.startswith("-")]
@@ -44,7 +47,7 @@ class _ErrorRaisingParser(argparse.ArgumentParser):
                     hints.append(f"{flag} → did you mean {close}?")
             if hints:
                 message += " (" + "; ".join(hints) + ")"
-        raise ConfigError(f"{message} (see fairseq-train --help)")
+        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -67,8 +70,8 @@ def _list_item_type(tp: Any) -> Optional[type]:
 class LegacyParser:
     """Builds the parser for the selected components and maps parsed flags back to config groups."""
 
-    def __init__(self, selected: Dict[str, Optional[str]]):
-        self.parser = _ErrorRaisingParser(prog="fairseq-train", allow_abbrev=False)
+    def __init__(self, selected: Dict[str, Optional[str]], prog: str = "fairseq-train"):
+        self.parser = _ErrorRaisingParser(prog=prog, allow_abbrev=False)
         self.targets: Dict[str, List[Target]] = {}  # argparse dest → every (group, field) it sets
         self.types: Dict[str, Any] = {}
         self.parser.add_argument("data", nargs="?", help="path to the data directory (task.data)")
@@ -152,9 +155,9 @@ class LegacyParser:
         return cfg
 
 
-def parse_legacy_args(argv: List[str]) -> Dict[str, Any]:
+def parse_legacy_args(argv: List[str], prog: str = "fairseq-train") -> Dict[str, Any]:
     """Parse ``fairseq-train`` flags into a nested config dict (two passes, as fairseq's parse_args_and_arch)."""
-    pre = _ErrorRaisingParser(add_help=False, allow_abbrev=False)
+    pre = _ErrorRaisingParser(prog=prog, add_help=False, allow_abbrev=False)
     for flag in SELECTORS:
         names = [f"--{flag.replace('_', '-')}"] + (["-a"] if flag == "arch" else [])
         pre.add_argument(*names, dest=flag, default=None)
@@ -164,7 +167,7 @@ def parse_legacy_args(argv: List[str]) -> Dict[str, Any]:
         selected["lr_scheduler"] = "fixed"
         if selected["optimizer"] is None or not _registered("lr_scheduler", "fixed"):
             selected["lr_scheduler"] = None
-    legacy = LegacyParser(selected)
+    legacy = LegacyParser(selected, prog)
     args = legacy.parser.parse_args(argv)
     return legacy.to_config(args)
 
@@ -176,10 +179,10 @@ def _registered(group: str, name: str) -> bool:
     return name in REGISTRIES[group]
 
 
-def build_help(argv: List[str]) -> str:
+def build_help(argv: List[str], prog: str = "fairseq-train") -> str:
     """The full --help text for the components selected in ``argv``."""
-    pre = _ErrorRaisingParser(add_help=False, allow_abbrev=False)
+    pre = _ErrorRaisingParser(prog=prog, add_help=False, allow_abbrev=False)
     for flag in SELECTORS:
         pre.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
     known, _ = pre.parse_known_args([a for a in argv if a not in ("-h", "--help")])
-    return LegacyParser({flag: getattr(known, flag) for flag in SELECTORS}).parser.format_help()
+    return LegacyParser({flag: getattr(known, flag) for flag in SELECTORS}, prog).parser.format_help()
