@@ -73,3 +73,49 @@ def test_wav2vec2_pretraining_on_the_xla_device(tmp_path):
     state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
     assert state["optimizer_history"][-1]["num_updates"] == 3
     assert all(v.device.type == "cpu" for v in state["model"].values())
+
+
+def test_ctc_finetuning_on_the_xla_device_lowers_the_loss(tmp_path):
+    """A tiny wav2vec_ctc (encoder built from stored w2v_args, as a fine-tuned checkpoint is) on real audio."""
+    import numpy as np
+    import soundfile as sf
+
+    from fairseq_lite.dataclass.initialize import finalize_config
+
+    rng = np.random.default_rng(0)
+    t = np.arange(4000) / 16000
+    words = ["AB", "BA", "AAB", "BBA"]
+    for i, word in enumerate(words):
+        tone = np.concatenate([np.sin(2 * np.pi * (300 if c == "A" else 700) * t[: 4000 // len(word)])
+                               for c in word])
+        sf.write(tmp_path / f"u{i}.wav", (0.3 * tone + rng.normal(0, 0.02, tone.size)).astype(np.float32), 16000)
+    (tmp_path / "dict.ltr.txt").write_text("A 10\nB 10\n| 10\n")
+    for split in ("train", "valid"):
+        (tmp_path / f"{split}.tsv").write_text(
+            f"{tmp_path}\n" + "".join(f"u{i}.wav\t{sf.info(tmp_path / f'u{i}.wav').frames}\n" for i in range(4)))
+        (tmp_path / f"{split}.ltr").write_text("".join(" ".join(w) + " |\n" for w in words))
+    pretraining = {
+        "task": {"_name": "audio_pretraining", "data": str(tmp_path), "normalize": False},
+        "model": {"_name": "wav2vec2", "encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64,
+                  "encoder_attention_heads": 4, "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 2",
+                  "conv_pos": 16, "conv_pos_groups": 4, "final_dim": 16},
+    }
+    save_dir = tmp_path / "ckpt"
+    cfg = finalize_config({
+        "common": {"seed": 1, "log_interval": 1, "log_format": "simple", "tpu": True},
+        "task": {"_name": "audio_finetuning", "data": str(tmp_path), "labels": "ltr", "enable_padding": True,
+                 "num_batch_buckets": 1},
+        "dataset": {"batch_size": 4, "num_workers": 0, "required_batch_size_multiple": 1,
+                    "disable_validation": True},
+        "optimization": {"max_update": 16, "lr": [2e-3], "sentence_avg": True},
+        "checkpoint": {"save_dir": str(save_dir)},
+        "model": {"_name": "wav2vec_ctc", "w2v_path": "unused: w2v_args given", "w2v_args": pretraining,
+                  "apply_mask": False, "mask_channel_prob": 0.0, "layerdrop": 0.0, "feature_grad_mult": 1.0},
+        "criterion": {"_name": "ctc", "zero_infinity": True},
+        "optimizer": {"_name": "adam", "adam_betas": "(0.9,0.98)", "adam_eps": 1e-8},
+        "lr_scheduler": {"_name": "fixed"},
+    })
+    call_main(cfg, main)
+    losses = _losses(save_dir)
+    assert sorted(losses) == list(range(1, 17))
+    assert sum(losses[u] for u in range(13, 17)) < 0.8 * sum(losses[u] for u in range(1, 5))
