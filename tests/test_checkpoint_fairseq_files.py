@@ -177,3 +177,16 @@ def test_not_a_checkpoint(tmp_path):
 def test_paths_must_be_a_list():
     with pytest.raises(CheckpointError, match="list of checkpoint paths"):
         checkpoint_utils.load_model_ensemble_and_task("/path/model.pt")
+
+
+def test_cfg_pickled_as_omegaconf_containers_loads(tmp_path):
+    """Some fairseq files keep DictConfig/ListConfig objects in cfg (fairseq#5610's 'Unsupported global')."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"common": {"seed": 5}, "optimization": {"lr": [0.5], "max_update": "${common.seed}"},
+                            "task": {"_name": TASK, "data": "/d"}, "model": {"_name": MODEL, "width": 3}})
+    torch.save({"args": None, "cfg": cfg, "model": model_state()}, tmp_path / "oc.pt")
+    state = load_checkpoint_to_cpu(str(tmp_path / "oc.pt"))
+    assert state["cfg"]["optimization"] == {"lr": [0.5], "max_update": 5}
+    models, full_cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "oc.pt")])
+    assert full_cfg.optimization.lr == [0.5] and full_cfg.common.seed == 5

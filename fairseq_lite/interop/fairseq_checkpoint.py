@@ -3,7 +3,7 @@
 Files are read with ``torch.load(weights_only=True)`` plus an explicit allow-list of what fairseq files
 contain: ``argparse.Namespace`` (pre-Hydra ``args``), ``fairseq.data.dictionary.Dictionary`` (in the
 ``task_state`` of fine-tuned models; mapped onto fairseq_lite's Dictionary, which keeps fairseq's attribute
-names) and NumPy scalars. Any other pickled global is refused with a message naming it, unless the caller
+names), NumPy scalars and OmegaConf containers (turned into plain dicts). Any other pickled global is refused with a message naming it, unless the caller
 passes ``trust_checkpoint=True``. Both eras are read: ``cfg`` dicts, and legacy ``args`` Namespaces, which
 are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg`` dict.
 """
@@ -11,11 +11,13 @@ are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg``
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import logging
 import os
 import pickle
 import re
+import typing
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -47,6 +49,18 @@ def _numpy_globals() -> list:
     return allowed
 
 
+def _omegaconf_globals() -> list:
+    """What a pickled OmegaConf container is made of: some fairseq files keep DictConfig/ListConfig objects
+    in ``cfg`` (the "Unsupported global: omegaconf.listconfig.ListConfig" of fairseq#5610). Building these
+    runs no user code; they are turned into plain containers right after loading."""
+    from omegaconf import DictConfig, ListConfig, nodes
+    from omegaconf.base import ContainerMetadata, Metadata
+
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.StringNode,
+            nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, collections.defaultdict,
+            dict, list, int]
+
+
 def safe_globals() -> list:
     """The allow-list for ``torch.load(weights_only=True)`` on fairseq and fairseq_lite checkpoints."""
     return [
@@ -54,7 +68,21 @@ def safe_globals() -> list:
         Dictionary,
         (Dictionary, "fairseq.data.dictionary.Dictionary"),
         *_numpy_globals(),
+        *_omegaconf_globals(),
     ]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every OmegaConf container replaced by plain dicts/lists (interpolations resolved)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
@@ -167,7 +195,7 @@ def load_checkpoint_to_cpu(
             raise CheckpointError(f"{path}: 'args' holds a {type(args).__name__}, expected an argparse Namespace")
         state["cfg"] = namespace_to_config_dict(upgrade_legacy_args(args))
         state["args"] = None
-    cfg = state.get("cfg")
+    cfg = state["cfg"] = _plain(state.get("cfg"))
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path} has neither 'args' nor a 'cfg' dict: not a fairseq checkpoint")
     _upgrade_cfg(cfg)
