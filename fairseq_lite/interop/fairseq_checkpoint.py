@@ -3,8 +3,8 @@
 Files are read with ``torch.load(weights_only=True)`` plus an explicit allow-list of what fairseq files
 contain: ``argparse.Namespace`` (pre-Hydra ``args``), ``fairseq.data.dictionary.Dictionary`` (in the
 ``task_state`` of fine-tuned models; mapped onto fairseq_lite's Dictionary, which keeps fairseq's attribute
-names), NumPy scalars and OmegaConf containers (turned into plain dicts). Any other pickled global is refused with a message naming it, unless the caller
-passes ``trust_checkpoint=True``. Both eras are read: ``cfg`` dicts, and legacy ``args`` Namespaces, which
+names), NumPy scalars and OmegaConf containers (turned into plain dicts). Any other pickled global is
+refused with a message naming it, unless the caller passes ``trust_checkpoint=True``. Both eras are read: ``cfg`` dicts, and legacy ``args`` Namespaces, which
 are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg`` dict.
 """
 
