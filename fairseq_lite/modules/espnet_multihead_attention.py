@@ -2,8 +2,9 @@
 
 Parameter names follow fairseq's ``espnet_multihead_attention.py`` (``linear_q/k/v/out``; ``linear_pos``,
 ``pos_bias_u/v`` for rel_pos; ``rotary_emb.inv_freq`` for rope). All three compute attention through
-``torch.nn.functional.scaled_dot_product_attention``; inputs and outputs are B x T x C, and ``forward`` takes
-the same ``(x, key_padding_mask, attn_mask)`` as ``MultiheadAttention`` (``attn_mask``: the boolean SDPA mask,
+``torch.nn.functional.scaled_dot_product_attention``, and projections of the same input run as one matmul
+(the weights stay separate). Inputs and outputs are B x T x C, and ``forward`` takes the same
+``(x, key_padding_mask, attn_mask)`` as ``MultiheadAttention`` (``attn_mask``: the boolean SDPA mask,
 True = attend, that the encoder prepares once for all layers).
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
+from fairseq_lite.modules.multihead_attention import attention_mask_from_padding, fused_projection_heads
 from fairseq_lite.modules.rotary_positional_embedding import RotaryPositionalEmbedding, apply_rotary
 
 
@@ -52,7 +53,7 @@ class ESPNETMultiHeadedAttention(nn.Module):
         """Self-attention over ``x`` (B x T x C); ``key_padding_mask`` B x T, True at padding."""
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q, k, v = (self._heads(lin, x) for lin in (self.linear_q, self.linear_k, self.linear_v))
+        q, k, v = fused_projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
         return self._attend(q, k, v, attn_mask)
 
 
@@ -90,7 +91,7 @@ class RelPositionMultiHeadedAttention(ESPNETMultiHeadedAttention):
             raise ValueError("rel_pos attention needs pos_emb from RelPositionalEncoding")
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q, k, v = (self._heads(lin, x) for lin in (self.linear_q, self.linear_k, self.linear_v))
+        q, k, v = fused_projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
         p = self.linear_pos(pos_emb).view(-1, self.h, self.d_k).transpose(0, 1)  # H x (2T-1) x d_k
         position_scores = torch.matmul(q + self.pos_bias_v[:, None, :], p.transpose(-2, -1))
         bias = self.rel_shift(position_scores) * (1.0 / math.sqrt(self.d_k))
@@ -118,6 +119,6 @@ class RotaryPositionMultiHeadedAttention(ESPNETMultiHeadedAttention):
         cos, sin = self.rotary_emb(length, x.dtype, x.device)
         rotated = apply_rotary(x.view(batch, length, self.h, self.d_k), cos[:, None, :], sin[:, None, :])
         rotated = rotated.view(batch, length, channels)
-        q, k = self._heads(self.linear_q, rotated), self._heads(self.linear_k, rotated)
+        q, k = fused_projection_heads(rotated, (self.linear_q, self.linear_k), self.h)
         v = self._heads(self.linear_v, x)
         return self._attend(q, k, v, attn_mask)

@@ -2,12 +2,14 @@
 
 Keeps fairseq's separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers (state-dict keys
 ``self_attn.{q,k,v,out}_proj.{weight,bias}``) and reads legacy ``in_proj_weight``/``in_proj_bias`` by
-splitting them. Inputs are B×T×C; ``key_padding_mask`` is B×T with True marking padding.
+splitting them. At run time q, k and v come from one matmul against the concatenated weights (one large
+GEMM runs closer to the CPU's peak than three thin ones); gradients flow back to the separate parameters.
+Inputs are B×T×C; ``key_padding_mask`` is B×T with True marking padding.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,17 @@ def attention_mask_from_padding(key_padding_mask: Optional[torch.Tensor]) -> Opt
     if key_padding_mask is None:
         return None
     return ~key_padding_mask[:, None, None, :]
+
+
+def fused_projection_heads(x: torch.Tensor, projections: Sequence[nn.Linear], num_heads: int
+                           ) -> Tuple[torch.Tensor, ...]:
+    """Apply several same-shaped Linear layers to ``x`` (B×T×C) with one matmul and split each result into
+    heads: a tuple of B×H×T×D views, one per layer (the q/k/v projection of self-attention)."""
+    weight = torch.cat([p.weight for p in projections])
+    bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+    bsz, seq_len, _ = x.shape
+    out = F.linear(x, weight, bias).view(bsz, seq_len, len(projections), num_heads, -1)
+    return out.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class MultiheadAttention(nn.Module):
@@ -44,11 +57,6 @@ class MultiheadAttention(nn.Module):
         if bias:
             nn.init.zeros_(self.out_proj.bias)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """B×T×C → B×H×T×D."""
-        bsz, seq_len, _ = x.shape
-        return x.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
-
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """SDPA over B×H×T×D heads, then merge heads and apply ``out_proj`` → B×T×C."""
@@ -63,9 +71,7 @@ class MultiheadAttention(nn.Module):
         """``x`` B×T×C; ``attn_mask`` (boolean, True = attend) overrides the one built from the padding."""
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q = self.split_heads(self.q_proj(x))
-        k = self.split_heads(self.k_proj(x))
-        v = self.split_heads(self.v_proj(x))
+        q, k, v = fused_projection_heads(x, (self.q_proj, self.k_proj, self.v_proj), self.num_heads)
         return self.attend(q, k, v, attn_mask)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

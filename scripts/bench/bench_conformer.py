@@ -10,8 +10,6 @@ layout, so both use layer_norm_first (the cost is the same as post-LN).
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
@@ -19,12 +17,13 @@ from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
 from fairseq_lite.interop.huggingface import hf_conformer_config_kwargs, wav2vec2_conformer_to_hf_state_dict
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
+from common import NO_DROPOUT, alternate
+
 
 def build_pair(pos_enc_type: str):
     cfg = Wav2Vec2Config(
         layer_type="conformer", attn_type="espnet", pos_enc_type=pos_enc_type, layer_norm_first=True,
-        extractor_mode="layer_norm", conv_bias=True, quantize_targets=True, final_dim=256,
-        dropout=0.0, attention_dropout=0.0, dropout_input=0.0, dropout_features=0.0, encoder_layerdrop=0.0,
+        extractor_mode="layer_norm", conv_bias=True, quantize_targets=True, final_dim=256, **NO_DROPOUT,
     )
     ours = Wav2Vec2Model(cfg)
     config = Wav2Vec2ConformerConfig(**{**hf_conformer_config_kwargs(cfg), "mask_time_prob": 0.0})
@@ -58,17 +57,15 @@ def main():
     torch.manual_seed(0)
     ours, theirs = build_pair(args.pos_enc_type)
     source = torch.randn(args.batch, int(args.seconds * 16000))
-    runs = {"fairseq_lite": (ours, step_ours, []), "transformers": (theirs, step_hf, [])}
-    for model, step, _ in runs.values():  # warm-up
-        step(model, source)
-        model.zero_grad(set_to_none=True)
-    for _ in range(args.repeats):
-        for model, step, times in runs.values():
-            start = time.perf_counter()
+
+    def run(model, step):
+        def once():
             step(model, source)
-            times.append(time.perf_counter() - start)
             model.zero_grad(set_to_none=True)
-    medians = {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+        return once
+
+    times = alternate({"fairseq_lite": run(ours, step_ours), "transformers": run(theirs, step_hf)}, args.repeats)
+    medians = {name: t["wall"] for name, t in times.items()}
     print(f"conformer {args.pos_enc_type}, batch {args.batch} x {args.seconds:g} s, fp32, {args.threads} threads, "
           f"median of {args.repeats} forward+backward")
     for name, median in medians.items():

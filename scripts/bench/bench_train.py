@@ -13,8 +13,6 @@
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
@@ -22,11 +20,7 @@ from fairseq_lite.criterions import build_criterion
 from fairseq_lite.models import build_model
 from fairseq_lite.optim.adam import Adam
 
-SIZES = {
-    "base": {},  # the published BASE: 95M parameters
-    "small": {"encoder_layers": 4, "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024,
-              "encoder_attention_heads": 4, "final_dim": 64, "conv_feature_layers": "[(256, 10, 5)] + [(256, 3, 2)] * 4 + [(256, 2, 2)] * 2"},
-}
+from common import ADAM, NO_DROPOUT, PRESETS, alternate
 
 
 class LoopAdam(torch.optim.Optimizer):
@@ -54,17 +48,7 @@ class LoopAdam(torch.optim.Optimizer):
 
 
 def model_cfg(size):
-    return {"_name": "wav2vec2", "quantize_targets": True, "encoder_layerdrop": 0.0, "dropout": 0.0,
-            "attention_dropout": 0.0, "dropout_input": 0.0, "dropout_features": 0.0, **SIZES[size]}
-
-
-def time_it(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"_name": "wav2vec2", "quantize_targets": True, **NO_DROPOUT, **PRESETS[size]}
 
 
 def bench_optimizer(size, repeats):
@@ -72,24 +56,17 @@ def bench_optimizer(size, repeats):
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    kwargs = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     candidates = {
-        "ours (fused, fairseq update)": Adam(params, **kwargs),
-        "fairseq-style loop": LoopAdam(params, **kwargs),
-        "torch AdamW foreach": torch.optim.AdamW(params, foreach=True, **kwargs),
-        "torch AdamW fused": torch.optim.AdamW(params, fused=True, **kwargs),
+        "ours (fused, fairseq update)": Adam(params, **ADAM),
+        "fairseq-style loop": LoopAdam(params, **ADAM),
+        "torch AdamW foreach": torch.optim.AdamW(params, foreach=True, **ADAM),
+        "torch AdamW fused": torch.optim.AdamW(params, fused=True, **ADAM),
     }
-    for opt in candidates.values():
-        opt.step()  # warm-up, allocates state
-    medians = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, opt in candidates.items():
-            medians[name].append(time_it(opt.step, 1))
+    medians = {name: t["wall"] for name, t in alternate({n: o.step for n, o in candidates.items()}, repeats).items()}
     n = sum(p.numel() for p in params)
     print(f"adam step, wav2vec2 {size}: {n / 1e6:.1f}M parameters in {len(params)} tensors")
-    ours = statistics.median(medians["ours (fused, fairseq update)"])
-    for name, times in medians.items():
-        t = statistics.median(times)
+    ours = medians["ours (fused, fairseq update)"]
+    for name, t in medians.items():
         print(f"  {name:32s} {t * 1e3:8.1f} ms   ours faster by x{t / ours:.2f}")
 
 
@@ -113,7 +90,7 @@ def bench_update(repeats):
 
     bare_model = task.build_model(cfg.model).train()
     bare_criterion = build_criterion(cfg.criterion, task)
-    bare_opt = Adam(bare_model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    bare_opt = Adam(bare_model.parameters(), **ADAM)
 
     def bare_step():
         bare_opt.zero_grad()
@@ -125,20 +102,15 @@ def bench_update(repeats):
         torch.nn.utils.clip_grad_norm_(bare_model.parameters(), 25.0)
         bare_opt.step()
 
-    trainer.train_step([sample])
-    bare_step()
-    ours, bare = [], []
-    for _ in range(repeats):
-        ours.append(time_it(lambda: trainer.train_step([sample]), 1))
-        bare.append(time_it(bare_step, 1))
-    o, b = statistics.median(ours), statistics.median(bare)
+    times = alternate({"trainer": lambda: trainer.train_step([sample]), "bare": bare_step}, repeats)
+    o, b = times["trainer"]["wall"], times["bare"]["wall"]
     print(f"one update, wav2vec2 small, 4 x 2 s audio: Trainer {o * 1e3:.0f} ms, bare loop {b * 1e3:.0f} ms, "
           f"trainer overhead {100 * (o / b - 1):+.1f}%")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="base")
+    parser.add_argument("--size", choices=sorted(PRESETS), default="base")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
