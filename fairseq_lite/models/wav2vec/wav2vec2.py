@@ -216,6 +216,14 @@ class Wav2Vec2Model(BaseFairseqModel):
     def max_positions(self) -> int:
         return self.cfg.max_positions
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` in place (fairseq_lite's ``common.compile``; arguments as ``torch.compile``'s) the
+        parts that are pure tensor code: the CNN feature extractor, the positional convolution and each
+        encoder layer. Masking and negative sampling (NumPy, data-dependent shapes) stay eager, so the model
+        computes what the eager one computes and its state-dict keys do not change."""
+        for part in (self.feature_extractor, self.encoder.pos_conv, *self.encoder.layers):
+            part.compile(*args, **kwargs)
+
     # -- masking -----------------------------------------------------------------------------------
 
     def _channel_mask(self, bsz: int, channels: int, device: torch.device) -> torch.Tensor:

@@ -300,6 +300,10 @@ class Wav2VecCtc(BaseFairseqModel):
     def forward(self, **kwargs: Any) -> Dict[str, Any]:
         return self.w2v_encoder(**kwargs)
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` the wav2vec 2.0 network's tensor parts in place (see ``Wav2Vec2Model.compile``)."""
+        self.w2v_encoder.w2v_model.compile(*args, **kwargs)
+
     def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
         """CTC logits T×B×V with ``blank_weight`` applied; padded frames become [0, −inf, …] (always blank)."""
         logits = net_output["encoder_out"]
