@@ -1,5 +1,5 @@
 """The optimised paths compute what the plain ones compute: q/k/v as one matmul (forward and gradients, state
-dict unchanged), ``Wav2Vec2Model.compile`` / ``Wav2VecCtc.compile`` (torch.compile of the tensor parts) against
+dict unchanged), contrastive logits normalising x once, ``Wav2Vec2Model.compile`` / ``Wav2VecCtc.compile`` (torch.compile of the tensor parts) against
 the eager model, and the bench driver's README writer. No timings are asserted here (see scripts/bench)."""
 
 import copy
@@ -13,7 +13,7 @@ import torch
 import fairseq_lite  # noqa: F401
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from fairseq_lite.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc, Wav2VecEncoder
-from fairseq_lite.modules.multihead_attention import MultiheadAttention, fused_projection_heads
+from fairseq_lite.modules.multihead_attention import MultiheadAttention, projection_heads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
@@ -34,7 +34,7 @@ def test_fused_projection_equals_separate_linears_forward_and_backward(bias):
     reference = copy.deepcopy(projections)
     x = torch.randn(2, 7, 24, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
-    fused = fused_projection_heads(x, projections, num_heads=4)
+    fused = projection_heads(x, projections, num_heads=4)
     plain = [split_heads(p(x_ref), 4) for p in reference]
     for a, b in zip(fused, plain):
         assert a.shape == (2, 4, 7, 6)
@@ -73,6 +73,35 @@ def test_legacy_packed_in_proj_still_loads_into_separate_projections():
     other.load_state_dict(packed)
     x = torch.randn(1, 5, 16)
     torch.testing.assert_close(other(x), attn(x))
+
+
+def test_attention_without_gradients_takes_the_unfused_path_with_the_same_result():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4).eval()
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        plain = attn(x)
+    torch.testing.assert_close(attn(x).detach(), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_contrastive_logits_equal_torch_cosine_similarity():
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config(**TINY))
+    x = torch.randn(2, 6, 16, requires_grad=True)
+    y = torch.randn(2, 6, 16, requires_grad=True)
+    negatives = torch.randn(5, 2, 6, 16)
+    negatives[2, 1, 3] = y[1, 3].detach()  # a negative equal to its positive gets -inf
+    negatives.requires_grad_(True)
+    ours = model.compute_preds(x, y, negatives)
+    targets = torch.cat([y.unsqueeze(0), negatives])
+    expected = torch.cosine_similarity(x, targets, dim=-1) / model.logit_temp
+    expected = torch.cat([expected[:1], expected[1:].masked_fill((y == negatives).all(-1), float("-inf"))])
+    assert torch.isinf(ours[3, 1, 3]) and torch.equal(torch.isinf(ours), torch.isinf(expected))
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+    finite = torch.isfinite(expected)
+    grads = torch.autograd.grad(ours[finite].sum(), (x, y, negatives))
+    for a, b in zip(grads, torch.autograd.grad(expected[finite].sum(), (x, y, negatives))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def assert_close_finite(a, b):

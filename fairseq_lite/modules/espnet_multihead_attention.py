@@ -2,8 +2,8 @@
 
 Parameter names follow fairseq's ``espnet_multihead_attention.py`` (``linear_q/k/v/out``; ``linear_pos``,
 ``pos_bias_u/v`` for rel_pos; ``rotary_emb.inv_freq`` for rope). All three compute attention through
-``torch.nn.functional.scaled_dot_product_attention``, and projections of the same input run as one matmul
-(the weights stay separate). Inputs and outputs are B x T x C, and ``forward`` takes the same
+``torch.nn.functional.scaled_dot_product_attention``, and in training projections of the same input run as
+one matmul (the weights stay separate). Inputs and outputs are B x T x C, and ``forward`` takes the same
 ``(x, key_padding_mask, attn_mask)`` as ``MultiheadAttention`` (``attn_mask``: the boolean SDPA mask,
 True = attend, that the encoder prepares once for all layers).
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairseq_lite.modules.multihead_attention import attention_mask_from_padding, fused_projection_heads
+from fairseq_lite.modules.multihead_attention import attention_mask_from_padding, projection_heads
 from fairseq_lite.modules.rotary_positional_embedding import RotaryPositionalEmbedding, apply_rotary
 
 
@@ -35,11 +35,6 @@ class ESPNETMultiHeadedAttention(nn.Module):
         self.linear_v = nn.Linear(n_feat, n_feat)
         self.linear_out = nn.Linear(n_feat, n_feat)
 
-    def _heads(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """Project B x T x C and split into B x H x T x d_k."""
-        batch, length, _ = x.shape
-        return linear(x).view(batch, length, self.h, self.d_k).transpose(1, 2)
-
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
         """softmax(q k^T / sqrt(d_k) + attn_mask) v, heads merged, then ``linear_out``."""
         out = F.scaled_dot_product_attention(
@@ -53,7 +48,7 @@ class ESPNETMultiHeadedAttention(nn.Module):
         """Self-attention over ``x`` (B x T x C); ``key_padding_mask`` B x T, True at padding."""
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q, k, v = fused_projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
+        q, k, v = projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
         return self._attend(q, k, v, attn_mask)
 
 
@@ -91,7 +86,7 @@ class RelPositionMultiHeadedAttention(ESPNETMultiHeadedAttention):
             raise ValueError("rel_pos attention needs pos_emb from RelPositionalEncoding")
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q, k, v = fused_projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
+        q, k, v = projection_heads(x, (self.linear_q, self.linear_k, self.linear_v), self.h)
         p = self.linear_pos(pos_emb).view(-1, self.h, self.d_k).transpose(0, 1)  # H x (2T-1) x d_k
         position_scores = torch.matmul(q + self.pos_bias_v[:, None, :], p.transpose(-2, -1))
         bias = self.rel_shift(position_scores) * (1.0 / math.sqrt(self.d_k))
@@ -119,6 +114,6 @@ class RotaryPositionMultiHeadedAttention(ESPNETMultiHeadedAttention):
         cos, sin = self.rotary_emb(length, x.dtype, x.device)
         rotated = apply_rotary(x.view(batch, length, self.h, self.d_k), cos[:, None, :], sin[:, None, :])
         rotated = rotated.view(batch, length, channels)
-        q, k = fused_projection_heads(rotated, (self.linear_q, self.linear_k), self.h)
-        v = self._heads(self.linear_v, x)
+        q, k = projection_heads(rotated, (self.linear_q, self.linear_k), self.h)
+        (v,) = projection_heads(x, (self.linear_v,), self.h)
         return self._attend(q, k, v, attn_mask)

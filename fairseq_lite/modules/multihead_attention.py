@@ -2,7 +2,7 @@
 
 Keeps fairseq's separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers (state-dict keys
 ``self_attn.{q,k,v,out}_proj.{weight,bias}``) and reads legacy ``in_proj_weight``/``in_proj_bias`` by
-splitting them. At run time q, k and v come from one matmul against the concatenated weights (one large
+splitting them. In training q, k and v come from one matmul against the concatenated weights (one large
 GEMM runs closer to the CPU's peak than three thin ones); gradients flow back to the separate parameters.
 Inputs are B×T×C; ``key_padding_mask`` is B×T with True marking padding.
 """
@@ -23,13 +23,18 @@ def attention_mask_from_padding(key_padding_mask: Optional[torch.Tensor]) -> Opt
     return ~key_padding_mask[:, None, None, :]
 
 
-def fused_projection_heads(x: torch.Tensor, projections: Sequence[nn.Linear], num_heads: int
-                           ) -> Tuple[torch.Tensor, ...]:
-    """Apply several same-shaped Linear layers to ``x`` (B×T×C) with one matmul and split each result into
-    heads: a tuple of B×H×T×D views, one per layer (the q/k/v projection of self-attention)."""
+def projection_heads(x: torch.Tensor, projections: Sequence[nn.Linear], num_heads: int) -> Tuple[torch.Tensor, ...]:
+    """Apply several same-shaped Linear layers to ``x`` (B×T×C) and split each result into heads: a tuple of
+    B×H×T×D tensors, one per layer (the q/k/v projection of self-attention).
+
+    When gradients are recorded the layers run as one matmul against their concatenated weights, and the
+    backward pass then needs one matmul per gradient instead of one per layer; without gradients the weight
+    copy costs about what the fused matmul saves, so each layer runs on its own."""
+    bsz, seq_len, _ = x.shape
+    if len(projections) == 1 or not torch.is_grad_enabled():
+        return tuple(p(x).view(bsz, seq_len, num_heads, -1).transpose(1, 2) for p in projections)
     weight = torch.cat([p.weight for p in projections])
     bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
-    bsz, seq_len, _ = x.shape
     out = F.linear(x, weight, bias).view(bsz, seq_len, len(projections), num_heads, -1)
     return out.permute(2, 0, 3, 1, 4).unbind(0)
 
@@ -71,7 +76,7 @@ class MultiheadAttention(nn.Module):
         """``x`` B×T×C; ``attn_mask`` (boolean, True = attend) overrides the one built from the padding."""
         if attn_mask is None:
             attn_mask = attention_mask_from_padding(key_padding_mask)
-        q, k, v = fused_projection_heads(x, (self.q_proj, self.k_proj, self.v_proj), self.num_heads)
+        q, k, v = projection_heads(x, (self.q_proj, self.k_proj, self.v_proj), self.num_heads)
         return self.attend(q, k, v, attn_mask)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

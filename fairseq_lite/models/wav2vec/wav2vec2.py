@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, safe_eval
@@ -267,10 +268,14 @@ class Wav2Vec2Model(BaseFairseqModel):
     def compute_preds(self, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Cosine similarity / logit_temp of x (B×M×C) with [positive y; negatives], in fp32 → (1+N)×B×M.
         A negative numerically identical to its positive gets −inf."""
+        dtype = x.dtype
         neg_is_pos = (y == negatives).all(-1)
         targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
-        logits = torch.cosine_similarity(x.float(), targets.float(), dim=-1) / self.logit_temp
-        logits = logits.type_as(x)
+        # torch.cosine_similarity's formula (each side over its eps-clamped norm, then the dot product), with
+        # x normalised once rather than once per target after broadcasting
+        x = F.normalize(x.float(), dim=-1, eps=1e-8)
+        logits = (x * F.normalize(targets.float(), dim=-1, eps=1e-8)).sum(-1) / self.logit_temp
+        logits = logits.to(dtype)
         if neg_is_pos.any():
             logits[1:] = logits[1:].masked_fill(neg_is_pos, float("-inf"))
         return logits
@@ -303,9 +308,9 @@ class Wav2Vec2Model(BaseFairseqModel):
             with torch.no_grad():
                 features = self.feature_extractor(source)
 
-        features_pen = features.float().pow(2).mean()
+        features_pen = None if features_only else features.float().pow(2).mean()
         features = self.layer_norm(features.transpose(1, 2))
-        unmasked_features = features.clone()
+        unmasked_features = features  # nothing below writes in place, so no copy is needed
         padding_mask = self._feature_lengths_mask(padding_mask, features)
 
         drop = features.size(1) % self.crop_seq_to_multiple
