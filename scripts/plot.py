@@ -209,12 +209,12 @@ def _affinities(x: torch.Tensor, perplexity: float) -> torch.Tensor:
     return (p + p.t()) / (2 * n)
 
 
-def tsne(x: np.ndarray, perplexity: float = 30.0, iterations: int = 600, seed: int = 0) -> np.ndarray:
+def tsne(x: np.ndarray, perplexity: float = 30.0, iterations: int = 400, seed: int = 0) -> np.ndarray:
     """Exact t-SNE (van der Maaten & Hinton 2008): early exaggeration, momentum and per-coordinate gains."""
-    data = torch.from_numpy(pca(x, min(30, x.shape[1], x.shape[0]))).double()
+    data = torch.from_numpy(pca(x, min(30, x.shape[1], x.shape[0]))).float()
     n = data.shape[0]
     p = _affinities(data, min(perplexity, (n - 1) / 3))
-    y = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 1e-4
+    y = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * 1e-4
     velocity, gains = torch.zeros_like(y), torch.ones_like(y)
     learning_rate = max(n / 12.0, 50.0)
     for it in range(iterations):
@@ -342,7 +342,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--data", help="folder with {subset}.tsv and {subset}.wrd")
     parser.add_argument("--subset", default="test", help="split to embed (default test)")
     parser.add_argument("--max-utterances", type=int, default=60, help="utterances of the subset to use")
-    parser.add_argument("--max-points", type=int, default=1500, help="frames in the PCA/t-SNE plots")
+    parser.add_argument("--max-points", type=int, default=800, help="frames in the PCA/t-SNE plots")
     parser.add_argument("--neighbour-queries", type=int, default=6, help="utterances listed with their neighbours")
     return parser.parse_args(argv)
 

@@ -207,7 +207,9 @@ def main(argv: Sequence[str] = None) -> None:
     report = f"{table}\n\nStep times (wall clock):\n{timings}\n- total: {total / 60:.1f} min\n"
     with open(os.path.join(demo.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(report)
-    print(f"\n=== results (test split: {len(rows) and 42} utterances, voices unseen in training) ===\n{report}")
+    with open(os.path.join(demo.data, "test.tsv"), encoding="utf-8") as f:
+        utterances = sum(1 for _ in f) - 1
+    print(f"\n=== results (test split: {utterances} utterances, voices unseen in training) ===\n{report}")
     print(f"written: {os.path.join(demo.out, 'results.md')}" + ("" if args.no_plots else
                                                                  f", plots in {os.path.join(demo.out, 'plots')}"))
 
