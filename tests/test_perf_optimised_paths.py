@@ -148,12 +148,24 @@ def test_compiled_ctc_model_equals_eager_in_inference():
     assert_close_finite(a, b)
 
 
-def test_bench_driver_writes_only_between_the_markers(tmp_path):
+def bench_module(name):
     sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
     try:
-        import run_all
+        return __import__(name)
     finally:
         sys.path.pop(0)
+
+
+def test_bench_flop_count_and_profiler_split_see_the_matmul():
+    common = bench_module("common")
+    a, b = torch.randn(64, 32), torch.randn(32, 48)
+    assert common.count_flops(lambda: a @ b) == 2 * 64 * 32 * 48
+    split = common.profile_breakdown(lambda: [a @ b for _ in range(20)])
+    assert split["matmul"] > 0 and abs(sum(split.values()) - 1.0) < 1e-6
+
+
+def test_bench_driver_writes_only_between_the_markers(tmp_path):
+    run_all = bench_module("run_all")
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\ntail\n")
     run_all.write_readme("| a | b |\n|---|---|", str(readme))

@@ -8,8 +8,9 @@ Measurements (fp32, ``--threads`` torch threads, runs alternating between the tw
 medians of ``--repeats``):
 1. pretraining update (forward, loss, backward, optimizer step) for BASE and a small config: ours
    (``Wav2Vec2Model`` + ``wav2vec`` criterion + fused ``adam``) against HF ``Wav2Vec2ForPreTraining`` +
-   ``torch.optim.AdamW`` with identical weights, the same batch and the same mask; seconds of audio per second;
-2. CTC inference for BASE: ``wav2vec_ctc`` against HF ``Wav2Vec2ForCTC``; real-time factor;
+   fused ``torch.optim.AdamW`` (HF Trainer's default) with identical weights, the same batch and the same mask;
+   seconds of audio per second; also both under bf16 autocast;
+2. CTC inference for BASE: ``wav2vec_ctc`` against HF ``Wav2Vec2ForCTC``; real-time factor, also in bf16;
 3. FLOP utilisation: FLOPs of one BASE update (``torch.utils.flop_counter``) per second, over the fp32 GEMM
    peak measured here (a large square matmul; the model's own GEMM shapes are shown too);
 4. data loading: FileAudioDataset + EpochBatchIterator throughput against what the BASE update consumes;
@@ -33,6 +34,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fairseq_lite.data.manifest import write_manifest  # noqa: E402
 
 import bench_data  # noqa: E402
 import bench_decoding  # noqa: E402
@@ -66,7 +69,7 @@ def pretraining_steps(preset: str, batch: int, seconds: float):
     sample = {"id": torch.arange(batch), "net_input": {"source": source, "mask_indices": torch.from_numpy(mask)}}
     criterion = Wav2vecCriterion(infonce=True, loss_weights=LOSS_WEIGHTS)
     ours_opt = Adam(ours.parameters(), **ADAM)
-    hf_opt = torch.optim.AdamW(theirs.parameters(), **ADAM)
+    hf_opt = torch.optim.AdamW(theirs.parameters(), fused=True, **ADAM)  # HF Trainer's default on torch >= 2.8
     hf_inputs = dict(mask_time_indices=torch.from_numpy(mask), sampled_negative_indices=torch.from_numpy(negatives))
 
     def step_ours():
@@ -110,15 +113,30 @@ def one_side(factory, side: str, *args):
 
 # -- the suite ---------------------------------------------------------------------------------------------
 
-
-def fmt_mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:,.0f} MiB"
+HEADER = ["measurement", "fairseq_lite", "peer", "ratio (ours ÷ peer)", "goal", "peak memory ours / peer"]
 
 
-def measure_pair(factory, args, repeats: int, threads: int, memory: bool):
+def fmt_mib(nbytes) -> str:
+    return "" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
+
+
+def with_autocast(step, dtype=torch.bfloat16):
+    """``step`` under CPU autocast (the optional bf16 path: ``common.amp`` with ``common.amp_dtype``)."""
+    def run():
+        with torch.autocast("cpu", dtype=dtype):
+            step()
+    return run
+
+
+def measure_pair(factory, args, repeats: int, threads: int, memory: bool, bf16: bool = False):
+    """Alternating timings of the sides ``factory(*args)`` builds (and of both under bf16 autocast when
+    ``bf16``), and each side's peak memory from a fresh process."""
     runs = factory(*args)
+    if bf16:
+        runs.update({f"{side} bf16": with_autocast(step) for side, step in list(runs.items())})
     times = alternate(runs, repeats)
-    mem = {side: peak_memory(one_side, (factory, side, *args), threads) if memory else None for side in runs}
+    sides = ("fairseq_lite", "transformers")
+    mem = {side: peak_memory(one_side, (factory, side, *args), threads) if memory else None for side in sides}
     return times, mem
 
 
@@ -127,110 +145,137 @@ def bounds_line(breakdown: dict) -> str:
     return ", ".join(f"{name} {share:.0%}" for name, share in sorted(breakdown.items(), key=lambda kv: -kv[1]))
 
 
-def run(args) -> str:
-    torch.set_num_threads(args.threads)
-    rows, notes = [], []
-    header = ["measurement", "fairseq_lite", "peer", "ratio (ours ÷ peer speed)", "goal",
-              "peak memory ours / peer"]
-    presets = ["small"] if args.quick else ["base", "small"]
+def ceiling(split: dict, ours: dict, peer: dict) -> float:
+    """The speed ratio ours would reach if only its matmul and convolution time were left."""
+    return peer["wall"] / (ours["wall"] * (split["matmul"] + split["convolution"]))
 
-    # 3 (first half): the matmul peak, measured before the models load
-    square = gemm_rate(2048, 2048, 2048)
-    cfg = pretraining_config(presets[0])
+
+def ratio_cell(ours: dict, peer: dict) -> str:
+    """Wall-time speed ratio in bold, the CPU-time ratio beside it."""
+    return f"**{peer['wall'] / ours['wall']:.2f}×** (CPU time {peer['cpu'] / ours['cpu']:.2f}×)"
+
+
+def matmul_peak(cfg, frames: int):
+    """fp32 GEMM GFLOP/s: a large square one and the model's layer shapes at ``frames`` rows."""
     dim, ffn = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+    shapes = [(frames, dim, dim), (frames, dim, 3 * dim), (frames, dim, ffn), (frames, ffn, dim)]
+    return gemm_rate(2048, 2048, 2048), {shape: gemm_rate(*shape) for shape in shapes}
+
+
+def pretraining_rows(args, preset: str, headline: bool, rows: list, notes: list) -> float:
+    """Rows for the pretraining update of ``preset`` (with bf16 and the profiler's split when ``headline``);
+    returns our median seconds per update."""
+    audio = args.batch * args.seconds
+    times, mem = measure_pair(pretraining_steps, (preset, args.batch, args.seconds), args.repeats, args.threads,
+                              args.memory, bf16=headline)
+    ours, hf = times["fairseq_lite"], times["transformers"]
+    what = f"pretraining update, {preset.upper()}, {args.batch} × {args.seconds:g} s"
+    rows.append([f"{what} (audio s / s)", f"{audio / ours['wall']:.2f}",
+                 f"{audio / hf['wall']:.2f} (HF Wav2Vec2ForPreTraining + fused AdamW)", ratio_cell(ours, hf),
+                 f"≥ {GOAL_RATIO}×", f"{fmt_mib(mem['fairseq_lite'])} / {fmt_mib(mem['transformers'])}"])
+    if headline:
+        ours16, hf16 = times["fairseq_lite bf16"], times["transformers bf16"]
+        rows.append([f"{what}, bf16 autocast (audio s / s)", f"{audio / ours16['wall']:.2f}",
+                     f"{audio / hf16['wall']:.2f} (HF, bf16 autocast)", ratio_cell(ours16, hf16),
+                     f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
+        if hf["wall"] / ours["wall"] < GOAL_RATIO:
+            steps = pretraining_steps(preset, args.batch, args.seconds)
+            split = profile_breakdown(steps["fairseq_lite"])
+            notes.append(f"*What bounds the pretraining ratio* ({preset.upper()}, profiler, share of self CPU time): "
+                         f"ours {bounds_line(split)}; HF {bounds_line(profile_breakdown(steps['transformers']))}. "
+                         f"Both run the same MKL GEMMs and oneDNN convolutions at close to the matmul peak; with no "
+                         f"time at all outside them ours would be at most {ceiling(split, ours, hf):.2f}× HF.")
+    return ours["wall"]
+
+
+def utilisation_rows(args, preset: str, wall: float, rows: list, notes: list) -> None:
+    """FLOPs of one update of ``preset`` per second of its median time ``wall``, over the matmul peak."""
+    cfg = pretraining_config(preset)
     frames = args.batch * int(args.seconds * 50)  # 50 frames per second of audio
-    model_shapes = [(frames, dim, dim), (frames, dim, 3 * dim), (frames, dim, ffn), (frames, ffn, dim)]
-    at_model = {shape: gemm_rate(*shape) for shape in model_shapes}
+    square, at_model = matmul_peak(cfg, frames)
     peak = max(square, *at_model.values())
-
-    # 1: pretraining update
-    update_audio_s = None
-    for preset in presets:
-        times, mem = measure_pair(pretraining_steps, (preset, args.batch, args.seconds), args.repeats,
-                                  args.threads, args.memory)
-        audio = args.batch * args.seconds
-        speed = {side: audio / t["wall"] for side, t in times.items()}
-        ratio = speed["fairseq_lite"] / speed["transformers"]
-        cpu_ratio = times["transformers"]["cpu"] / times["fairseq_lite"]["cpu"]
-        rows.append([f"pretraining update, {preset.upper()}, {args.batch} × {args.seconds:g} s (audio s / s)",
-                     f"{speed['fairseq_lite']:.2f}", f"{speed['transformers']:.2f} (HF Wav2Vec2ForPreTraining)",
-                     f"**{ratio:.2f}×** (CPU time {cpu_ratio:.2f}×)", f"≥ {GOAL_RATIO}×", _mem(mem)])
-        if preset == presets[0]:
-            update_audio_s = speed["fairseq_lite"]
-            update_steps = pretraining_steps(preset, args.batch, args.seconds)
-            flops = count_flops(update_steps["fairseq_lite"])
-            update_wall = times["fairseq_lite"]["wall"]
-            ours_split = profile_breakdown(update_steps["fairseq_lite"])
-            hf_split = profile_breakdown(update_steps["transformers"])
-            del update_steps
-            if ratio < GOAL_RATIO:
-                notes.append(f"*What bounds the pretraining ratio* ({preset.upper()}, profiler, share of self CPU "
-                             f"time): ours {bounds_line(ours_split)}; HF {bounds_line(hf_split)}. Both run the "
-                             "same MKL GEMMs and oneDNN convolutions, which take most of the time on both sides; "
-                             "our savings (one fused q/k/v GEMM, logits and quantizer only on masked frames, "
-                             "fused Adam) act on the remaining share.")
-        gc.collect()
-
-    # 3: FLOP utilisation
-    achieved = flops / update_wall / 1e9
-    shapes = ", ".join(f"{m}×{k}×{n}: {rate:.0f}" for (m, k, n), rate in at_model.items())
-    utilisation = achieved / peak
-    rows.append([f"FLOP utilisation, {presets[0].upper()} update ({flops / 1e9:.0f} GFLOP counted)",
-                 f"{achieved:.0f} GFLOP/s", f"{peak:.0f} GFLOP/s fp32 matmul peak (2048³: {square:.0f})",
+    step = pretraining_steps(preset, args.batch, args.seconds)["fairseq_lite"]
+    flops = count_flops(step)
+    utilisation = flops / wall / 1e9 / peak
+    rows.append([f"FLOP utilisation, {preset.upper()} update ({flops / 1e9:.0f} GFLOP counted)",
+                 f"{flops / wall / 1e9:.0f} GFLOP/s", f"{peak:.0f} GFLOP/s fp32 matmul peak (2048³: {square:.0f})",
                  f"**{utilisation:.0%}** of peak", f"≥ {GOAL_UTILISATION:.0%}", ""])
+    shapes = ", ".join(f"{m}×{k}×{n}: {rate:.0f}" for (m, k, n), rate in at_model.items())
     notes.append(f"GEMM rates at the model's shapes (GFLOP/s): {shapes}.")
     if utilisation < GOAL_UTILISATION:
-        mm_share = ours_split["matmul"] + ours_split["convolution"]
-        notes.append(f"*What bounds the utilisation*: {mm_share:.0%} of the update's CPU time is in matmuls and "
-                     f"convolutions, so the rest (norms, GELU, attention softmax, optimizer, copies: "
-                     f"{1 - mm_share:.0%}) runs at a small fraction of the peak; and the thin GEMMs of "
+        split = profile_breakdown(step)
+        dense = split["matmul"] + split["convolution"]
+        notes.append(f"*What bounds the utilisation* (profiler, share of self CPU time): {bounds_line(split)}. "
+                     f"Only the matmuls and convolutions ({dense:.0%}) run near the peak; norms, GELU, softmax, "
+                     "bias and residual adds, copies and the optimizer are memory-bound, and the GEMMs of "
                      f"{frames} frames run below the large-square rate (shapes above).")
 
-    # 2: CTC inference
-    ctc_seconds = args.ctc_seconds
-    times, mem = measure_pair(ctc_steps, (presets[0], 1, ctc_seconds), args.repeats, args.threads, args.memory)
-    rtf = {side: t["wall"] / ctc_seconds for side, t in times.items()}
-    ratio = rtf["transformers"] / rtf["fairseq_lite"]
-    rows.append([f"CTC inference, {presets[0].upper()}, 1 × {ctc_seconds:g} s (real-time factor)",
-                 f"{rtf['fairseq_lite']:.3f}", f"{rtf['transformers']:.3f} (HF Wav2Vec2ForCTC)",
-                 f"**{ratio:.2f}×** (CPU time {times['transformers']['cpu'] / times['fairseq_lite']['cpu']:.2f}×)",
-                 f"≥ {GOAL_RATIO}×", _mem(mem)])
-    if ratio < GOAL_RATIO:
-        split = profile_breakdown(ctc_steps(presets[0], 1, ctc_seconds)["fairseq_lite"])
-        notes.append(f"*What bounds the CTC ratio* (profiler, ours): {bounds_line(split)}; inference is the "
-                     "same dense GEMMs and convolutions on both sides.")
 
-    # 4: data loading
+def ctc_rows(args, preset: str, rows: list, notes: list) -> None:
+    """Real-time factor of CTC inference on one ``--ctc-seconds`` utterance, ours against HF."""
+    seconds = args.ctc_seconds
+    times, mem = measure_pair(ctc_steps, (preset, 1, seconds), args.repeats, args.threads, args.memory, bf16=True)
+    ours, hf = times["fairseq_lite"], times["transformers"]
+    what = f"CTC inference, {preset.upper()}, 1 × {seconds:g} s"
+    rows.append([f"{what} (real-time factor)", f"{ours['wall'] / seconds:.3f}",
+                 f"{hf['wall'] / seconds:.3f} (HF Wav2Vec2ForCTC)", ratio_cell(ours, hf), f"≥ {GOAL_RATIO}×",
+                 f"{fmt_mib(mem['fairseq_lite'])} / {fmt_mib(mem['transformers'])}"])
+    ours16, hf16 = times["fairseq_lite bf16"], times["transformers bf16"]
+    rows.append([f"{what}, bf16 autocast (real-time factor)", f"{ours16['wall'] / seconds:.3f}",
+                 f"{hf16['wall'] / seconds:.3f} (HF, bf16 autocast)", ratio_cell(ours16, hf16),
+                 f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
+    if hf["wall"] / ours["wall"] < GOAL_RATIO:
+        steps = ctc_steps(preset, 1, seconds)
+        split = profile_breakdown(steps["fairseq_lite"])
+        notes.append(f"*What bounds the CTC ratio* (profiler, share of self CPU time): ours {bounds_line(split)}; "
+                     f"HF {bounds_line(profile_breakdown(steps['transformers']))}. Inference is the same GEMMs, "
+                     "convolutions and attention kernels on both sides with nothing to skip; with no time outside "
+                     f"matmul and convolution ours would be at most {ceiling(split, ours, hf):.2f}× HF.")
+
+
+def loader_rows(args, consumed: float, preset: str, rows: list) -> None:
+    """FileAudioDataset + EpochBatchIterator throughput (0 and ``--threads`` workers) against ``consumed``."""
     with tempfile.TemporaryDirectory() as folder:
         bench_data.make_files(folder, args.loader_files, args.seconds)
         scan, _ = bench_data.bench_manifest(folder, workers=args.threads)
         manifest = os.path.join(folder, "train.tsv")
-        bench_data.write_manifest(manifest, scan.root, scan.train + scan.valid)
+        write_manifest(manifest, scan.root, scan.train + scan.valid)
         max_tokens = int(args.batch * args.seconds * RATE * 1.5)
         for workers in (0, args.threads):
             loader = bench_data.bench_loader(manifest, workers, max_tokens, args.threads)
             rows.append([f"data loading, {workers} workers (audio s / s)", f"{loader['audio_s_per_s']:.0f}",
-                         f"{update_audio_s:.2f} (consumed by the {presets[0].upper()} update)",
-                         f"{loader['audio_s_per_s'] / update_audio_s:.0f}× headroom", "> 1×", ""])
-        torch.set_num_threads(args.threads)
+                         f"{consumed:.2f} (consumed by the {preset.upper()} update)",
+                         f"{loader['audio_s_per_s'] / consumed:.0f}× headroom", "> 1×", ""])
+    torch.set_num_threads(args.threads)
 
-    # 5: decoding
-    decoding = bench_decoding.run(bench_decoding.parse_args(["--utterances", str(args.decode_utterances)]))
-    rows.append([f"KenLM beam decoding, beam {decoding['setup']['beam']} (utterances / s, 1 thread)",
-                 f"{decoding['fairseq_lite']['utt_per_s']:.1f} (WER {decoding['fairseq_lite']['wer']:.1f})",
-                 f"{decoding['pyctcdecode']['utt_per_s']:.1f} (pyctcdecode, WER {decoding['pyctcdecode']['wer']:.1f})",
-                 f"**{decoding['speed_ratio_ours_over_pyctcdecode']:.1f}×**", "", ""])
 
+def decoding_rows(args, rows: list) -> None:
+    result = bench_decoding.run(bench_decoding.parse_args(["--utterances", str(args.decode_utterances)]))
+    ours, theirs = result["fairseq_lite"], result["pyctcdecode"]
+    rows.append([f"KenLM lexicon beam decoding, beam {result['setup']['beam']} (utterances / s, 1 thread)",
+                 f"{ours['utt_per_s']:.1f} (WER {ours['wer']:.1f})",
+                 f"{theirs['utt_per_s']:.1f} (pyctcdecode, WER {theirs['wer']:.1f})",
+                 f"**{result['speed_ratio_ours_over_pyctcdecode']:.1f}×**", "", ""])
+
+
+def run(args) -> str:
+    """Every measurement; the caption, the table and the notes as markdown."""
+    torch.set_num_threads(args.threads)
+    rows, notes = [], []
+    presets = ["small"] if args.quick else ["base", "small"]
+    walls = {}
+    for preset in presets:
+        walls[preset] = pretraining_rows(args, preset, preset == presets[0], rows, notes)
+        gc.collect()
+    utilisation_rows(args, presets[0], walls[presets[0]], rows, notes)
+    ctc_rows(args, presets[0], rows, notes)
+    loader_rows(args, args.batch * args.seconds / walls[presets[0]], presets[0], rows)
+    decoding_rows(args, rows)
     caption = (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} torch "
-               f"threads, fp32; torch {torch.__version__}, transformers {_version('transformers')}; medians of "
-               f"{args.repeats} alternating runs after a warm-up. {args.caption}")
-    return "\n".join([caption.strip(), "", markdown_table(header, rows), "", *[f"- {n}" for n in notes]])
-
-
-def _mem(mem) -> str:
-    if mem["fairseq_lite"] is None:
-        return ""
-    return f"{fmt_mib(mem['fairseq_lite'])} / {fmt_mib(mem['transformers'])}"
+               f"threads, fp32 unless noted; torch {torch.__version__}, transformers {_version('transformers')}; "
+               f"medians of {args.repeats} alternating runs after a warm-up; ratios > 1: fairseq_lite is faster "
+               f"(or needs less). {args.caption}")
+    return "\n".join([caption.strip(), "", markdown_table(HEADER, rows), "", *[f"- {n}" for n in notes]])
 
 
 def _version(name: str) -> str:
