@@ -1,6 +1,7 @@
 """The optimised paths compute what the plain ones compute: q/k/v as one matmul (forward and gradients, state
-dict unchanged), contrastive logits normalising x once, ``Wav2Vec2Model.compile`` / ``Wav2VecCtc.compile`` (torch.compile of the tensor parts) against
-the eager model, and the bench driver's README writer. No timings are asserted here (see scripts/bench)."""
+dict unchanged), contrastive logits normalising x once, the fused weight-norm kernel of the positional conv,
+``Wav2Vec2Model.compile`` / ``Wav2VecCtc.compile`` (torch.compile of the tensor parts) against the eager
+model, and the bench helpers (FLOP count, profiler split, README writer). No timings are asserted here."""
 
 import copy
 import math
@@ -14,6 +15,7 @@ import fairseq_lite  # noqa: F401
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from fairseq_lite.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc, Wav2VecEncoder
 from fairseq_lite.modules.multihead_attention import MultiheadAttention, projection_heads
+from fairseq_lite.modules.transformer_encoder import WeightNormConv1d
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
@@ -102,6 +104,19 @@ def test_contrastive_logits_equal_torch_cosine_similarity():
     grads = torch.autograd.grad(ours[finite].sum(), (x, y, negatives))
     for a, b in zip(grads, torch.autograd.grad(expected[finite].sum(), (x, y, negatives))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_weight_norm_equals_the_formula_and_its_gradients():
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(32, 8, 4, init_std=0.1)
+    with torch.no_grad():
+        conv.weight_g.mul_(1.5)
+    expected = conv.weight_v * (conv.weight_g / conv.weight_v.norm(dim=(0, 1), keepdim=True))
+    torch.testing.assert_close(conv.weight, expected, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(expected)
+    ours = torch.autograd.grad((conv.weight * upstream).sum(), (conv.weight_v, conv.weight_g))
+    for a, b in zip(ours, torch.autograd.grad((expected * upstream).sum(), (conv.weight_v, conv.weight_g))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def assert_close_finite(a, b):

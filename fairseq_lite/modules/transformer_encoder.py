@@ -54,7 +54,9 @@ class WeightNormConv1d(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        """``weight_v · weight_g / ||weight_v||`` through PyTorch's fused weight-norm kernel (the one
+        ``torch.nn.utils.parametrizations.weight_norm`` calls), one pass instead of a norm and two products."""
+        return torch._weight_norm(self.weight_v, self.weight_g, dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)

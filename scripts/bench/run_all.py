@@ -51,8 +51,9 @@ GOAL_RATIO, GOAL_UTILISATION = 1.3, 0.6
 # -- workloads (module level so that the memory probe's fresh process can build them) ---------------------
 
 
-def pretraining_steps(preset: str, batch: int, seconds: float):
-    """Step callables {"fairseq_lite": …, "transformers": …} for one pretraining update each, same mask."""
+def pretraining_steps(preset: str, batch: int, seconds: float, compile_ours: bool = False):
+    """Step callables {"fairseq_lite": …, "transformers": …} for one pretraining update each, same mask;
+    ``compile_ours``: our model through ``Wav2Vec2Model.compile`` (torch.compile of its tensor parts)."""
     import transformers.models.wav2vec2.modeling_wav2vec2 as hf_w2v
 
     from fairseq_lite.criterions.wav2vec_criterion import Wav2vecCriterion
@@ -60,6 +61,8 @@ def pretraining_steps(preset: str, batch: int, seconds: float):
     from fairseq_lite.optim.adam import Adam
 
     ours, theirs = pretraining_pair(preset)
+    if compile_ours:
+        ours.compile()
     torch.manual_seed(1)
     source = torch.randn(batch, int(seconds * RATE))
     frames = int(ours.feature_extractor.output_lengths(torch.tensor(source.size(1))))
@@ -85,9 +88,12 @@ def pretraining_steps(preset: str, batch: int, seconds: float):
     return {"fairseq_lite": step_ours, "transformers": step_hf}
 
 
-def ctc_steps(preset: str, batch: int, seconds: float):
-    """Step callables for CTC inference (logits of one batch, no grad) on each side."""
+def ctc_steps(preset: str, batch: int, seconds: float, compile_ours: bool = False):
+    """Step callables for CTC inference (logits of one batch, no grad) on each side (``compile_ours``: ours
+    through ``Wav2VecCtc.compile``)."""
     ours, theirs = ctc_pair(preset)
+    if compile_ours:
+        ours.compile()
     torch.manual_seed(1)
     source = torch.randn(batch, int(seconds * RATE))
 
@@ -116,8 +122,11 @@ def one_side(factory, side: str, *args):
 HEADER = ["measurement", "fairseq_lite", "peer", "ratio (ours ÷ peer)", "goal", "peak memory ours / peer"]
 
 
-def fmt_mib(nbytes) -> str:
-    return "" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
+def memory_cell(mem: dict) -> str:
+    """"ours / peer" peak memory, or blank without the memory probes."""
+    if mem["fairseq_lite"] is None:
+        return ""
+    return " / ".join(f"{mem[side] / 2**20:,.0f} MiB" for side in ("fairseq_lite", "transformers"))
 
 
 def with_autocast(step, dtype=torch.bfloat16):
@@ -128,12 +137,13 @@ def with_autocast(step, dtype=torch.bfloat16):
     return run
 
 
-def measure_pair(factory, args, repeats: int, threads: int, memory: bool, bf16: bool = False):
-    """Alternating timings of the sides ``factory(*args)`` builds (and of both under bf16 autocast when
-    ``bf16``), and each side's peak memory from a fresh process."""
+def measure_pair(factory, args, repeats: int, threads: int, memory: bool, variants: bool = False):
+    """Alternating timings of the sides ``factory(*args)`` builds (with ``variants``: also both under bf16
+    autocast, and ours compiled), and each side's peak memory from a fresh process."""
     runs = factory(*args)
-    if bf16:
+    if variants:
         runs.update({f"{side} bf16": with_autocast(step) for side, step in list(runs.items())})
+        runs["fairseq_lite compiled"] = factory(*args, compile_ours=True)["fairseq_lite"]
     times = alternate(runs, repeats)
     sides = ("fairseq_lite", "transformers")
     mem = {side: peak_memory(one_side, (factory, side, *args), threads) if memory else None for side in sides}
@@ -148,6 +158,14 @@ def bounds_line(breakdown: dict) -> str:
 def ceiling(split: dict, ours: dict, peer: dict) -> float:
     """The speed ratio ours would reach if only its matmul and convolution time were left."""
     return peer["wall"] / (ours["wall"] * (split["matmul"] + split["convolution"]))
+
+
+def compiled_row(what: str, times: dict, value: str, peer_value: str) -> list:
+    """The row of our model under ``.compile()`` (fp32) against the fp32 peer."""
+    compiled, hf = times["fairseq_lite compiled"], times["transformers"]
+    unit = "audio s / s" if "update" in what else "real-time factor"
+    return [f"{what}, ours with torch.compile ({unit})", value, f"{peer_value} (HF, eager)",
+            ratio_cell(compiled, hf), f"({times['fairseq_lite']['wall'] / compiled['wall']:.2f}× our eager)", ""]
 
 
 def ratio_cell(ours: dict, peer: dict) -> str:
@@ -167,17 +185,19 @@ def pretraining_rows(args, preset: str, headline: bool, rows: list, notes: list)
     returns our median seconds per update."""
     audio = args.batch * args.seconds
     times, mem = measure_pair(pretraining_steps, (preset, args.batch, args.seconds), args.repeats, args.threads,
-                              args.memory, bf16=headline)
+                              args.memory, variants=headline)
     ours, hf = times["fairseq_lite"], times["transformers"]
     what = f"pretraining update, {preset.upper()}, {args.batch} × {args.seconds:g} s"
     rows.append([f"{what} (audio s / s)", f"{audio / ours['wall']:.2f}",
                  f"{audio / hf['wall']:.2f} (HF Wav2Vec2ForPreTraining + fused AdamW)", ratio_cell(ours, hf),
-                 f"≥ {GOAL_RATIO}×", f"{fmt_mib(mem['fairseq_lite'])} / {fmt_mib(mem['transformers'])}"])
+                 f"≥ {GOAL_RATIO}×", memory_cell(mem)])
     if headline:
         ours16, hf16 = times["fairseq_lite bf16"], times["transformers bf16"]
         rows.append([f"{what}, bf16 autocast (audio s / s)", f"{audio / ours16['wall']:.2f}",
                      f"{audio / hf16['wall']:.2f} (HF, bf16 autocast)", ratio_cell(ours16, hf16),
                      f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
+        compiled = f"{audio / times['fairseq_lite compiled']['wall']:.2f}"
+        rows.append(compiled_row(what, times, compiled, f"{audio / hf['wall']:.2f}"))
         if hf["wall"] / ours["wall"] < GOAL_RATIO:
             steps = pretraining_steps(preset, args.batch, args.seconds)
             split = profile_breakdown(steps["fairseq_lite"])
@@ -214,16 +234,18 @@ def utilisation_rows(args, preset: str, wall: float, rows: list, notes: list) ->
 def ctc_rows(args, preset: str, rows: list, notes: list) -> None:
     """Real-time factor of CTC inference on one ``--ctc-seconds`` utterance, ours against HF."""
     seconds = args.ctc_seconds
-    times, mem = measure_pair(ctc_steps, (preset, 1, seconds), args.repeats, args.threads, args.memory, bf16=True)
+    times, mem = measure_pair(ctc_steps, (preset, 1, seconds), args.repeats, args.threads, args.memory, variants=True)
     ours, hf = times["fairseq_lite"], times["transformers"]
     what = f"CTC inference, {preset.upper()}, 1 × {seconds:g} s"
     rows.append([f"{what} (real-time factor)", f"{ours['wall'] / seconds:.3f}",
                  f"{hf['wall'] / seconds:.3f} (HF Wav2Vec2ForCTC)", ratio_cell(ours, hf), f"≥ {GOAL_RATIO}×",
-                 f"{fmt_mib(mem['fairseq_lite'])} / {fmt_mib(mem['transformers'])}"])
+                 memory_cell(mem)])
     ours16, hf16 = times["fairseq_lite bf16"], times["transformers bf16"]
     rows.append([f"{what}, bf16 autocast (real-time factor)", f"{ours16['wall'] / seconds:.3f}",
                  f"{hf16['wall'] / seconds:.3f} (HF, bf16 autocast)", ratio_cell(ours16, hf16),
                  f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
+    compiled = f"{times['fairseq_lite compiled']['wall'] / seconds:.3f}"
+    rows.append(compiled_row(what, times, compiled, f"{hf['wall'] / seconds:.3f}"))
     if hf["wall"] / ours["wall"] < GOAL_RATIO:
         steps = ctc_steps(preset, 1, seconds)
         split = profile_breakdown(steps["fairseq_lite"])
