@@ -130,7 +130,7 @@ def memory_cell(mem: dict) -> str:
 
 
 def with_autocast(step, dtype=torch.bfloat16):
-    """``step`` under CPU autocast (the optional bf16 path: ``common.amp`` with ``common.amp_dtype``)."""
+    """``step`` under bf16 CPU autocast (what ``common.amp=true`` does on a CPU)."""
     def run():
         with torch.autocast("cpu", dtype=dtype):
             step()
