@@ -46,6 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 README = os.path.join(REPO, "README.md")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 GOAL_RATIO, GOAL_UTILISATION = 1.3, 0.6
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 
 
 # -- workloads (module level so that the memory probe's fresh process can build them) ---------------------
@@ -293,8 +294,11 @@ def run(args) -> str:
     ctc_rows(args, presets[0], rows, notes)
     loader_rows(args, args.batch * args.seconds / walls[presets[0]], presets[0], rows)
     decoding_rows(args, rows)
+    # the allocator moves the ratios: big temporaries that glibc serves by mmap cost page faults on every step
+    allocator = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATOR_VARIABLES if k in os.environ)
     caption = (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} torch "
-               f"threads, fp32 unless noted; torch {torch.__version__}, transformers {_version('transformers')}; "
+               f"threads, fp32 unless noted, {allocator or 'default glibc malloc'}; "
+               f"torch {torch.__version__}, transformers {_version('transformers')}; "
                f"medians of {args.repeats} alternating runs after a warm-up; ratios > 1: fairseq_lite is faster "
                f"(or needs less). {args.caption}")
     return "\n".join([caption.strip(), "", markdown_table(HEADER, rows), "", *[f"- {n}" for n in notes]])
