@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 XLA_VENV ?= $(HOME)/.cache/fairseq_lite/xla-venv
 XLA_STAMP := $(XLA_VENV)/.installed-fairseq-lite
 
-.PHONY: test test-xla venv clean-venv system-deps
+.PHONY: demo test test-xla bench venv clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -23,11 +23,19 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,decode,hf]"
+	$(PY) -m pip install -q -e ".[dev,decode,hf,bench]"
 	touch $(STAMP)
+
+# The main job on the bundled corpus (scripts/run_demo.py; DEMO_ARGS e.g. --pretrain-updates 1500).
+demo: $(STAMP)
+	$(PY) scripts/run_demo.py $(DEMO_ARGS)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q -n 2 tests $(PYTEST_ARGS)
+
+# Benchmarks against HF Transformers and pyctcdecode; writes README's Performance table (BENCH_ARGS e.g. --quick).
+bench: $(STAMP)
+	$(PY) scripts/bench/run_all.py $(BENCH_ARGS)
 
 # torch-xla needs torch 2.9, so it lives in its own venv outside the repo (about 4.3 GB of downloads once).
 $(XLA_STAMP): setup.py

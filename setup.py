@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["fairseq_lite", "fairseq_lite.*"]),
     package_data={"fairseq_lite": ["config/model/*/*.yaml"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",  # fused CPU AdamW; tested with 2.9 (torch-xla) and 2.13
         "hydra-core>=1.3,<1.4",
         "omegaconf>=2.2,<2.4",
         "numpy>=1.23",
@@ -26,6 +26,7 @@ setup(
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
         "xla": ["torch-xla"],
         "audio": ["av>=12"],
+        "bench": ["pyctcdecode>=0.5"],
         "dev": ["av>=12", "tensorboard>=2.10", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3", "jiwer>=3", "scipy>=1.10", "matplotlib>=3.7"],
     },
     entry_points={

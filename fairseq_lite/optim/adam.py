@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, List
 
 import torch
-from torch.optim.adam import adam as torch_adam
+from torch.optim.adamw import adamw as torch_adamw  # functional AdamW in every torch >= 2.4
 
 from fairseq_lite.dataclass import II
 from fairseq_lite.dataclass.configs import FairseqDataclass
@@ -77,7 +77,7 @@ class Adam(torch.optim.Optimizer):
         device = params[0].device
         fused = device.type in ("cpu", "cuda")  # torch's fused kernel wants the step counts beside the params
         # torch divides by sqrt(v)/sqrt(1-β2^t) + eps; with eps/sqrt(1-β2^t) that is fairseq's sqrt(v) + eps
-        torch_adam(
+        torch_adamw(
             master,
             grads,
             [self.state[p]["exp_avg"] for p in params],
@@ -85,7 +85,6 @@ class Adam(torch.optim.Optimizer):
             [],
             [torch.tensor(float(step - 1), device=device if fused else "cpu") for _ in params],
             fused=True if fused else None,
-            decoupled_weight_decay=True,
             amsgrad=False,
             beta1=beta1,
             beta2=beta2,

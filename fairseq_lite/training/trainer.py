@@ -29,6 +29,8 @@ logger = logging.getLogger("fairseq_lite.trainer")
 #: ``distributed_training.ddp_backend`` values: torch's DistributedDataParallel, or fairseq's legacy one
 #: (one all-reduce of all gradients after the last micro-batch, done here).
 TORCH_DDP_BACKENDS = ("pytorch_ddp", "c10d")
+#: torch >= 2.5 has one out-of-memory error for every device; before it, CUDA's
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 LEGACY_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 
 
@@ -308,7 +310,7 @@ class Trainer:
                     loss, size, logging_output = self.task.train_step(
                         sample, model, criterion, optimizer, self.num_updates, ignore_grad=is_dummy
                     )
-            except torch.OutOfMemoryError as exc:
+            except OUT_OF_MEMORY as exc:
                 raise self._oom_error(exc) from exc
             self._mark_step()
             if is_dummy:
@@ -525,7 +527,7 @@ class Trainer:
             self.previous_training_time = float(extra.get("previous_training_time", 0.0))
             self._start_time = time.time()
         metrics = extra.get("metrics")
-        if not reset_meters and isinstance(metrics, dict) and all(isinstance(v, dict) for v in metrics.values()):
+        if not reset_meters and isinstance(metrics, dict):
             for name, group_state in metrics.items():
                 if name in self.meters:
                     self.meters[name].load_state_dict(group_state)
