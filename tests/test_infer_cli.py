@@ -270,3 +270,25 @@ def test_ctc_checkpoint_saved_under_audio_pretraining_takes_the_data_folders_dic
     assert infer.main(command(data, old, tmp_path / "res", "--w2l-decoder", "viterbi")) == 0
     assert infer.main(command(root, path, tmp_path / "ours", "--w2l-decoder", "viterbi")) == 0
     assert read_results(tmp_path / "res", old)["hypo.units"] == read_results(tmp_path / "ours", path)["hypo.units"]
+
+
+class PickledExtra:
+    """A class outside fairseq's allow-list, pickled into a checkpoint's extra_state."""
+
+
+def test_pretraining_checkpoint_is_refused_and_untrusted_globals_need_trust(setup, tmp_path, monkeypatch):
+    root, path = setup
+    state = load_checkpoint_file(str(path))
+    pretraining = dict(state, cfg=dict(state["cfg"], model=W2V_ARGS["model"]))
+    atomic_save(pretraining, str(tmp_path / "pretrained.pt"))
+    with pytest.raises(Exception, match=r"pretrained.pt holds a 'wav2vec2' model, not a fine-tuned CTC model"):
+        infer.main(command(root, tmp_path / "pretrained.pt", tmp_path, "--w2l-decoder", "viterbi"))
+
+    atomic_save(dict(state, extra_state=dict(state["extra_state"], note=PickledExtra())), str(tmp_path / "odd.pt"))
+    odd = command(root, tmp_path / "odd.pt", tmp_path / "out", "--w2l-decoder", "viterbi", "--quiet")
+    with pytest.raises(Exception, match=r"pickled 'test_infer_cli.PickledExtra'.*--trust-checkpoint"):
+        infer.main(odd)
+    infer.main(odd + ["--trust-checkpoint"])
+    assert (tmp_path / "out" / "hypo.word-odd.pt-dev.txt").is_file()
+    monkeypatch.setenv("FAIRSEQ_LITE_TRUST_CHECKPOINT", "1")  # the same for every command, e.g. model.w2v_path
+    infer.main(odd)

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 
 import pytest
 import torch
@@ -125,6 +126,26 @@ def test_patience_stops_early_and_unknown_best_metric_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match="best_checkpoint_metric 'wer'"):
         main(train_toy.toy_config(tmp_path / "m", checkpoint={"best_checkpoint_metric": "wer"}))
+
+
+def test_pruning_policies_keep_the_best_the_last_epochs_and_no_save_writes_nothing(tmp_path):
+    cfg = train_toy.toy_config(
+        tmp_path / "best", optimization={"max_update": 40}, dataset={"validate_interval_updates": 2},
+        checkpoint={"keep_best_checkpoints": 2, "best_checkpoint_metric": "neg_loss",
+                    "maximize_best_checkpoint_metric": True, "keep_last_epochs": 1},
+    )
+    main(cfg)
+    names = os.listdir(tmp_path / "best")
+    # epochs of 16 updates: checkpoint1.pt and checkpoint2.pt were written, only the last epoch is kept
+    assert [n for n in names if re.fullmatch(r"checkpoint\d+\.pt", n)] == ["checkpoint2.pt"]
+    best_files = sorted(n for n in names if n.startswith("checkpoint.best_neg_loss_-"))
+    scores = sorted({round(r["neg_loss"], 3) for r in _metrics(tmp_path / "best", "valid").values()}, reverse=True)
+    assert len(best_files) == 2
+    kept = sorted(float(re.search(r"_(-\d+\.\d{3})\d*\.pt$", n).group(1)) for n in best_files)
+    assert kept == sorted(scores[:2])  # the two highest (least negative) values, none of the worse ones
+
+    main(train_toy.toy_config(tmp_path / "none", checkpoint={"no_save": True}))
+    assert not os.path.exists(tmp_path / "none")  # not even the save_dir
 
 
 def test_json_log_format_and_log_interval(tmp_path, caplog):

@@ -152,7 +152,8 @@ class ToyCriterion(FairseqCriterion):
     def reduce_metrics(logging_outputs):
         total = sum(o["loss"] for o in logging_outputs)
         size = sum(o["sample_size"] for o in logging_outputs)
-        return {"loss": total / max(size, 1)}
+        loss = total / max(size, 1)
+        return {"loss": loss, "neg_loss": -loss}  # a metric to maximise that is negative
 
     @staticmethod
     def logging_outputs_can_be_summed():

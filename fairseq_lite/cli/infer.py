@@ -51,6 +51,8 @@ logger = logging.getLogger("fairseq_lite.infer")
 
 RESULT_PREFIXES = {"hypo.words": "hypo.word", "hypo.units": "hypo.units", "ref.words": "ref.word",
                    "ref.units": "ref.units"}
+#: Registered models whose checkpoints infer.py decodes (they emit CTC frames over the target dictionary).
+CTC_MODELS = ("wav2vec_ctc",)
 DEFAULT_MAX_TOKENS = 4_000_000  # fairseq's infer.py default when neither --max-tokens nor --batch-size is set
 
 
@@ -78,6 +80,9 @@ def decoding_parser() -> argparse.ArgumentParser:
     group.add_argument("--chunk-seconds", type=float, help="transcribe audio in windows of this many seconds")
     group.add_argument("--chunk-overlap", type=float, default=2.0,
                        help="seconds shared by neighbouring windows; each keeps the frames nearer its centre")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="fully unpickle --path/--lm-model files that hold objects beyond fairseq's allow-list "
+                            "(only for files you trust: unpickling can run code)")
     group.add_argument("--decode-workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="threads decoding utterances in parallel (kenlm)")
     return parser
@@ -263,8 +268,9 @@ class ResultWriter:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def load_model(cfg: Any, task: Any):
-    """The first checkpoint of ``--path`` (``\\``-separated as in fairseq) with ``--model-overrides``."""
+def load_model(cfg: Any, task: Any, trust_checkpoint: bool = False):
+    """The first checkpoint of ``--path`` (``\\``-separated as in fairseq) with ``--model-overrides``; it must
+    hold a model that emits CTC frames (``wav2vec_ctc``), not a pretraining or language model."""
     from fairseq_lite import checkpoint_utils
 
     paths = cfg.common_eval.path.split("\\")
@@ -277,14 +283,22 @@ def load_model(cfg: Any, task: Any):
     if not isinstance(overrides, dict):
         raise ConfigError(f"--model-overrides must be a dict literal such as \"{{'dropout': 0.0}}\", "
                           f"got {cfg.common_eval.model_overrides!r}")
-    if not os.path.isfile(paths[0]):
-        raise CheckpointError(f"checkpoint {paths[0]} does not exist (--path)")
+    suffix = cfg.checkpoint.checkpoint_suffix
+    path = paths[0].replace(".pt", suffix + ".pt") if suffix else paths[0]
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist (--path)")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path, overrides, trust_checkpoint=trust_checkpoint)
+    kind = (state["cfg"].get("model") or {}).get("_name")
+    if kind not in CTC_MODELS:
+        raise CheckpointError(
+            f"{path} holds a {kind!r} model, not a fine-tuned CTC model ({', '.join(CTC_MODELS)}): "
+            "infer.py decodes CTC emissions; fine-tune it first (config/finetuning, model.w2v_path=<it>)")
     models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        paths[:1], arg_overrides=overrides, task=task, suffix=cfg.checkpoint.checkpoint_suffix)
+        [path], task=task, state=state)
     return models[0], saved_cfg, task
 
 
-def load_lm(path: Optional[str]):
+def load_lm(path: Optional[str], trust_checkpoint: bool = False):
     """The fairseq LM checkpoint of ``--lm-model`` and its dictionary (``dict.txt`` beside it, or its own)."""
     from fairseq_lite import checkpoint_utils
 
@@ -293,7 +307,7 @@ def load_lm(path: Optional[str]):
     if not os.path.isfile(path):
         raise CheckpointError(f"LM checkpoint {path} does not exist (--lm-model)")
     models, _, lm_task = checkpoint_utils.load_model_ensemble_and_task(
-        [path], arg_overrides={"data": os.path.dirname(os.path.abspath(path))})
+        [path], arg_overrides={"data": os.path.dirname(os.path.abspath(path))}, trust_checkpoint=trust_checkpoint)
     return models[0].eval(), lm_task.target_dictionary
 
 
@@ -318,7 +332,7 @@ def main(argv: List[str]) -> Optional[int]:
     device = torch.device("cuda" if use_cuda else "cpu")
     model = saved_cfg = None
     if cfg.common_eval.path:
-        model, saved_cfg, task = load_model(cfg, task)
+        model, saved_cfg, task = load_model(cfg, task, args.trust_checkpoint)
     tgt_dict = task.target_dictionary
     if tgt_dict is None:
         raise ConfigError("no target dictionary: pass --labels ltr with dict.ltr.txt in the data folder")
@@ -336,7 +350,7 @@ def main(argv: List[str]) -> Optional[int]:
     if not args.dump_emissions:
         lm_model = lm_dict = None
         if args.w2l_decoder == "fairseqlm":
-            lm_model, lm_dict = load_lm(args.kenlm_model)
+            lm_model, lm_dict = load_lm(args.kenlm_model, args.trust_checkpoint)
         decoder = build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
 
     itr = task.get_batch_iterator(

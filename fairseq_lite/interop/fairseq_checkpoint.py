@@ -4,8 +4,9 @@ Files are read with ``torch.load(weights_only=True)`` plus an explicit allow-lis
 contain: ``argparse.Namespace`` (pre-Hydra ``args``), ``fairseq.data.dictionary.Dictionary`` (in the
 ``task_state`` of fine-tuned models; mapped onto fairseq_lite's Dictionary, which keeps fairseq's attribute
 names), NumPy scalars and OmegaConf containers (turned into plain dicts). Any other pickled global is
-refused with a message naming it, unless the caller passes ``trust_checkpoint=True``. Both eras are read: ``cfg`` dicts, and legacy ``args`` Namespaces, which
-are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg`` dict.
+refused with a message naming it, unless the caller passes ``trust_checkpoint=True`` (or the environment
+sets ``FAIRSEQ_LITE_TRUST_CHECKPOINT=1``). Both eras are read: ``cfg`` dicts, and legacy ``args``
+Namespaces, which are upgraded with fairseq's renames (reference §9.2) and converted to a ``cfg`` dict.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import torch
 from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
 from fairseq_lite.errors import CheckpointError
+from fairseq_lite.interop import fairseq_pickle
 
 logger = logging.getLogger(__name__)
 
 #: Argparse attribute naming the registry entry of each component group in legacy ``args``.
+#: Set to 1 to fully unpickle every checkpoint a command reads (w2v_path, restore_file, --path …).
+TRUST_ENV = "FAIRSEQ_LITE_TRUST_CHECKPOINT"
+
 LEGACY_SELECTORS = {"task": "task", "model": "arch", "criterion": "criterion", "optimizer": "optimizer",
                     "lr_scheduler": "lr_scheduler"}
 
@@ -89,8 +94,8 @@ def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
     """``torch.load`` on CPU with the allow-list; refuses any other pickled global with a clear message."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if trust_checkpoint:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    if trust_checkpoint or os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes"):
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=fairseq_pickle)
     try:
         with torch.serialization.safe_globals(safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,7 +106,8 @@ def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
         what = next(g for g in found.groups() if g)
         raise CheckpointError(
             f"{path} contains a pickled '{what}' that fairseq_lite does not load by default, since unpickling it "
-            "could run code; if you trust this file, load it with trust_checkpoint=True (--trust-checkpoint)"
+            f"could run code; if you trust this file, load it with trust_checkpoint=True, infer.py --trust-checkpoint, "
+            f"or {TRUST_ENV}=1 for any command"
         ) from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None

@@ -41,10 +41,13 @@ def _fsync_dir(path: str) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path + ".tmp"``, fsync, then rename over ``path`` (never a half-written ``path``)."""
+    """``torch.save`` to ``path + ".tmp"``, fsync, then rename over ``path`` (never a half-written ``path``).
+    A Dictionary inside is pickled under fairseq's class name, so fairseq reads the file too."""
+    from fairseq_lite.interop import fairseq_pickle
+
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(obj, f, pickle_module=fairseq_pickle)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -150,7 +153,7 @@ class CheckpointManager:
             worst = previous_best
             if kept:
                 worst_name = os.path.basename(kept[-1] if cfg.maximize_best_checkpoint_metric else kept[0])
-                worst = float(re.search(r"_(\d+\.\d{3})", worst_name).group(1))
+                worst = float(re.search(r"_(-?\d+\.\d{3})\d*" + re.escape(suffix) + r"\.pt$", worst_name).group(1))
             if worst is None or self.is_better(val_loss, worst):
                 tie_break = random.randint(0, cfg.keep_best_checkpoints)
                 names.append(f"checkpoint.best_{metric}_{val_loss:.3f}{tie_break}{suffix}.pt")
@@ -180,7 +183,7 @@ class CheckpointManager:
     def _best_paths(self) -> List[str]:
         """The ``checkpoint.best_<metric>_<value><n>.pt`` files, largest value first."""
         metric, suffix = re.escape(self.cfg.best_checkpoint_metric), re.escape(self.cfg.checkpoint_suffix)
-        return checkpoint_paths(self.cfg.save_dir, rf"checkpoint\.best_{metric}_(\d+\.?\d*){suffix}\.pt")
+        return checkpoint_paths(self.cfg.save_dir, rf"checkpoint\.best_{metric}_(-?\d+\.?\d*){suffix}\.pt")
 
     def _prune(self, end_of_epoch: bool) -> None:
         cfg, suffix = self.cfg, re.escape(self.cfg.checkpoint_suffix)

@@ -4,7 +4,12 @@ validation pass, with the state a checkpoint needs to resume them exactly (fairs
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+#: fairseq's display priorities (``metrics.log_*(..., priority=)``): the order its progress lines use.
+FAIRSEQ_PRIORITY = {"wps": 90, "ups": 100, "wpb": 180, "bsz": 190, "gnorm": 400, "clip": 500, "loss_scale": 700,
+                    "train_wall": 800}
+DEFAULT_PRIORITY = 10
 
 
 class MetersGroup:
@@ -48,19 +53,34 @@ class MetersGroup:
             out["wps"] = self.tokens / elapsed
         return out
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "sums": dict(self.sums),
-            "weights": dict(self.weights),
-            "updates": self.updates,
-            "tokens": self.tokens,
-            "elapsed": self.elapsed,
-        }
+    def state_dict(self) -> List[Tuple[int, str, str, Dict[str, Any]]]:
+        """fairseq's ``MetersDict.state_dict`` layout, so fairseq resumes our checkpoints with their meters:
+        ``(priority, key, meter class name, meter state)`` per value — an ``AverageMeter`` (sum of
+        value × weight, count = Σ weight) for each averaged value, ``TimeMeter`` for ``ups`` and ``wps``."""
+        meters = [
+            (FAIRSEQ_PRIORITY.get(key, DEFAULT_PRIORITY), key, "AverageMeter",
+             {"val": self.sums[key] / self.weights[key] if self.weights[key] else 0.0, "sum": self.sums[key],
+              "count": self.weights[key], "round": None})
+            for key in self.sums
+        ]
+        meters.append((FAIRSEQ_PRIORITY["ups"], "ups", "TimeMeter",
+                       {"init": self.elapsed, "n": self.updates, "round": 2}))
+        meters.append((FAIRSEQ_PRIORITY["wps"], "wps", "TimeMeter",
+                       {"init": self.elapsed, "n": self.tokens, "round": 1}))
+        return meters
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.sums = dict(state["sums"])
-        self.weights = dict(state["weights"])
-        self.updates = int(state["updates"])
-        self.tokens = float(state["tokens"])
-        self._elapsed_before = float(state["elapsed"])
+    def load_state_dict(self, state: Iterable[Sequence[Any]]) -> None:
+        """Read fairseq's meter list (ours or a genuine fairseq checkpoint's); meter kinds fairseq_lite does
+        not keep (stopwatches, sums) are left out."""
+        self.reset()
+        for _, key, meter_class, meter_state in state:
+            if meter_class == "AverageMeter":
+                self.sums[key] = float(meter_state.get("sum", 0.0))
+                self.weights[key] = float(meter_state.get("count", 0.0))
+            elif meter_class == "TimeMeter" and key in ("ups", "wps"):
+                self._elapsed_before = float(meter_state.get("init", 0.0))
+                if key == "ups":
+                    self.updates = int(meter_state.get("n", 0))
+                else:
+                    self.tokens = float(meter_state.get("n", 0.0))
         self._started = time.perf_counter()
