@@ -100,3 +100,31 @@ def test_errors_are_one_line_and_actionable(setup, tmp_path):
         script.main([str(root / "waves"), "--checkpoint", str(checkpoint), "--output", str(tmp_path), "--layers", "5"])
     with pytest.raises(CheckpointError, match="does not exist"):
         script.main(["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path), str(root / "waves")])
+
+
+def test_ctc_checkpoint_gives_the_features_of_the_wav2vec2_model_inside(setup, tmp_path):
+    """A wav2vec_ctc file (fairseq's layout: the pretrained model under w2v_encoder.w2v_model) is unwrapped."""
+    from fairseq_lite.data.dictionary import Dictionary
+
+    root, _, model = setup
+    dictionary = Dictionary()
+    for letter in "|ABC":
+        dictionary.add_symbol(letter)
+    pretraining_only = ("quantizer", "project_q", "final_proj")
+    weights = {f"w2v_encoder.w2v_model.{k}": v for k, v in model.state_dict().items()
+               if not k.startswith(pretraining_only)}
+    weights.update({"w2v_encoder.proj.weight": torch.randn(len(dictionary), 32),
+                    "w2v_encoder.proj.bias": torch.zeros(len(dictionary))})
+    pretraining_cfg = {"task": {"_name": "audio_pretraining", "normalize": True}, "model": MODEL}
+    cfg = {"task": {"_name": "audio_finetuning", "data": str(root), "labels": "ltr", "normalize": True},
+           "model": {"_name": "wav2vec_ctc", "w2v_path": "unused.pt", "w2v_args": pretraining_cfg, "normalize": True},
+           "criterion": {"_name": "ctc"}}
+    checkpoint = tmp_path / "ctc.pt"
+    torch.save({"args": None, "cfg": cfg, "model": weights, "optimizer_history": [
+        {"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {},
+         "num_updates": 0}], "task_state": {"target_dictionary": dictionary}, "extra_state": {}}, checkpoint)
+    script = _load_script()
+    assert script.main([str(root / "waves" / "spk" / "u0.wav"), "--checkpoint", str(checkpoint),
+                        "--output", str(tmp_path / "out"), "--layers", "1"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "u0.npy"),
+                               _reference(model, root / "waves" / "spk" / "u0.wav", 1), rtol=1e-4, atol=1e-4)

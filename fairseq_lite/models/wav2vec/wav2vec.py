@@ -212,7 +212,9 @@ class _GRUOutput(nn.Module):
 
 
 def gru_aggregator(embed: int, gru_dim: int) -> nn.Sequential:
-    """``aggregator: gru``: one batch-first GRU layer; keys ``feature_aggregator.1.weight_ih_l0`` etc."""
+    """``aggregator: gru``: one GRU layer; keys ``feature_aggregator.1.weight_ih_l0`` etc. It is batch-first,
+    so the recurrence runs over time. fairseq's GRU is sequence-first but is fed B×T×C, so its recurrence runs
+    over the batch axis (a bug): fairseq gru checkpoints load, and compute what the model was meant to."""
     return nn.Sequential(TransposeLast(), nn.GRU(embed, gru_dim, num_layers=1, batch_first=True), _GRUOutput())
 
 
