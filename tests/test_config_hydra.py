@@ -239,3 +239,18 @@ def test_fairseq_model_presets_are_on_the_search_path(tmp_path):
     assert cfg.model._name == "wav2vec2" and cfg.model.encoder_layers == 24 and cfg.model.latent_temp == [2.0, 0.1, 0.999995]
     cfg = finalize_config(compose_config(str(tmp_path), "run", ["+model=wav2vec/vq_wav2vec_gumbel"]))
     assert cfg.model._name == "wav2vec" and cfg.model.vq_type == "gumbel"
+
+
+def test_cli_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path):
+    """A problem met while running (here: no train.tsv in task.data) exits 1 with one line; --debug re-raises."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "-m", "fairseq_lite.cli.hydra_train", f"task.data={tmp_path}",
+            f"checkpoint.save_dir={tmp_path / 'ckpt'}", "--config-dir", os.path.join(repo, "config", "pretraining"),
+            "--config-name", "demo"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and "train.tsv" in result.stderr
+    result = subprocess.run(argv + ["--debug"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "DataError" in result.stderr

@@ -48,6 +48,11 @@ def test_manifest_tool_split_determinism_summary_and_errors(tmp_path):
     run("examples/wav2vec/wav2vec_manifest.py", audio, "--dest", other_seed, "--valid-percent", 0.25, "--seed", 7)
     assert (other_seed / "valid.tsv").read_text() != (out1 / "valid.tsv").read_text()
 
+    only_spk2 = tmp_path / "m5"
+    run("examples/wav2vec/wav2vec_manifest.py", audio, "--dest", only_spk2, "--valid-percent", 0, "--path-must-contain", "spk2")
+    kept = [line.split("\t")[0] for line in (only_spk2 / "train.tsv").read_text().splitlines()[1:]]
+    assert len(kept) == 13 and all(name.startswith("spk2/") for name in kept)
+
     empty = run("examples/wav2vec/wav2vec_manifest.py", audio, "--dest", tmp_path / "m4", "--ext", "mp3")
     assert empty.returncode == 1 and "error: no *.mp3 files under" in empty.stderr and str(audio.name) in empty.stderr
     assert not (tmp_path / "m4" / "train.tsv").exists()

@@ -97,3 +97,18 @@ def test_unsupported_options_fail_clearly(corpus, key, value):
 def test_augmentation_only_on_train_splits(corpus):
     task = setup_task(task_cfg(corpus, augment_gain_max_db=6.0))
     assert task.augmentation("train").gain_max_db == 6.0 and task.augmentation("valid") is None
+
+
+def test_bad_audio_flags_of_the_task_reach_the_dataset(corpus):
+    """task.skip_invalid_audio skips and counts a corrupt file; task.strict_sample_rate refuses another rate."""
+    (corpus / "u1.wav").write_bytes(b"not audio" * 20)
+    sf.write(corpus / "u3.wav", np.zeros(2000, np.float32), 8000)
+    task = setup_task(task_cfg(corpus, _name="audio_pretraining", labels=None, skip_invalid_audio=True))
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    assert ds.bad_files == 1 and 1 not in batch["id"].tolist() and len(batch["id"]) == len(LENGTHS) - 1
+    strict = setup_task(task_cfg(corpus, _name="audio_pretraining", labels=None, strict_sample_rate=True))
+    strict.load_dataset("train")
+    with pytest.raises(DataError, match=r"train.tsv:5: .*u3.wav.*sample rate 8000 Hz, expected 16000 Hz"):
+        strict.dataset("train")[3]

@@ -76,3 +76,18 @@ def test_wav2vec2_pretraining_logs_fairseq_stats_and_resumes_exactly(corpus, tmp
     assert a["optimizer_history"][-1]["criterion_name"] == "Wav2vecCriterion"
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_common_compile_trains_as_the_eager_model(corpus, tmp_path):
+    """common.compile=true: the same losses and checkpoint keys as eager training (torch.compile in place)."""
+    main(_config(corpus, tmp_path / "eager", 2))
+    cfg = _config(corpus, tmp_path / "compiled", 2)
+    cfg.common.compile = True
+    main(cfg)
+    eager, compiled = _records(tmp_path / "eager", "train_inner"), _records(tmp_path / "compiled", "train_inner")
+    assert [compiled[u]["loss"] for u in (1, 2)] == pytest.approx([eager[u]["loss"] for u in (1, 2)], rel=1e-4)
+    a = torch.load(tmp_path / "eager" / "checkpoint_last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "compiled" / "checkpoint_last.pt", weights_only=True)["model"]
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

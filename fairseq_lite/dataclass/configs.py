@@ -73,7 +73,8 @@ class CommonConfig(FairseqDataclass):
     suppress_crashes: bool = field(default=False, metadata=_help("suppress crashes when training with the hydra_train entry point"))
     use_plasma_view: bool = field(default=False, metadata=_help("store indices and sizes in shared memory"))
     plasma_path: Optional[str] = field(default="/tmp/plasma", metadata=_help("path to run plasma_store"))
-    compile: bool = field(default=False, metadata=_help("fairseq_lite: wrap the model in torch.compile"))
+    compile: bool = field(default=False, metadata=_help(
+        "fairseq_lite: torch.compile the model's tensor code in place for training (same results and keys)"))
 
 
 @dataclass

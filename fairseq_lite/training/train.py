@@ -54,6 +54,9 @@ def main(cfg: Any) -> Optional[float]:
     task = setup_task(cfg.task)
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
+    if cfg.common.compile:  # in place: state-dict keys and checkpoints stay as without it
+        model.compile()
+        logger.info("common.compile: the model runs under torch.compile (the first updates include compiling)")
     logger.info("task: %s, model: %s, criterion: %s",
                 type(task).__name__, type(model).__name__, type(criterion).__name__)
     logger.info(
