@@ -32,7 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path-must-contain", default=None, type=str, metavar="FRAG",
                         help="only keep files whose real path contains this string")
     parser.add_argument("--workers", default=min(16, os.cpu_count() or 1), type=int, metavar="N",
-                        help="threads reading frame counts")
+                        help="processes reading frame counts")
     return parser
 
 

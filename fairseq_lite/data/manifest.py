@@ -7,11 +7,12 @@ and DataLoader workers do not copy it page by page.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -143,6 +144,21 @@ def find_audio(root: str, ext: str, path_must_contain: Optional[str] = None) -> 
     return sorted(found)
 
 
+#: files per task of the manifest scan's worker processes
+SCAN_CHUNK = 256
+
+
+def _scan_chunk(paths: List[str]) -> List[Any]:
+    """(frames, rate) of each file, or the reason it could not be read: one bad file must not stop a scan."""
+    results: List[Any] = []
+    for path in paths:
+        try:
+            results.append(audio_frames(path))
+        except Exception as e:
+            results.append(f"{type(e).__name__}: {str(e).strip()}")
+    return results
+
+
 def scan_folder(
     root: str,
     ext: str = "flac",
@@ -152,7 +168,7 @@ def scan_folder(
     workers: int = 8,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
 ) -> ScanResult:
-    """Read frame counts of every ``*.ext`` under ``root`` in parallel and split train/valid with ``seed``.
+    """Read frame counts of every ``*.ext`` under ``root`` (``workers`` processes) and split train/valid with ``seed``.
 
     The split draws one ``random.Random(seed).random()`` per file in sorted path order, as fairseq's
     tool does per file in its own order: the same seed and folder always give the same split.
@@ -167,14 +183,11 @@ def scan_folder(
         where = f" whose path contains {path_must_contain!r}" if path_must_contain else ""
         raise DataError(f"no *.{ext.lstrip('.')} files{where} under {root}: check the folder and --ext")
 
-    def info(path: str):
-        try:
-            return audio_frames(path)
-        except Exception as e:  # report and continue: one bad file must not stop a scan of thousands
-            return f"{type(e).__name__}: {str(e).strip()}"
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(info, files)
+    # header parsing holds the GIL, so the workers are processes, each taking chunks of files
+    chunks = [files[i:i + SCAN_CHUNK] for i in range(0, len(files), SCAN_CHUNK)]
+    parallel = workers > 1 and len(chunks) > 1
+    with ProcessPoolExecutor(max_workers=workers) if parallel else contextlib.nullcontext() as pool:
+        results = (result for chunk in (pool.map if parallel else map)(_scan_chunk, chunks) for result in chunk)
         if progress is not None:
             results = progress(results)
         results = list(results)
@@ -191,7 +204,7 @@ def scan_folder(
             unreadable.append((path, "no audio samples"))
             continue
         seconds += frames / rate
-        (valid if to_valid else train).append((os.path.relpath(path, root), frames))
+        (valid if to_valid else train).append((path[len(root) + 1:], frames))  # find_audio's paths start with root
     if not train and not valid:
         raise DataError(f"none of the {len(files)} *.{ext.lstrip('.')} files under {root} could be read: {unreadable[0][1]}")
     return ScanResult(root, train, valid, unreadable, seconds)
