@@ -2,6 +2,7 @@
 """`make demo`: the whole wav2vec 2.0 recipe on the bundled speech corpus, with the real command-line tools.
 
     python scripts/run_demo.py [--out demo_out] [--pretrain-updates N] [--finetune-updates N]
+                               [--finetune-overrides KEY=VALUE ...]
 
 Steps, each announced with its command line:
   1. manifests and labels   examples/wav2vec/wav2vec_manifest.py + libri_labels.py for train, valid, test
@@ -159,6 +160,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "(default: config/pretraining/demo.yaml)")
     parser.add_argument("--finetune-updates", type=int, help="optimization.max_update of both fine-tuning runs "
                         "(default: config/finetuning/demo.yaml)")
+    parser.add_argument("--finetune-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more fairseq-hydra-train overrides for both fine-tuning runs, e.g. "
+                             "model.feature_grad_mult=1.0")
     parser.add_argument("--no-plots", action="store_true", help="skip scripts/plot.py")
     return parser.parse_args(argv)
 
@@ -171,6 +175,7 @@ def main(argv: Sequence[str] = None) -> None:
 
     pre_overrides = [f"optimization.max_update={args.pretrain_updates}"] if args.pretrain_updates else []
     ft_overrides = [f"optimization.max_update={args.finetune_updates}"] if args.finetune_updates else []
+    ft_overrides += args.finetune_overrides
     demo.banner("wav2vec 2.0 pretraining on the unlabelled train audio (fairseq-hydra-train)")
     pretrain = demo.train("pretrain", "config/pretraining", pre_overrides)
     pretrained = os.path.join(pretrain, "checkpoint_last.pt")

@@ -160,3 +160,17 @@ def test_driver_help_runs_as_a_script():
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "run_demo.py"), "--help"],
                             capture_output=True, text=True, check=True)
     assert "--pretrain-updates" in result.stdout
+
+
+def test_whole_demo_runs_end_to_end_with_two_updates_per_training(tmp_path):
+    """`make demo`'s driver on the bundled corpus, every step a real command, budgets cut to 2 updates."""
+    out = tmp_path / "demo_out"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "run_demo.py"), "--out", str(out),
+                             "--pretrain-updates", "2", "--finetune-updates", "2", "--no-plots"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| finetune")]
+    assert len(rows) == 4  # {pretrained, random weights} × {viterbi, kenlm}
+    for init in ("finetune", "finetune_scratch"):
+        for decoder in ("viterbi", "kenlm"):
+            assert (out / "results" / f"{init}-{decoder}" / "hypo.word-checkpoint_best.pt-test.txt").is_file()
