@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark scripts: model presets, ours/HF pairs with identical weights, alternating
-timing with medians, matmul peak, FLOP counting, profiler breakdown, peak memory of a fresh process.
+timing with medians, matmul peak, FLOP counting, profiler breakdown, peak memory of a fresh process, and
+the device the models run on (the CPU, or a CUDA GPU with ``use_device("cuda")``).
 
 Every comparison builds fairseq_lite's model and the Hugging Face Transformers model from one config, copies
 our weights into HF's through ``fairseq_lite.interop.huggingface``, turns dropout and layerdrop off (both
@@ -8,6 +9,7 @@ then do the same arithmetic) and times them alternately on the same input.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import statistics
 import time
@@ -29,6 +31,30 @@ PRESETS: Dict[str, dict] = {
     "large": dict(extractor_mode="layer_norm", layer_norm_first=True, final_dim=768, conv_bias=True,
                   encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096, encoder_attention_heads=16),
 }
+_DEVICE = torch.device("cpu")
+
+
+def use_device(name: str) -> torch.device:
+    """Run the suite's models on ``name`` ("cpu", or "cuda" for a GPU)."""
+    global _DEVICE
+    chosen = torch.device(name)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    _DEVICE = chosen
+    return chosen
+
+
+def device() -> torch.device:
+    """Where the models and their inputs live (``use_device``)."""
+    return _DEVICE
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op on the CPU), so that timings cover the kernels themselves."""
+    if _DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 #: fairseq's wav2vec2_base_librispeech optimizer and loss settings
 ADAM = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 LOSS_WEIGHTS = [0.1, 10.0]
@@ -103,26 +129,30 @@ def alternate(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int =
     for fn in runs.values():
         for _ in range(warmup):
             fn()
+    synchronize()
     wall: Dict[str, List[float]] = {name: [] for name in runs}
     cpu: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            synchronize()
             wall[name].append(time.perf_counter() - start_wall)
             cpu[name].append(time.process_time() - start_cpu)
     return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])} for name in runs}
 
 
 def gemm_rate(m: int, k: int, n: int, repeats: int = 10) -> float:
-    """Median fp32 GFLOP/s of an (m×k)·(k×n) matmul."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    """Median fp32 GFLOP/s of an (m×k)·(k×n) matmul on the suite's device."""
+    a, b = torch.randn(m, k, device=_DEVICE), torch.randn(k, n, device=_DEVICE)
     for _ in range(3):
         a @ b
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize()
         times.append(time.perf_counter() - start)
     return 2.0 * m * k * n / statistics.median(times) / 1e9
 
@@ -184,10 +214,28 @@ def _memory_child(build: Callable, args: tuple, threads: int, queue) -> None:
     queue.put(_status_bytes("VmHWM"))
 
 
+def _cuda_peak_memory(build: Callable, args: tuple) -> int:
+    """Peak GPU memory allocated (bytes) over two steps of ``build(*args)``, weights included."""
+    step = build(*args)
+    synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        step()
+    synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
 def peak_memory(build: Callable, args: tuple = (), threads: int = 2) -> int:
     """Peak resident memory (bytes) of a fresh process over two steps of ``build(*args)`` (a module-level
     function that returns a step callable): weights, optimizer state, activations and workspace, while the
-    high-water mark of building the models is left out. Linux only (/proc)."""
+    high-water mark of building the models is left out. Linux only (/proc). On a GPU: the peak of GPU memory
+    allocated by the two steps, measured in this process."""
+    if _DEVICE.type == "cuda":
+        return _cuda_peak_memory(build, args)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_memory_child, args=(build, args, threads, queue))

@@ -18,7 +18,8 @@ medians of ``--repeats``):
 5. decoding: our flashlight KenLM lexicon decoder against pyctcdecode (bench_decoding.py);
 6. peak memory (resident set of a fresh process) of each side of 1 and 2.
 Where a goal (≥ 1.3× HF for 1 and 2, ≥ 60 % of the matmul peak for 3) is not met, the profiler's split of one
-update's CPU time says what bounds it.
+update's CPU time says what bounds it. ``--device cuda`` runs the models of 1–3 and 6 on a GPU (the bf16 rows
+under CUDA autocast, SDPA choosing the GPU's attention kernels; peak memory is GPU memory allocated).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from fairseq_lite.data.manifest import write_manifest  # noqa: E402
 
 import bench_data  # noqa: E402
 import bench_decoding  # noqa: E402
-from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, count_flops, ctc_pair, gemm_rate,  # noqa: E402
-                    markdown_table, peak_memory, pretraining_config, pretraining_pair, profile_breakdown)
+from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, count_flops, ctc_pair, device, gemm_rate,  # noqa: E402
+                    markdown_table, peak_memory, pretraining_config, pretraining_pair, profile_breakdown,
+                    use_device)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
@@ -62,20 +64,22 @@ def pretraining_steps(preset: str, batch: int, seconds: float, compile_ours: boo
     from fairseq_lite.modules.masking import compute_mask_indices
     from fairseq_lite.optim.adam import Adam
 
-    ours, theirs = pretraining_pair(preset)
+    ours, theirs = (model.to(device()) for model in pretraining_pair(preset))
     if compile_ours:
         ours.compile()
     torch.manual_seed(1)
     source = torch.randn(batch, int(seconds * RATE))
     frames = int(ours.feature_extractor.output_lengths(torch.tensor(source.size(1))))
+    source = source.to(device())
     mask = compute_mask_indices((batch, frames), None, ours.mask_prob, ours.mask_length, min_masks=2,
                                 rng=np.random.default_rng(0))
     negatives = hf_w2v._sample_negative_indices((batch, frames), ours.n_negatives, mask_time_indices=mask)
-    sample = {"id": torch.arange(batch), "net_input": {"source": source, "mask_indices": torch.from_numpy(mask)}}
+    mask_tensor = torch.from_numpy(mask).to(device())
+    sample = {"id": torch.arange(batch), "net_input": {"source": source, "mask_indices": mask_tensor}}
     criterion = Wav2vecCriterion(infonce=True, loss_weights=LOSS_WEIGHTS)
     ours_opt = Adam(ours.parameters(), **ADAM)
     hf_opt = torch.optim.AdamW(theirs.parameters(), fused=True, **ADAM)  # HF Trainer's default on torch >= 2.8
-    hf_inputs = dict(mask_time_indices=torch.from_numpy(mask), sampled_negative_indices=torch.from_numpy(negatives))
+    hf_inputs = dict(mask_time_indices=mask_tensor, sampled_negative_indices=torch.from_numpy(negatives).to(device()))
 
     def step_ours():
         ours_opt.zero_grad(set_to_none=True)
@@ -93,11 +97,11 @@ def pretraining_steps(preset: str, batch: int, seconds: float, compile_ours: boo
 def ctc_steps(preset: str, batch: int, seconds: float, compile_ours: bool = False):
     """Step callables for CTC inference (logits of one batch, no grad) on each side (``compile_ours``: ours
     through ``Wav2VecCtc.compile``)."""
-    ours, theirs = ctc_pair(preset)
+    ours, theirs = (model.to(device()) for model in ctc_pair(preset))
     if compile_ours:
         ours.compile()
     torch.manual_seed(1)
-    source = torch.randn(batch, int(seconds * RATE))
+    source = torch.randn(batch, int(seconds * RATE)).to(device())
 
     def run_ours():
         with torch.inference_mode():
@@ -132,9 +136,9 @@ def memory_cell(mem: dict) -> str:
 
 
 def with_autocast(step, dtype=torch.bfloat16):
-    """``step`` under bf16 CPU autocast (what ``common.amp=true`` does on a CPU)."""
+    """``step`` under bf16 autocast on the suite's device (what ``common.amp=true`` does)."""
     def run():
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(device().type, dtype=dtype):
             step()
     return run
 
@@ -147,6 +151,8 @@ def measure_pair(factory, args, repeats: int, threads: int, memory: bool, varian
         runs.update({f"{side} bf16": with_autocast(step) for side, step in list(runs.items())})
         runs["fairseq_lite compiled"] = factory(*args, compile_ours=True)["fairseq_lite"]
     times = alternate(runs, repeats)
+    runs.clear()  # free the timed models before the probes (on a GPU they run in this process)
+    gc.collect()
     sides = ("fairseq_lite", "transformers")
     mem = {side: peak_memory(one_side, (factory, side, *args), threads) if memory else None for side in sides}
     return times, mem
@@ -200,7 +206,7 @@ def pretraining_rows(args, preset: str, headline: bool, rows: list, notes: list)
                      f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
         compiled = f"{audio / times['fairseq_lite compiled']['wall']:.2f}"
         rows.append(compiled_row(what, times, compiled, f"{audio / hf['wall']:.2f}"))
-    if hf["wall"] / ours["wall"] < GOAL_RATIO:
+    if hf["wall"] / ours["wall"] < GOAL_RATIO and device().type == "cpu":  # the profiler split is of CPU time
         steps = pretraining_steps(preset, args.batch, args.seconds)
         split = profile_breakdown(steps["fairseq_lite"])
         notes.append(f"*What bounds the pretraining ratio* ({preset.upper()}, profiler, share of self CPU time): "
@@ -224,7 +230,7 @@ def utilisation_rows(args, preset: str, wall: float, rows: list, notes: list) ->
                  f"**{utilisation:.0%}** of peak", f"≥ {GOAL_UTILISATION:.0%}", ""])
     shapes = ", ".join(f"{m}×{k}×{n}: {rate:.0f}" for (m, k, n), rate in at_model.items())
     notes.append(f"GEMM rates at the model's shapes (GFLOP/s): {shapes}.")
-    if utilisation < GOAL_UTILISATION:
+    if utilisation < GOAL_UTILISATION and device().type == "cpu":
         split = profile_breakdown(step)
         dense = split["matmul"] + split["convolution"]
         notes.append(f"*What bounds the utilisation* (profiler, share of self CPU time): {bounds_line(split)}. "
@@ -248,7 +254,7 @@ def ctc_rows(args, preset: str, rows: list, notes: list) -> None:
                  f"({ours['wall'] / ours16['wall']:.2f}× our fp32)", ""])
     compiled = f"{times['fairseq_lite compiled']['wall'] / seconds:.3f}"
     rows.append(compiled_row(what, times, compiled, f"{hf['wall'] / seconds:.3f}"))
-    if hf["wall"] / ours["wall"] < GOAL_RATIO:
+    if hf["wall"] / ours["wall"] < GOAL_RATIO and device().type == "cpu":
         steps = ctc_steps(preset, 1, seconds)
         split = profile_breakdown(steps["fairseq_lite"])
         notes.append(f"*What bounds the CTC ratio* (profiler, share of self CPU time): ours {bounds_line(split)}; "
@@ -274,7 +280,7 @@ def loader_rows(args, consumed: float, preset: str, rows: list) -> None:
 
 
 def manifest_rows(args, rows: list) -> None:
-    """wav2vec_manifest.py's scan (frame counts read by ``--threads`` workers) of ``--manifest-files`` short
+    """wav2vec_manifest.py's scan (frame counts read by ``--threads`` processes) of ``--manifest-files`` short
     files against fairseq's way, one ``soundfile.info`` after another."""
     with tempfile.TemporaryDirectory() as folder:
         bench_data.make_files(folder, args.manifest_files, 0.5)
@@ -314,8 +320,10 @@ def run(args) -> str:
     decoding_rows(args, rows, notes)
     # the allocator moves the ratios: big temporaries that glibc serves by mmap cost page faults on every step
     allocator = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATOR_VARIABLES if k in os.environ)
-    caption = (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} torch "
-               f"threads, fp32 unless noted, {allocator or 'default glibc malloc'}; "
+    where = (f"{torch.cuda.get_device_name()} GPU (peak memory: GPU memory allocated), data loading and decoding "
+             f"on the CPU with " if device().type == "cuda" else "")
+    caption = (f"{where}{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} "
+               f"torch threads, fp32 unless noted, {allocator or 'default glibc malloc'}; "
                f"torch {torch.__version__}, transformers {_version('transformers')}; "
                f"medians of {args.repeats} alternating runs after a warm-up; ratios > 1: fairseq_lite is faster "
                f"(or needs less). {args.caption}")
@@ -342,13 +350,15 @@ def write_readme(text: str, path: str = README) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu, or cuda (a GPU; bf16 rows "
+                        "use CUDA autocast, SDPA picks the GPU's attention kernels)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=2, help="utterances per pretraining batch")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per utterance")
     parser.add_argument("--ctc-seconds", type=float, default=15.0)
     parser.add_argument("--loader-files", type=int, default=200)
-    parser.add_argument("--manifest-files", type=int, default=2000, help="files scanned by the manifest row")
+    parser.add_argument("--manifest-files", type=int, default=8000, help="files scanned by the manifest row")
     parser.add_argument("--decode-utterances", type=int, default=100)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
     parser.add_argument("--quick", action="store_true", help="small config only (a smoke run of the suite)")
@@ -359,6 +369,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    use_device(args.device)
     text = run(args)
     print(text)
     if args.readme:
