@@ -36,6 +36,9 @@ LAYOUTS = {
     "conformer_rel_pos": (transformers.Wav2Vec2ConformerConfig, transformers.Wav2Vec2ConformerForCTC,
                           dict(feat_extract_norm="layer", conv_bias=True, position_embeddings_type="relative",
                                conv_depthwise_kernel_size=7, hidden_act="swish")),
+    "conformer_rope": (transformers.Wav2Vec2ConformerConfig, transformers.Wav2Vec2ConformerForCTC,
+                       dict(feat_extract_norm="layer", conv_bias=True, position_embeddings_type="rotary",
+                            conv_depthwise_kernel_size=7, hidden_act="swish")),
 }
 
 
@@ -117,26 +120,37 @@ def test_hf_ctc_to_fairseq_layout_and_back(tmp_path, layout):
     assert our_text.strip() and " ".join(hf_text[0].split()) == " ".join(our_text.split())
 
 
-def test_pretraining_checkpoint_to_hf_and_back(tmp_path):
+PRETRAINING_LAYOUTS = {
+    "transformer": ({}, transformers.Wav2Vec2ForPreTraining, "wav2vec2"),
+    "conformer_rel_pos": (dict(layer_type="conformer", attn_type="espnet", pos_enc_type="rel_pos",
+                               depthwise_conv_kernel_size=7, extractor_mode="layer_norm", conv_bias=True,
+                               layer_norm_first=True),
+                          transformers.Wav2Vec2ConformerForPreTraining, "wav2vec2_conformer"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(PRETRAINING_LAYOUTS))
+def test_pretraining_checkpoint_to_hf_and_back(tmp_path, layout):
     from fairseq_lite.dataclass.initialize import finalize_config
     from fairseq_lite.dataclass.utils import config_to_dict
     from fairseq_lite.models import build_model
 
+    extra, hf_class, backbone = PRETRAINING_LAYOUTS[layout]
     cfg = finalize_config({"task": {"_name": "audio_pretraining", "data": str(tmp_path)},
                            "model": dict(_name="wav2vec2", quantize_targets=True, final_dim=16, encoder_layers=2,
                                          encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
                                          conv_feature_layers="[(24, 10, 5)] + [(24, 3, 2)] * 2", conv_pos=16,
-                                         conv_pos_groups=4, latent_vars=10, num_negatives=5)})
+                                         conv_pos_groups=4, latent_vars=10, num_negatives=5, **extra)})
     torch.manual_seed(0)
     ours = build_model(cfg.model).eval()
     torch.save({"args": None, "cfg": config_to_dict(cfg), "model": ours.state_dict(), "criterion": None,
                 "optimizer_history": [{"num_updates": 5}], "task_state": {}, "extra_state": {}}, tmp_path / "pre.pt")
     script("convert_to_hf.py", tmp_path / "pre.pt", tmp_path / "hf")
-    hf = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf = hf_class.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     source, padding = padded_batch()
     with torch.no_grad():
         mine = ours.extract_features(source, padding)
-        theirs = hf.wav2vec2(source, attention_mask=(~padding).long()).last_hidden_state
+        theirs = getattr(hf, backbone)(source, attention_mask=(~padding).long()).last_hidden_state
     valid = ~mine["padding_mask"]
     assert (mine["x"] - theirs)[valid].abs().max() <= 1e-5
 
