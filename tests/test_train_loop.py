@@ -243,6 +243,13 @@ def test_out_of_memory_says_what_to_reduce(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.task, "train_step", boom)
     with pytest.raises(FairseqLiteError, match=r"lower dataset.max_tokens \(now 1000\).*update_freq"):
         trainer.train_step([next(itr)])
+    monkeypatch.undo()
+    monkeypatch.setattr(trainer.optimizer, "step", boom)  # e.g. Adam's state allocated by the first step
+    with pytest.raises(FairseqLiteError, match=r"out of memory in training update 1 .*max_tokens"):
+        trainer.train_step([next(itr)])
+    monkeypatch.setattr(trainer.task, "valid_step", boom)
+    with pytest.raises(FairseqLiteError, match=r"out of memory in validation .*dataset.max_tokens_valid \(now 1000\)"):
+        trainer.valid_step(next(itr))
 
 
 def test_world_size_larger_than_devices_suggests_update_freq(tmp_path):

@@ -276,8 +276,14 @@ class Trainer:
             self._dummy_batch = sample
         return sample, False
 
-    def _oom_error(self, exc: BaseException) -> FairseqLiteError:
+    def _oom_error(self, exc: BaseException, validating: bool = False) -> FairseqLiteError:
         ds = self.cfg.dataset
+        if validating:
+            return FairseqLiteError(
+                f"out of memory in validation after update {self.num_updates} ({exc.__class__.__name__}): lower "
+                f"dataset.max_tokens_valid (now {ds.max_tokens_valid}) or dataset.batch_size_valid (now "
+                f"{ds.batch_size_valid}); the results do not change"
+            )
         return FairseqLiteError(
             f"out of memory in training update {self.num_updates + 1} ({exc.__class__.__name__}): lower "
             f"dataset.max_tokens (now {ds.max_tokens}) or dataset.batch_size (now {ds.batch_size}) and raise "
@@ -334,6 +340,8 @@ class Trainer:
                 raise _NonFiniteGradients()
             optimizer.step()
             self._mark_step()
+        except OUT_OF_MEMORY as exc:  # the optimizer state is allocated by the first step
+            raise self._oom_error(exc) from exc
         except OverflowError as exc:
             optimizer.zero_grad()
             if isinstance(optimizer, AMPOptimizer) and amp_retry < self.cfg.common.amp_batch_retries:
@@ -425,7 +433,10 @@ class Trainer:
         if sample is None or len(sample) == 0:
             return None
         sample = move_to(sample, self.device, self.float_dtype)
-        _, _, logging_output = self.task.valid_step(sample, self.model, self.criterion)
+        try:
+            _, _, logging_output = self.task.valid_step(sample, self.model, self.criterion)
+        except OUT_OF_MEMORY as exc:
+            raise self._oom_error(exc, validating=True) from exc
         return logging_output
 
     def reduce_valid(self, logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
