@@ -59,6 +59,18 @@ class Registry:
 
         return decorator
 
+    def register_architecture(self, name: str, of: str, dataclass: type) -> None:
+        """fairseq's ``register_model_architecture``: ``name`` builds the class registered as ``of``, configured
+        by ``dataclass`` (the same fields with the architecture's defaults)."""
+        if name in self.classes:
+            raise ValueError(f"cannot register duplicate {self.kind} '{name}'")
+        if of not in self.classes:
+            raise ValueError(f"architecture '{name}' of an unregistered {self.kind} '{of}'")
+        if not issubclass(dataclass, self.dataclasses.get(of, FairseqDataclass)):
+            raise ValueError(f"config of architecture '{name}' must extend the config of '{of}'")
+        self.classes[name] = self.classes[of]
+        self.dataclasses[name] = dataclass
+
     # -- lookup ----------------------------------------------------------------------------------
 
     @property

@@ -130,3 +130,22 @@ def test_component_built_alone_resolves_interpolations_from_fairseq_defaults():
     TASK_REGISTRY.register(name, dataclass=AloneTaskConfig)(type(name, (TASK_REGISTRY.base_class,), {}))
     config = TASK_REGISTRY.build_config({"_name": name})
     assert config.seed == 1 and config.tpu is False
+
+
+@dataclass
+class WideToyConfig(ToyConfig):
+    layers: int = 12
+
+
+def test_architecture_builds_the_same_class_with_its_defaults():
+    registry = make_registry()
+    registry.register_architecture("toy_wide", "toy", WideToyConfig)
+    built = registry.build({"_name": "toy_wide", "dropout": 0.3})
+    assert isinstance(built, Toy) and (built.cfg.layers, built.cfg.dropout) == (12, 0.3)
+    assert registry.build("toy").cfg.layers == 2
+    with pytest.raises(ValueError, match="duplicate"):
+        registry.register_architecture("toy_wide", "toy", WideToyConfig)
+    with pytest.raises(ValueError, match="unregistered"):
+        registry.register_architecture("other_wide", "other", WideToyConfig)
+    with pytest.raises(ValueError, match="must extend"):
+        registry.register_architecture("toy_plain", "toy", FairseqDataclass)

@@ -84,3 +84,31 @@ def test_tiny_trained_transformer_lm_changes_fairseqlm_output(tmp_path):
 
     assert decode(0.0) == ["THE", "CAT", "SEAS", "THE", "DOG"]
     assert decode(1.0) == SENTENCE.split()
+
+
+def test_fairseq_architecture_names_give_their_sizes_and_load_checkpoints(tmp_path):
+    """transformer_lm_gbw, _gpt … are fairseq's architectures: their defaults, and files saved under them load."""
+    from fairseq_lite import checkpoint_utils
+    from fairseq_lite.models import MODEL_REGISTRY
+
+    gpt = MODEL_REGISTRY.dataclasses["transformer_lm_gpt"]()
+    assert (gpt.decoder_embed_dim, gpt.decoder_input_dim, gpt.decoder_output_dim, gpt.decoder_ffn_embed_dim,
+            gpt.decoder_layers, gpt.decoder_attention_heads, str(gpt.activation_fn)) == (768, 768, 768, 3072, 12, 12,
+                                                                                         "gelu")
+    gbw = MODEL_REGISTRY.dataclasses["transformer_lm_gbw"]()
+    assert (gbw.decoder_embed_dim, gbw.decoder_ffn_embed_dim, gbw.decoder_layers, gbw.no_decoder_final_norm) == (
+        512, 4096, 12, True)
+    assert MODEL_REGISTRY.dataclasses["transformer_lm_wiki103"]().adaptive_input  # refused when built
+
+    d = word_dictionary()
+    d.save(str(tmp_path / "dict.txt"))
+    model = TransformerLanguageModel(tiny_config(no_decoder_final_norm=True), d).eval()
+    sizes = {k: v for k, v in vars(tiny_config()).items() if k.startswith("decoder_") or k == "dropout"}
+    cfg = {"task": {"_name": "language_modeling", "data": str(tmp_path), "tokens_per_sample": 64},
+           "model": {"_name": "transformer_lm_gbw", **sizes}}  # fairseq stores every field of the architecture
+    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "optimizer_history": [{"num_updates": 3}],
+                "task_state": {}, "extra_state": {}}, tmp_path / "lm.pt")
+    models, loaded_cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "lm.pt")])
+    assert isinstance(models[0], TransformerLanguageModel) and loaded_cfg.model.no_decoder_final_norm is True
+    tokens = torch.tensor([[d.eos(), d.index("THE"), d.index("CAT")]])
+    torch.testing.assert_close(models[0].eval()(tokens)[0], model(tokens)[0])

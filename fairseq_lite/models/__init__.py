@@ -7,6 +7,7 @@ from fairseq_lite.registry import Registry, import_all_modules
 
 MODEL_REGISTRY = Registry("model", base_class=BaseFairseqModel)
 register_model = MODEL_REGISTRY.register
+register_model_architecture = MODEL_REGISTRY.register_architecture
 
 
 def build_model(cfg, task=None, from_checkpoint: bool = False) -> BaseFairseqModel:

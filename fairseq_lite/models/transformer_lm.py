@@ -4,11 +4,14 @@ State-dict keys are fairseq's: ``decoder.embed_tokens.weight``, ``decoder.layers
 ``decoder.layers.{i}.{self_attn_layer_norm,fc1,fc2,final_layer_norm}``, ``decoder.layer_norm``,
 ``decoder.output_projection.weight`` (older checkpoints: ``decoder.embed_out``, renamed on load). Positions
 are fairseq's sinusoids (sin half then cos half, counted from ``padding_idx + 1``) or learned embeddings.
-Only the standard softmax output is supported; adaptive input/softmax checkpoints are refused.
+Only the standard softmax output is supported; adaptive input/softmax checkpoints are refused. fairseq's
+architecture names (``transformer_lm_big``, ``transformer_lm_gbw``, ``transformer_lm_gpt`` …) build the same model
+with their sizes as defaults, so checkpoints saved under them load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -19,7 +22,7 @@ from torch import nn
 
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
 from fairseq_lite.errors import CheckpointError, ConfigError
-from fairseq_lite.models import register_model
+from fairseq_lite.models import register_model, register_model_architecture
 from fairseq_lite.models.fairseq_model import BaseFairseqModel
 from fairseq_lite.modules.activations import get_activation_fn
 from fairseq_lite.modules.multihead_attention import MultiheadAttention
@@ -206,3 +209,42 @@ class TransformerLanguageModel(BaseFairseqModel):
             tied = state_dict[f"{prefix}decoder.embed_tokens.weight"]
             state_dict.setdefault(f"{prefix}decoder.output_projection.weight", tied)
         return state_dict
+
+
+#: fairseq's ``transformer_lm`` architectures: what each sets over ``base_lm_architecture`` (input and output
+#: dims follow the embedding dim there). The wiki103 ones use adaptive input/softmax, which building refuses.
+_BIG = dict(decoder_layers=12, decoder_embed_dim=1024, decoder_ffn_embed_dim=4096, decoder_attention_heads=16)
+_GPT = dict(dropout=0.1, attention_dropout=0.1, activation_fn="gelu")
+ARCHITECTURES: Dict[str, Dict[str, object]] = {
+    "transformer_lm_big": _BIG,
+    "transformer_lm_baevski_wiki103": dict(_BIG, decoder_layers=16, decoder_attention_heads=8, dropout=0.3,
+                                           adaptive_input=True, adaptive_softmax_cutoff="20000,60000",
+                                           attention_dropout=0.1, activation_dropout=0.1,
+                                           no_decoder_final_norm=True),
+    "transformer_lm_baevski_gbw": dict(_BIG, decoder_embed_dim=512, dropout=0.1, attention_dropout=0.1,
+                                       no_decoder_final_norm=True),
+    "transformer_lm_gpt": dict(_GPT, decoder_embed_dim=768, decoder_ffn_embed_dim=3072, decoder_layers=12,
+                               decoder_attention_heads=12),
+    "transformer_lm_gpt2_small": dict(_GPT, decoder_embed_dim=1024, decoder_ffn_embed_dim=4096, decoder_layers=24,
+                                      decoder_attention_heads=16),
+    "transformer_lm_gpt2_medium": dict(_GPT, decoder_embed_dim=1280, decoder_ffn_embed_dim=5120,
+                                       decoder_layers=36, decoder_attention_heads=20),
+    "transformer_lm_gpt2_big": dict(_GPT, decoder_embed_dim=1600, decoder_ffn_embed_dim=6400, decoder_layers=48,
+                                    decoder_attention_heads=25),
+}
+ARCHITECTURES["transformer_lm_wiki103"] = ARCHITECTURES["transformer_lm_baevski_wiki103"]
+ARCHITECTURES["transformer_lm_gbw"] = ARCHITECTURES["transformer_lm_baevski_gbw"]
+
+
+def _architecture_config(name: str, defaults: Dict[str, object]) -> type:
+    """``TransformerLanguageModelConfig`` with ``defaults`` (input/output dims = the embedding dim)."""
+    dim = defaults.get("decoder_embed_dim", 512)
+    defaults = dict(defaults, decoder_input_dim=dim, decoder_output_dim=dim)
+    base_fields = {f.name: f for f in dataclasses.fields(TransformerLanguageModelConfig)}
+    fields = [(key, base_fields[key].type, dataclasses.field(default=value)) for key, value in defaults.items()]
+    class_name = "".join(part.title() for part in name.split("_")) + "Config"
+    return dataclasses.make_dataclass(class_name, fields, bases=(TransformerLanguageModelConfig,))
+
+
+for _name, _defaults in ARCHITECTURES.items():
+    register_model_architecture(_name, "transformer_lm", _architecture_config(_name, _defaults))
