@@ -6,6 +6,7 @@ task_state), then its output layer is sharpened so that greedy decoding emits le
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -192,6 +193,19 @@ def test_dump_then_load_emissions_gives_the_same_hypotheses(setup, tmp_path, dec
     assert infer.main(command(root, path, tmp_path / "loaded", *flags, "--load-emissions", str(dump))) == 0
     direct, loaded = read_results(tmp_path / "direct", path), read_results(tmp_path / "loaded", path)
     assert direct["hypo.units"] == loaded["hypo.units"] and direct["hypo.word"] == loaded["hypo.word"]
+    assert int(np.load(dump)["frame_stride"]) == 320  # the dump keeps the model's frame stride for timestamps
+    data = tmp_path / "data"  # without a checkpoint the dictionary comes from the data folder
+    data.mkdir()
+    for name in ("dev.tsv", "dev.ltr", "dev.wrd"):
+        shutil.copy(root / name, data / name)
+    load_checkpoint_file(str(path))["task_state"]["target_dictionary"].save(str(data / "dict.ltr.txt"))
+    no_model = command(data, path, tmp_path / "alone", *flags, "--load-emissions", str(dump))
+    at = no_model.index("--path")
+    del no_model[at:at + 2]
+    assert infer.main(no_model) == 0
+    [direct_ctm] = (tmp_path / "direct").glob("timestamps-*.ctm")
+    [alone_ctm] = (tmp_path / "alone").glob("timestamps-*.ctm")
+    assert alone_ctm.read_text() == direct_ctm.read_text()
 
 
 def test_chunked_decoding_matches_unchunked_on_a_12_second_file(setup, tmp_path):

@@ -51,6 +51,8 @@ logger = logging.getLogger("fairseq_lite.infer")
 
 RESULT_PREFIXES = {"hypo.words": "hypo.word", "hypo.units": "hypo.units", "ref.words": "ref.word",
                    "ref.units": "ref.units"}
+#: Input samples per output frame of wav2vec 2.0's CNN (20 ms at 16 kHz)
+BASE_FRAME_STRIDE = 320
 #: Registered models whose checkpoints infer.py decodes (they emit CTC frames over the target dictionary).
 CTC_MODELS = ("wav2vec_ctc",)
 DEFAULT_MAX_TOKENS = 4_000_000  # fairseq's infer.py default when neither --max-tokens nor --batch-size is set
@@ -191,13 +193,15 @@ class EmissionModel:
         return torch.cat(pieces)
 
 
-def load_emission_file(path: str, vocab_size: int) -> Dict[int, torch.Tensor]:
-    """id → (T, V) emissions from a ``--dump-emissions`` file."""
+def load_emission_file(path: str, vocab_size: int) -> Tuple[Dict[int, torch.Tensor], Optional[int]]:
+    """id → (T, V) emissions from a ``--dump-emissions`` file, and the model's input samples per frame (None in
+    files written before the dumps stored it)."""
     if not os.path.isfile(path):
         raise DataError(f"--load-emissions {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, lengths, emissions = data["ids"], data["lengths"], data["emissions"]
+            stride = int(data["frame_stride"]) if "frame_stride" in data.files else None
     except ValueError as err:
         raise DataError(f"{path} is not a fairseq_lite emissions file ({err}); fairseq's pickled dumps are not "
                         "read: write one with infer.py --dump-emissions") from None
@@ -207,15 +211,15 @@ def load_emission_file(path: str, vocab_size: int) -> Dict[int, torch.Tensor]:
         raise DataError(f"{path} has emissions over {emissions.shape[1]} units but the dictionary has {vocab_size}")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     table = torch.from_numpy(emissions)
-    return {int(i): table[offsets[k] : offsets[k + 1]] for k, i in enumerate(ids)}
+    return {int(i): table[offsets[k] : offsets[k + 1]] for k, i in enumerate(ids)}, stride
 
 
-def save_emission_file(path: str, emissions: Dict[int, torch.Tensor]) -> None:
+def save_emission_file(path: str, emissions: Dict[int, torch.Tensor], frame_stride: int) -> None:
     ids = sorted(emissions)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
-        np.savez(f, ids=np.asarray(ids, dtype=np.int64),
+        np.savez(f, ids=np.asarray(ids, dtype=np.int64), frame_stride=np.int64(frame_stride),
                  lengths=np.asarray([len(emissions[i]) for i in ids], dtype=np.int64),
                  emissions=torch.cat([emissions[i] for i in ids]).numpy() if ids else np.zeros((0, 0), np.float32))
 
@@ -343,7 +347,8 @@ def main(argv: List[str]) -> Optional[int]:
     logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
 
     emitter = EmissionModel(model, device, cfg.common.fp16 and use_cuda) if model is not None else None
-    loaded = load_emission_file(args.load_emissions, len(tgt_dict)) if args.load_emissions else None
+    loaded, stored_stride = load_emission_file(args.load_emissions, len(tgt_dict)) if args.load_emissions else (
+        None, None)
     if loaded is None and emitter is None:
         raise ConfigError("infer.py needs --path (a checkpoint) or --load-emissions")
     decoder = None
@@ -372,7 +377,12 @@ def main(argv: List[str]) -> Optional[int]:
         writer = ResultWriter(cfg.common_eval.results_path, cfg.common_eval.path or args.load_emissions, subset,
                               shard)
     sample_rate = task_cfg.sample_rate
-    frame_seconds = (emitter.stride if emitter is not None else 320) / sample_rate
+    stride = emitter.stride if emitter is not None else stored_stride
+    if stride is None:
+        stride = BASE_FRAME_STRIDE
+        logger.warning("%s does not say its frame stride: timestamps assume %d samples per frame (wav2vec 2.0's "
+                       "CNN); dump it again to store the stride", args.load_emissions, stride)
+    frame_seconds = stride / sample_rate
     window = overlap = None
     if args.chunk_seconds:
         window, overlap = int(args.chunk_seconds * sample_rate), int(args.chunk_overlap * sample_rate)
@@ -417,7 +427,7 @@ def main(argv: List[str]) -> Optional[int]:
             writer.close()
 
     if args.dump_emissions:
-        save_emission_file(args.dump_emissions, dumped)
+        save_emission_file(args.dump_emissions, dumped, emitter.stride)
         logger.info("wrote the emissions of %d utterances to %s", len(dumped), args.dump_emissions)
         return 0
     logger.info("WER: %s", counter.wer)
