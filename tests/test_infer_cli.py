@@ -6,8 +6,8 @@ task_state), then its output layer is sharpened so that greedy decoding emits le
 
 import json
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 
