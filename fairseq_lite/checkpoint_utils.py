@@ -16,6 +16,11 @@ from fairseq_lite.errors import CheckpointError
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu, overwrite_args_by_name  # noqa: F401
 
 
+def checkpoint_with_suffix(filename: str, suffix: str) -> str:
+    """``filename`` with ``checkpoint.checkpoint_suffix`` before ``.pt``, as fairseq names suffixed files."""
+    return filename.replace(".pt", suffix + ".pt") if suffix else filename
+
+
 def load_model_ensemble_and_task(
     filenames: Sequence[str],
     arg_overrides: Optional[Dict[str, Any]] = None,
@@ -39,7 +44,7 @@ def load_model_ensemble_and_task(
         raise CheckpointError("sharded checkpoints (num_shards > 1) are not supported")
     models, cfg = [], None
     for filename in filenames:
-        filename = filename.replace(".pt", suffix + ".pt") if suffix else filename
+        filename = checkpoint_with_suffix(filename, suffix)
         loaded = state if state is not None else load_checkpoint_to_cpu(filename, arg_overrides,
                                                                          trust_checkpoint=trust_checkpoint)
         cfg = finalize_config(loaded["cfg"], from_checkpoint=True)

@@ -287,8 +287,7 @@ def load_model(cfg: Any, task: Any, trust_checkpoint: bool = False):
     if not isinstance(overrides, dict):
         raise ConfigError(f"--model-overrides must be a dict literal such as \"{{'dropout': 0.0}}\", "
                           f"got {cfg.common_eval.model_overrides!r}")
-    suffix = cfg.checkpoint.checkpoint_suffix
-    path = paths[0].replace(".pt", suffix + ".pt") if suffix else paths[0]
+    path = checkpoint_utils.checkpoint_with_suffix(paths[0], cfg.checkpoint.checkpoint_suffix)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist (--path)")
     state = checkpoint_utils.load_checkpoint_to_cpu(path, overrides, trust_checkpoint=trust_checkpoint)

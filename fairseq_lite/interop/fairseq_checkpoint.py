@@ -31,10 +31,10 @@ from fairseq_lite.interop import fairseq_pickle
 
 logger = logging.getLogger(__name__)
 
-#: Argparse attribute naming the registry entry of each component group in legacy ``args``.
 #: Set to 1 to fully unpickle every checkpoint a command reads (w2v_path, restore_file, --path …).
 TRUST_ENV = "FAIRSEQ_LITE_TRUST_CHECKPOINT"
 
+#: Argparse attribute naming the registry entry of each component group in legacy ``args``.
 LEGACY_SELECTORS = {"task": "task", "model": "arch", "criterion": "criterion", "optimizer": "optimizer",
                     "lr_scheduler": "lr_scheduler"}
 

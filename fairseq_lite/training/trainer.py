@@ -29,9 +29,9 @@ logger = logging.getLogger("fairseq_lite.trainer")
 #: ``distributed_training.ddp_backend`` values: torch's DistributedDataParallel, or fairseq's legacy one
 #: (one all-reduce of all gradients after the last micro-batch, done here).
 TORCH_DDP_BACKENDS = ("pytorch_ddp", "c10d")
+LEGACY_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 #: torch >= 2.5 has one out-of-memory error for every device; before it, CUDA's
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-LEGACY_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 
 
 class _DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
