@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 XLA_VENV ?= $(HOME)/.cache/fairseq_lite/xla-venv
 XLA_STAMP := $(XLA_VENV)/.installed-fairseq-lite
 
-.PHONY: demo test test-xla bench venv clean-venv system-deps
+.PHONY: demo test test-xla bench venv clean-venv system-deps fairseq-fixtures
 
 venv: $(STAMP)
 
@@ -47,6 +47,14 @@ $(XLA_STAMP): setup.py
 
 test-xla: $(XLA_STAMP)
 	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_train_xla.py
+
+# Regenerates tests/fixtures/fairseq{,_lite_written} with GENUINE fairseq 0.12.2 (its own venv, ~80 s to build once).
+# Not needed by `make test`, which reads the committed files.
+FAIRSEQ_VENV ?= $(HOME)/.cache/fairseq_lite/fairseq-0.12.2-venv
+SHARED_TOOLS ?= ../shared/tools
+fairseq-fixtures: $(STAMP)
+	FAIRSEQ_VENV=$(FAIRSEQ_VENV) bash $(SHARED_TOOLS)/setup_fairseq_venv.sh
+	$(PY) scripts/fairseq_fixtures/make.py --fairseq-python $(FAIRSEQ_VENV)/bin/python
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,6 +22,7 @@ from fairseq_lite.dataclass.utils import (
     closest_match,
     summarize_keys,
     describe_omegaconf_error,
+    drop_unknown_keys,
     field_names,
     structured_node,
     to_dataclass,
@@ -173,21 +174,30 @@ def describe_hydra_error(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _drop_unknown_typed_keys(cfg: dict) -> None:
-    """Checkpoint configs from other fairseq versions carry keys we do not have: drop them with one warning."""
+def drop_unknown_checkpoint_keys(cfg: dict, where: str = "") -> List[str]:
+    """Remove, in place, what a checkpoint's ``cfg`` holds that fairseq_lite's schema lacks: unknown groups,
+    unknown keys of typed groups and of each selected component at any depth, and the same inside a fine-tuned
+    model's stored pretraining config (``model.w2v_args``). Returns the dotted names removed."""
     dropped = []
     known_groups = {f.name: f for f in dataclasses.fields(FairseqConfig)}
     for group in list(cfg):
+        value = cfg[group]
         if group not in known_groups:
-            dropped.append(group)
+            dropped.append(where + group)
             del cfg[group]
-        elif group in TYPED_GROUPS and isinstance(cfg[group], dict):
-            valid = set(field_names(known_groups[group].default_factory))
-            for key in [k for k in cfg[group] if k not in valid]:
-                dropped.append(f"{group}.{key}")
-                del cfg[group][key]
-    if dropped:
-        logger.warning("dropping config keys unknown to fairseq_lite: %s", summarize_keys(dropped))
+        elif group in TYPED_GROUPS and isinstance(value, dict):
+            dropped += drop_unknown_keys(known_groups[group].default_factory, value, where + group)
+        elif group in REGISTRY_GROUPS and isinstance(value, dict):
+            name = _registry(group).name_of(value)
+            dc_cls = _registry(group).dataclasses.get(name)
+            if dc_cls is not None:
+                value["_name"] = name
+                if "arch" not in field_names(dc_cls):
+                    value.pop("arch", None)  # the legacy selector, now held by ``_name``
+                dropped += drop_unknown_keys(dc_cls, value, where + group)
+            if isinstance(value.get("w2v_args"), dict):
+                dropped += drop_unknown_checkpoint_keys(value["w2v_args"], f"{where}{group}.w2v_args.")
+    return dropped
 
 
 def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
@@ -197,7 +207,9 @@ def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
     else:
         plain = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
         if from_checkpoint:
-            _drop_unknown_typed_keys(plain)
+            dropped = drop_unknown_checkpoint_keys(plain)
+            if dropped:
+                logger.warning("dropping config keys unknown to fairseq_lite: %s", summarize_keys(dropped))
         try:
             root = OmegaConf.merge(OmegaConf.structured(FairseqConfig), plain)
         except OmegaConfBaseException as exc:

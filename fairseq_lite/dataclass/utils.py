@@ -162,22 +162,46 @@ def _parse_sequence_literals(dc_cls: type, user: dict) -> None:
             user[key] = list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
 
 
+def _nested_dataclass(tp: Any) -> Optional[type]:
+    """The dataclass a field's type annotation names (``Optional[GenerationConfig]`` → GenerationConfig), or None."""
+    if typing.get_origin(tp) is typing.Union:
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), None)
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def drop_unknown_keys(dc_cls: type, user: dict, where: str) -> list[str]:
+    """Remove, in place, the keys of ``user`` that ``dc_cls`` lacks, at every depth of its nested dataclass fields
+    (``task.eval_wer_config.constraints``); returns the dotted names removed."""
+    hints = typing.get_type_hints(dc_cls)
+    valid = set(field_names(dc_cls))
+    dropped = []
+    for key in list(user):
+        if key not in valid:
+            dropped.append(f"{where}.{key}")
+            del user[key]
+            continue
+        nested = _nested_dataclass(hints.get(key))
+        if nested is not None and isinstance(user[key], dict):
+            dropped += drop_unknown_keys(nested, user[key], f"{where}.{key}")
+    return dropped
+
+
 def structured_node(dc_cls: type, user_cfg: Any, *, where: str, from_checkpoint: bool = False) -> DictConfig:
     """An OmegaConf node typed by ``dc_cls``: its defaults with ``user_cfg`` merged on top.
 
     Mirrors fairseq's ``merge_with_parent``. A key unknown to ``dc_cls`` is a ConfigError naming the key
-    and the closest valid one; when loading from a checkpoint such keys are dropped with one warning
-    instead (fairseq's ``remove_missing`` rule for old checkpoints).
+    and the closest valid one; when loading from a checkpoint such keys, at any depth, are dropped with one
+    warning instead (fairseq's ``remove_missing`` rule for old checkpoints).
     """
     user = _to_container(user_cfg)
-    valid = set(field_names(dc_cls))
-    unknown = [k for k in user if k not in valid]
-    if unknown:
-        if from_checkpoint:
-            logger.warning("%s: dropping keys unknown to %s: %s", where, dc_cls.__name__, summarize_keys(unknown))
-            for key in unknown:
-                del user[key]
-        else:
+    if from_checkpoint:
+        dropped = drop_unknown_keys(dc_cls, user, where)
+        if dropped:
+            logger.warning("dropping config keys unknown to fairseq_lite: %s", summarize_keys(dropped))
+    else:
+        valid = set(field_names(dc_cls))
+        unknown = [k for k in user if k not in valid]
+        if unknown:
             raise ConfigError(unknown_key_message(where, unknown[0], valid))
     _parse_sequence_literals(dc_cls, user)
     node = OmegaConf.structured(dc_cls)

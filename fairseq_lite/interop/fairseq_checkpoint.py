@@ -28,6 +28,7 @@ from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
 from fairseq_lite.errors import CheckpointError
 from fairseq_lite.interop import fairseq_pickle
+from fairseq_lite.interop.fairseq_schema import restore_fairseq_lite_keys
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def load_checkpoint_to_cpu(
     cfg = state["cfg"] = _plain(state.get("cfg"))
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path} has neither 'args' nor a 'cfg' dict: not a fairseq checkpoint")
+    restore_fairseq_lite_keys(state)
     _upgrade_cfg(cfg)
     if arg_overrides:
         overwrite_args_by_name(cfg, dict(arg_overrides))

@@ -27,6 +27,9 @@ from fairseq_lite.models.fairseq_model import BaseFairseqModel
 from fairseq_lite.modules.activations import get_activation_fn
 from fairseq_lite.modules.multihead_attention import MultiheadAttention
 
+#: fairseq's ``TransformerDecoder`` version buffer (``decoder.version``); 3 = normalised after the last layer.
+DECODER_VERSION = 3.0
+
 ACTIVATION_CHOICES = ChoiceEnum(["relu", "gelu", "gelu_fast", "gelu_accurate", "tanh", "linear"])
 
 
@@ -140,6 +143,8 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(TransformerDecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         final_norm = cfg.decoder_normalize_before and not cfg.no_decoder_final_norm
         self.layer_norm = nn.LayerNorm(dim) if final_norm else None
+        # fairseq's decoder version: files without it (or below 3) get no final norm in fairseq, so ours carry 3
+        self.register_buffer("version", torch.tensor([DECODER_VERSION]))
         self.output_projection = nn.Linear(dim, vocab, bias=False)
         if cfg.share_decoder_input_output_embed:
             self.output_projection.weight = self.embed_tokens.weight
@@ -196,15 +201,24 @@ class TransformerLanguageModel(BaseFairseqModel):
         return self.decoder.max_positions
 
     def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.Tensor]:
-        """Rename ``decoder.embed_out`` and drop fairseq's bookkeeping buffers (version, _float_tensor)."""
+        """fairseq's upgrades: ``decoder.embed_out`` renamed; a decoder below version 3 has no final norm (fairseq
+        drops it on load, so its outputs are what fairseq computes); the positions' ``_float_tensor`` dropped."""
         prefix = f"{name}." if name else ""
         if f"{prefix}decoder.embed_out" in state_dict:
             state_dict[f"{prefix}decoder.output_projection.weight"] = state_dict.pop(f"{prefix}decoder.embed_out")
         for key in list(state_dict):
-            if key.endswith(("decoder.version", "embed_positions._float_tensor")):
+            if key.endswith("embed_positions._float_tensor"):
                 del state_dict[key]
             elif "adaptive_softmax" in key or "embed_tokens.embeddings." in key:
                 raise CheckpointError(f"{key}: adaptive input/softmax LMs are not supported; use a standard softmax LM")
+        version = state_dict.pop(f"{prefix}decoder.version", None)
+        has_norm = f"{prefix}decoder.layer_norm.weight" in state_dict
+        # fairseq_lite files from before the version buffer have the norm and no version: keep their norm
+        if (version is not None and float(version.flatten()[0]) <= 2) or (version is None and not has_norm):
+            self.decoder.layer_norm = None
+            for key in (f"{prefix}decoder.layer_norm.weight", f"{prefix}decoder.layer_norm.bias"):
+                state_dict.pop(key, None)
+        state_dict[f"{prefix}decoder.version"] = torch.tensor([DECODER_VERSION])
         if self.cfg.share_decoder_input_output_embed:
             tied = state_dict[f"{prefix}decoder.embed_tokens.weight"]
             state_dict.setdefault(f"{prefix}decoder.output_projection.weight", tied)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from fairseq_lite.errors import DataError
+from fairseq_lite.errors import ConfigError, DataError
 
 MASK_TYPES = ("static", "uniform", "normal", "poisson")
 
@@ -103,6 +103,7 @@ def compute_mask_indices(
     epoch: Optional[int] = None,
     indices: Optional[Sequence[int]] = None,
     rng: Optional[np.random.Generator] = None,
+    unit: str = "frames",
 ) -> np.ndarray:
     """Boolean B×T array of masked positions (fairseq's ``compute_mask_indices``, same arguments).
 
@@ -110,7 +111,7 @@ def compute_mask_indices(
     length. ``require_same_masks`` subsamples every row to the smallest masked count of the batch (or tops
     up to the largest with ``add_masks``) so that masked frames reshape to B×M; ``mask_dropout`` then
     unmasks that fraction of each row. Randomness comes from ``rng``, else from (seed, epoch, indices),
-    else from torch's global generator.
+    else from torch's global generator. ``unit`` ("frames" or "channels") names the masked axis in errors.
     """
     bsz, all_sz = shape
     mask_type = str(mask_type)
@@ -152,6 +153,9 @@ def compute_mask_indices(
     if len(full):
         i = int(full[0])
         where = f" (dataset index {indices[i]})" if indices is not None else ""
+        if unit == "channels":
+            raise ConfigError(f"channel masking would cover all {int(sizes[i])} channels: lower "
+                              "model.mask_channel_prob / model.mask_channel_length")
         raise DataError(
             f"masking would cover the whole sequence of {int(sizes[i])} frames{where}: "
             "lower mask_prob / mask_length or drop such short inputs (min_sample_size)"

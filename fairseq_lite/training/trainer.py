@@ -486,12 +486,14 @@ class Trainer:
         return state
 
     def save_file(self, state: Dict[str, Any], path: str) -> None:
-        """Write a checkpoint (tensors moved to the CPU first, which is what ``xm.save`` does on TPU)."""
+        """Write a checkpoint (tensors moved to the CPU first, which is what ``xm.save`` does on TPU), its ``cfg``
+        kept to what fairseq 0.12.2 reads (our other keys go to ``extra_state``)."""
+        from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
         from fairseq_lite.training.checkpoint import atomic_save
 
         if self.device.type != "cpu":
             state = move_to(state, torch.device("cpu"))
-        atomic_save(state, path)
+        atomic_save(make_fairseq_readable(state), path)
 
     def load_state(
         self,

@@ -88,7 +88,7 @@ class Wav2VecConfig(FairseqDataclass):
     vq_dim: int = field(default=0, metadata=_help("uses this dimensionality for quantized vectors (0: the feature dim)"))
     vq_depth: int = field(default=1, metadata=_help("number of layers for vq weight projection"))
     combine_groups: bool = field(default=False, metadata=_help("if set, variables are shared among groups"))
-    vq_temp: Any = field(
+    vq_temp: Tuple[float, float, float] = field(
         default=(2.0, 0.5, 0.999995),
         metadata=_help("temperature for latent variable sampling with gumbel softmax (start, end, decay); "
                        "a list or a string such as '(2,0.5,0.999995)'"),

@@ -231,7 +231,7 @@ class Wav2Vec2Model(BaseFairseqModel):
         mask = compute_mask_indices(
             (bsz, channels), None, self.mask_channel_prob, self.mask_channel_length,
             self.mask_channel_selection, self.mask_channel_other,
-            no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
+            no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space, unit="channels",
         )
         return torch.from_numpy(mask).to(device).unsqueeze(1)  # B×1×C, broadcast over time
 
