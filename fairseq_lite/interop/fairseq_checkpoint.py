@@ -93,28 +93,42 @@ def _plain(value: Any) -> Any:
 
 def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
     """``torch.load`` on CPU with the allow-list; refuses any other pickled global with a clear message."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory: pass the checkpoint file in it (e.g. {path}/checkpoint_best.pt)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if trust_checkpoint or os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes"):
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=fairseq_pickle)
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        if trust_checkpoint or os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes"):
+            state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=fairseq_pickle)
+        else:
+            with torch.serialization.safe_globals(safe_globals()):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)|unrecognized function (\S+)|but got (<[^>]+>)", str(exc))
         if found is None:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc)})") from None
         what = next(g for g in found.groups() if g)
         raise CheckpointError(
             f"{path} contains a pickled '{what}' that fairseq_lite does not load by default, since unpickling it "
             f"could run code; if you trust this file, load it with trust_checkpoint=True, infer.py --trust-checkpoint, "
             f"or {TRUST_ENV}=1 for any command"
         ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, AttributeError, ImportError) as exc:
+        # a text file, a truncated download, another framework's pickle: torch fails deep in its unpickler
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a fairseq checkpoint: expected a dict with a 'model' entry")
     return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What went wrong in ``torch.load``, without torch's paragraph about the weights_only default."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = re.split(r"\s*Check the documentation of torch.load", text.split("WeightsUnpickler error:", 1)[1])[0]
+    elif isinstance(exc, KeyError):
+        text = f"unexpected data at the start of the file (KeyError {text})"
+    return _first_line(exc if not text else Exception(text))
 
 
 def _first_line(exc: BaseException) -> str:
