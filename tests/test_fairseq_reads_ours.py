@@ -24,7 +24,8 @@ from fairseq_lite.training.train import main
 
 WRITTEN = os.path.join(os.path.dirname(__file__), "fixtures", "fairseq_lite_written")
 FIXTURES = sorted(name for name in os.listdir(WRITTEN) if os.path.isdir(os.path.join(WRITTEN, name)))
-EXPECTED = {"w2v2_base_pretrain", "w2v2_large_pretrain", "w2v2_conformer_abs_pretrain", "w2v2_ctc_base_10m",
+EXPECTED = {"w2v2_base_pretrain", "w2v2_large_pretrain", "w2v2_conformer_abs_pretrain", "w2v2_conformer_rope_pretrain",
+            "w2v2_conformer_rel_pos_pretrain", "w2v2_ctc_base_10m",
             "wav2vec1_cnn", "vq_wav2vec_gumbel", "vq_wav2vec_kmeans", "transformer_lm"}
 
 

@@ -511,6 +511,7 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
 
     from fairseq_lite.dataclass.initialize import finalize_config
     from fairseq_lite.dataclass.utils import config_to_dict
+    from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
     from fairseq_lite.training.checkpoint import atomic_save
 
     config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
@@ -564,5 +565,5 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
                         "val_loss": None, "previous_training_time": 0.0},
     }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    atomic_save(state, out_path)
+    atomic_save(make_fairseq_readable(state), out_path)
     return name

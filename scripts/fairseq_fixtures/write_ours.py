@@ -43,8 +43,9 @@ PRETRAINING = {
     # the large recipe's switches (layer_norm_first, extractor_mode layer_norm); CNN width == encoder width, so
     # the model has no post_extract_proj
     "w2v2_large_pretrain": ("wav2vec2_large_librivox", []),
-    "w2v2_conformer_abs_pretrain": ("wav2vec2_conformer_base_librispeech",
-                                    ["model.pos_enc_type=abs", "model.depthwise_conv_kernel_size=3"]),
+    **{f"w2v2_conformer_{pos}_pretrain": ("wav2vec2_conformer_base_librispeech",
+                                          [f"model.pos_enc_type={pos}", "model.depthwise_conv_kernel_size=3"])
+       for pos in ("abs", "rope", "rel_pos")},
 }
 V1_FLAGS = ["--num-workers", "0", "--cpu", "--max-update", "2", "--no-epoch-checkpoints", "--arch", "wav2vec",
             "--task", "audio_pretraining", "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "cosine",
