@@ -5,24 +5,30 @@ every ``save_interval_updates``, ``checkpoint_best.pt`` when the validation metr
 ``checkpoint.best_{metric}_{value}.pt`` with ``keep_best_checkpoints``, and ``checkpoint_last.pt``; old
 files are pruned by ``keep_interval_updates``, ``keep_last_epochs`` and ``keep_best_checkpoints``.
 
-Every file is written to ``<name>.tmp``, flushed, fsynced and renamed over the old one, so a run killed
-in the middle of a write leaves the previous checkpoint intact.
+Every file is written to a temporary file of its own (``<name>.<pid>.<random>.tmp``), flushed, fsynced and
+renamed over the old one, so a run killed in the middle of a write, or a full disk, leaves the previous
+checkpoint intact. While a run trains, ``train.lock`` in ``save_dir`` names its process, so that a second
+run in the same folder stops instead of overwriting the first one's checkpoints.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import json
 import logging
 import os
 import random
 import re
 import shutil
+import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+import uuid
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fairseq_lite.errors import CheckpointError, ConfigError
+from fairseq_lite.errors import CheckpointError, ConfigError, FairseqLiteError
 
 logger = logging.getLogger("fairseq_lite.checkpoint")
 
@@ -40,28 +46,126 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path + ".tmp"``, fsync, then rename over ``path`` (never a half-written ``path``).
-    A Dictionary inside is pickled under fairseq's class name, so fairseq reads the file too."""
-    from fairseq_lite.interop import fairseq_pickle
+def _unique_temp_path(path: str) -> str:
+    """A temporary name beside ``path`` that no other process or thread uses (pid and a random suffix)."""
+    return f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f, pickle_module=fairseq_pickle)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+def _write_then_rename(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a fresh temporary file beside ``path``, fsync, rename over ``path``.
+
+    An OSError (disk full, quota, permissions) removes the partial temporary file and becomes one
+    FairseqLiteError naming ``path`` and the cause; ``path`` itself is never half written.
+    """
+    tmp = _unique_temp_path(path)
+    try:
+        with open(tmp, "xb") as f:  # "x": created here, mode 0o666 minus the umask, like a plain open
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        raise FairseqLiteError(
+            f"cannot write checkpoint {path}: {cause}; the partial file was removed and the previous {os.path.basename(path)} "
+            "(if any) is intact: free space in checkpoint.save_dir or point it at another disk"
+        ) from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a unique temporary file, fsync, then rename over ``path`` (never a half-written ``path``).
+    A Dictionary inside is pickled under fairseq's class name, so fairseq reads the file too."""
+    from fairseq_lite.interop import fairseq_pickle
+
+    _write_then_rename(path, lambda f: torch.save(obj, f, pickle_module=fairseq_pickle))
+
+
 def atomic_copy(src: str, dst: str) -> None:
-    tmp = dst + ".tmp"
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, length=16 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    """Copy ``src`` to ``dst`` through a unique temporary file (as ``atomic_save``)."""
+    with open(src, "rb") as fin:
+        _write_then_rename(dst, lambda fout: shutil.copyfileobj(fin, fout, length=16 << 20))
+
+
+#: The lock file a training holds in ``checkpoint.save_dir`` while it runs.
+LOCK_NAME = "train.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a process we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SaveDirLock:
+    """``save_dir/train.lock``: held by one training at a time (fairseq has none, so two runs overwrite each other).
+
+    The file holds the owner's pid, host and start time. It is created with O_EXCL and removed by
+    ``release()``; a lock left behind by a process that no longer exists on this host is taken over
+    with a warning. Anything else (a live pid, or another host whose processes cannot be checked) is a
+    ConfigError naming the owner.
+    """
+
+    def __init__(self, save_dir: str):
+        self.path = os.path.join(save_dir, LOCK_NAME)
+        self.held = False
+
+    def acquire(self) -> "SaveDirLock":
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):  # a stale lock removed by us and re-created by a racing process: look again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale(me["host"])
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ConfigError(f"could not take the lock {self.path}: another training keeps re-creating it")
+
+    def _owner(self) -> Dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                owner = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            owner = None
+        return owner if isinstance(owner, dict) else {"pid": None, "host": None}
+
+    def _take_over_if_stale(self, host: str) -> None:
+        """Remove a lock whose process has ended on this host (with a warning); raise for a live owner."""
+        owner = self._owner()
+        if not owner:
+            return  # released meanwhile
+        pid, owner_host = owner.get("pid"), owner.get("host")
+        if owner_host == host and isinstance(pid, int) and not _pid_alive(pid):
+            logger.warning("taking over the stale lock %s of process %d on %s, which no longer runs (started %s)",
+                           self.path, pid, host, owner.get("started", "?"))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            return
+        who = f"process {pid} on host {owner_host}" if pid is not None else "a process that left an unreadable lock"
+        started = f", started {owner['started']}" if owner.get("started") else ""
+        raise ConfigError(
+            f"checkpoint.save_dir {os.path.dirname(self.path)} is in use by another training ({who}{started}; lock "
+            f"file {self.path}): wait for it to end or choose another checkpoint.save_dir; delete the lock file only "
+            "if that training no longer runs"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from fairseq_lite.data.iterators import GroupedIterator
-from fairseq_lite.errors import ConfigError
+from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.tasks import setup_task
-from fairseq_lite.training.checkpoint import CheckpointManager
+from fairseq_lite.training.checkpoint import CheckpointManager, SaveDirLock
 from fairseq_lite.training.logging import Progress, build_sinks, default_log_format
 from fairseq_lite.training.trainer import Trainer
 
@@ -69,15 +69,30 @@ def main(cfg: Any) -> Optional[float]:
         task.load_dataset(subset, combine=False, epoch=1)
 
     trainer = Trainer(cfg, task, model, criterion)
+    lock = None
     if trainer.is_master:
         _check_save_dir(cfg)
+        if not cfg.checkpoint.no_save:  # rank 0 alone writes checkpoints, so it alone holds the lock
+            lock = SaveDirLock(cfg.checkpoint.save_dir).acquire()
         if cfg.common.log_file:
             handler = logging.FileHandler(cfg.common.log_file)
             handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
             logging.getLogger().addHandler(handler)
+    try:
+        return _train(cfg, trainer, task, valid_subsets)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Any, trainer: Trainer, task: Any, valid_subsets: List[str]) -> Optional[float]:
+    """Restore, then train epoch after epoch until a stop condition; returns the best validation value."""
+    ds = cfg.dataset
     logger.info("training on %d %s device(s), max_tokens %s, batch_size %s, update_freq %s",
                 trainer.world_size, trainer.device.type, ds.max_tokens, ds.batch_size,
                 list(cfg.optimization.update_freq))
+    for subset in valid_subsets:  # fail now, not at the first validation, when a subset yields no batch
+        require_batches(trainer.get_valid_iterator(subset), task, subset, validation=True, ds=ds)
     manager = CheckpointManager(cfg.checkpoint)
     _, epoch_itr = manager.load(trainer)
     sinks = build_sinks(cfg, trainer.is_master)
@@ -101,6 +116,32 @@ def main(cfg: Any) -> Optional[float]:
     return manager.best
 
 
+def require_batches(itr: Any, task: Any, split: str, validation: bool, ds: Any) -> None:
+    """Raise a DataError when an epoch of ``split`` has no batch (every example filtered out), instead of
+    looping over empty epochs; names the max_tokens option and the shortest example in samples."""
+    if len(itr) > 0:
+        return
+    key = "dataset.max_tokens_valid" if validation else "dataset.max_tokens"
+    max_tokens = ds.max_tokens_valid if validation else ds.max_tokens
+    dataset = task.dataset(split)
+    what = f"{'validation' if validation else 'training'} split '{split}'"
+    if len(dataset) == 0:
+        raise DataError(f"{what} has no examples: check its manifest (and task.min_sample_size)")
+    indices = np.arange(len(dataset))
+    if hasattr(dataset, "num_tokens_vec"):
+        shortest = int(np.min(dataset.num_tokens_vec(indices)))
+    else:
+        shortest = min(int(dataset.num_tokens(i)) for i in indices)
+    if max_tokens and shortest > max_tokens:
+        raise DataError(
+            f"{key}={max_tokens} is below every example of the {what} (the shortest has {shortest} samples), so "
+            f"every example is filtered out and an epoch has no batch: raise {key} to at least {shortest}"
+            + ("" if validation else " or crop long clips with task.max_sample_size")
+        )
+    raise DataError(f"the {what} yields no batch ({len(dataset)} examples, shortest {shortest} samples): "
+                    f"check {key} (now {max_tokens}) and the dataset's size filters")
+
+
 def train_epoch(
     cfg: Any, trainer: Trainer, task: Any, epoch_itr: Any, valid_subsets: List[str],
     manager: CheckpointManager, sinks: List[Any],
@@ -110,6 +151,7 @@ def train_epoch(
         shuffle=epoch_itr.next_epoch_idx > cfg.dataset.curriculum,
         fix_batches_to_gpus=cfg.distributed_training.fix_batches_to_gpus,
     )
+    require_batches(itr, task, cfg.dataset.train_subset, validation=False, ds=cfg.dataset)
     freqs = cfg.optimization.update_freq
     update_freq = freqs[min(epoch_itr.epoch - 1, len(freqs) - 1)]
     groups = GroupedIterator(itr, update_freq)
