@@ -152,3 +152,82 @@ def test_disk_full_while_copying_removes_the_partial_copy(tmp_path, monkeypatch)
     with pytest.raises(FairseqLiteError, match=rf"^cannot write checkpoint {dst}: No space left on device;"):
         atomic_copy(src, dst)
     assert torch.equal(_load(dst)["x"], torch.ones(3)) and sorted(os.listdir(tmp_path)) == ["a.pt", "b.pt"]
+
+
+# -- 4. a dictionary without symbols ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_empty_label_dictionary_is_an_error_naming_the_file(tmp_path, content):
+    (tmp_path / "dict.ltr.txt").write_text(content)
+    task = setup_task({"_name": "audio_finetuning", "data": str(tmp_path), "labels": "ltr"})
+    with pytest.raises(DataError) as exc:
+        task.target_dictionary
+    assert _one_line(exc).startswith(f"dictionary file {tmp_path / 'dict.ltr.txt'} lists no symbols:")
+
+
+# -- 5. NaN / inf audio ----------------------------------------------------------------------------------
+
+
+def _manifest(folder, clips):
+    """``train.tsv`` over float wav files ``name -> samples`` written in ``folder``."""
+    lines = [str(folder)]
+    for name, wav in clips.items():
+        sf.write(folder / name, wav, 16000, subtype="FLOAT")
+        lines.append(f"{name}\t{len(wav)}")
+    (folder / "train.tsv").write_text("\n".join(lines) + "\n")
+    return str(folder / "train.tsv")
+
+
+def test_nan_or_inf_audio_names_the_file_and_manifest_line(tmp_path, caplog):
+    good = np.random.RandomState(0).uniform(-0.5, 0.5, 800).astype(np.float32)
+    bad = good.copy()
+    bad[[7, 9]] = [np.nan, np.inf]
+    manifest = _manifest(tmp_path, {"good.wav": good, "bad.wav": bad})
+    dataset = FileAudioDataset(manifest, sample_rate=16000)
+    assert torch.isfinite(dataset[0]["source"]).all()
+    with pytest.raises(DataError) as exc:
+        dataset[1]
+    assert _one_line(exc) == (f"{manifest}:3: {tmp_path / 'bad.wav'}: 2 of 800 samples are NaN or inf (the first "
+                              "at sample 7); the file is corrupt (set task.skip_invalid_audio=true to skip bad files)")
+    skipping = FileAudioDataset(manifest, sample_rate=16000, skip_invalid=True)
+    with caplog.at_level(logging.WARNING):
+        assert skipping[1]["source"] is None
+    assert any(f"{manifest}:3: {tmp_path / 'bad.wav'}: 2 of 800 samples are NaN or inf" in r.getMessage()
+               for r in caplog.records)
+
+
+# -- 6. errors raised in DataLoader workers --------------------------------------------------------------
+
+
+def test_error_in_a_dataloader_worker_arrives_as_its_own_message(tmp_path):
+    good = np.zeros(800, dtype=np.float32)
+    manifest = _manifest(tmp_path, {"a.wav": good, "b.wav": good})
+    (tmp_path / "b.wav").write_bytes(b"RIFF not really a wav file")
+    dataset = FileAudioDataset(manifest, sample_rate=16000)
+    itr = EpochBatchIterator(dataset, dataset.collater, [[0], [1]], num_workers=1).next_epoch_itr(shuffle=False)
+    assert next(itr)["id"].tolist() == [0]
+    with pytest.raises(DataError) as exc:
+        next(itr)
+    message = _one_line(exc)
+    assert message.startswith(f"{manifest}:3: {tmp_path / 'b.wav'}: cannot decode audio (")
+    assert message.endswith("(set task.skip_invalid_audio=true to skip bad files)")
+    assert "Traceback" in str(exc.value.__cause__)  # still there for --debug
+
+
+# -- 8. a directory where a checkpoint file belongs ------------------------------------------------------
+
+
+def test_directory_as_w2v_path_or_restore_file_says_a_file_is_expected(tmp_path):
+    from fairseq_lite.dataclass.initialize import finalize_config
+
+    (tmp_path / "dict.ltr.txt").write_text("A 1\nB 1\n")
+    cfg = finalize_config({"task": {"_name": "audio_finetuning", "data": str(tmp_path), "labels": "ltr"},
+                           "model": {"_name": "wav2vec_ctc", "w2v_path": str(tmp_path)}})
+    with pytest.raises(CheckpointError) as exc:
+        setup_task(cfg.task).build_model(cfg.model)
+    assert _one_line(exc) == (f"model.w2v_path {tmp_path} is a directory; it must be the pretrained checkpoint file "
+                              f"itself (e.g. {tmp_path / 'checkpoint_best.pt'})")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint.restore_file {tmp_path} is a directory; it must be a "
+                                              rf"checkpoint file \(e.g. {tmp_path / 'checkpoint_last.pt'}\)$"):
+        main(train_toy.toy_config(tmp_path / "run", checkpoint={"restore_file": str(tmp_path)}))

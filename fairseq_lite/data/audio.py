@@ -93,8 +93,9 @@ def audio_frames(path: str) -> Tuple[int, int]:
 def read_audio(path: str, sample_rate: int, strict: bool = False) -> np.ndarray:
     """Mono float32 samples of ``path`` at ``sample_rate``.
 
-    Raises ``DataError`` for an unreadable or empty file and, with ``strict`` (fairseq's behaviour),
-    for a file at another rate; otherwise that file is resampled with soxr and the rate is logged once.
+    Raises ``DataError`` for an unreadable or empty file, for NaN or inf samples and, with ``strict``
+    (fairseq's behaviour), for a file at another rate; otherwise that file is resampled with soxr and the
+    rate is logged once.
     """
     try:
         if _decoder_for(path) == "soundfile":
@@ -114,6 +115,10 @@ def read_audio(path: str, sample_rate: int, strict: bool = False) -> np.ndarray:
     wav = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
     if len(wav) == 0:
         raise DataError(f"{path}: the file holds no audio samples")
+    bad = ~np.isfinite(wav)
+    if bad.any():  # float files can hold them; they would make every update of their batch inf/NaN
+        raise DataError(f"{path}: {int(bad.sum())} of {len(wav)} samples are NaN or inf (the first at sample "
+                        f"{int(np.argmax(bad))}); the file is corrupt")
     if rate != sample_rate:
         if strict:
             raise DataError(

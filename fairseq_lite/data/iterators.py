@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
-from fairseq_lite.errors import CheckpointError
+from fairseq_lite.errors import CheckpointError, FairseqLiteError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,37 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 def _one_thread_worker(worker_id: int) -> None:
     """DataLoader worker init: one intra-op thread per worker (many workers × many threads starve the GPU)."""
     torch.set_num_threads(1)
+
+
+def worker_error_message(exc: BaseException) -> Optional[str]:
+    """The original message of an error that torch re-raised from a DataLoader worker, whose text is
+    "Caught <Error> in DataLoader worker process N. Original Traceback ..."; None for any other error."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return None
+    cls = type(exc)
+    for name in (f"{cls.__module__}.{cls.__qualname__}", cls.__qualname__):
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0:
+            return text[at + len(name) + 3 :].strip()
+    return None
+
+
+def _without_worker_tracebacks(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; a fairseq_lite error or OSError raised in a worker comes back with its own message
+    (one line, what the CLI prints) instead of the worker's whole traceback, which stays in ``__cause__``."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (FairseqLiteError, OSError) as exc:
+            message = worker_error_message(exc)
+            if message is None:
+                raise
+            raise type(exc)(message) from exc
+        yield batch
 
 
 def shuffle_batches(batches: List, seed: int) -> List:
@@ -211,7 +242,7 @@ class EpochBatchIterator:
             num_workers=self.num_workers,
             **loader_kwargs,
         )
-        return CountingIterator(loader, start=offset, total=len(batches))
+        return CountingIterator(_without_worker_tracebacks(loader), start=offset, total=len(batches))
 
     # -- fairseq's interface ----------------------------------------------------------------------
 

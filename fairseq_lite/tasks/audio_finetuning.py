@@ -65,7 +65,14 @@ class AudioFinetuningTask(AudioPretrainingTask):
         """The label dictionary: the checkpoint's when restored, else ``dict.{labels}.txt`` from disk."""
         if self._target_dictionary is None and self.cfg.labels is not None:
             folder = self.cfg.target_dictionary or self.cfg.data
-            self._target_dictionary = Dictionary.load(os.path.join(folder, f"dict.{self.cfg.labels}.txt"))
+            path = os.path.join(folder, f"dict.{self.cfg.labels}.txt")
+            dictionary = Dictionary.load(path)
+            if len(dictionary) == dictionary.nspecial:  # a CTC head over the specials alone learns nothing
+                raise DataError(
+                    f"dictionary file {path} lists no symbols: write one '<symbol> <count>' line per label "
+                    f"symbol of the .{self.cfg.labels} label files (scripts/make_labels.py writes it)"
+                )
+            self._target_dictionary = dictionary
         return self._target_dictionary
 
     def state_dict(self) -> Dict[str, Any]:

@@ -46,6 +46,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+#: ``<name>.<pid>.<8 hex>.tmp``: the temporary files checkpoints are written through.
+TEMP_NAME = re.compile(r".+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
 def _unique_temp_path(path: str) -> str:
     """A temporary name beside ``path`` that no other process or thread uses (pid and a random suffix)."""
     return f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -69,8 +73,8 @@ def _write_then_rename(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.remove(tmp)
         cause = exc.strerror or str(exc) or type(exc).__name__
         raise FairseqLiteError(
-            f"cannot write checkpoint {path}: {cause}; the partial file was removed and the previous {os.path.basename(path)} "
-            "(if any) is intact: free space in checkpoint.save_dir or point it at another disk"
+            f"cannot write checkpoint {path}: {cause}; the partial file was removed and the previous "
+            f"{os.path.basename(path)} (if any) is intact: free space in checkpoint.save_dir or point it at another disk"
         ) from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -110,7 +114,7 @@ class SaveDirLock:
     The file holds the owner's pid, host and start time. It is created with O_EXCL and removed by
     ``release()``; a lock left behind by a process that no longer exists on this host is taken over
     with a warning. Anything else (a live pid, or another host whose processes cannot be checked) is a
-    ConfigError naming the owner.
+    ConfigError naming the owner. Once held, the partial temporary files of killed writers are removed.
     """
 
     def __init__(self, save_dir: str):
@@ -128,6 +132,7 @@ class SaveDirLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            self._remove_orphaned_temporaries()
             return self
         raise ConfigError(f"could not take the lock {self.path}: another training keeps re-creating it")
 
@@ -160,6 +165,19 @@ class SaveDirLock:
             f"file {self.path}): wait for it to end or choose another checkpoint.save_dir; delete the lock file only "
             "if that training no longer runs"
         )
+
+    def _remove_orphaned_temporaries(self) -> None:
+        """Delete the partial temporary files of writers that were killed (their pid is gone): with the lock
+        held, no other training writes here, and a dead writer's file is never renamed."""
+        folder = os.path.dirname(self.path)
+        writers = {name: int(m.group(1)) for name in os.listdir(folder) if (m := TEMP_NAME.fullmatch(name))}
+        orphans = [name for name, pid in writers.items() if pid != os.getpid() and not _pid_alive(pid)]
+        for name in orphans:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+        if orphans:
+            logger.warning("removed %d partial checkpoint files left by killed runs in %s (e.g. %s)",
+                           len(orphans), folder, orphans[0])
 
     def release(self) -> None:
         if self.held:
@@ -197,6 +215,15 @@ def checkpoint_paths(directory: str, pattern: str) -> List[str]:
         if match:
             found.append((float(match.group(1)), os.path.join(directory, match.group(0))))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def require_checkpoint_file(key: str, path: str) -> None:
+    """A CheckpointError naming the option ``key`` when ``path`` is missing or is a directory."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{key} {path} is a directory; it must be a checkpoint file "
+                              f"(e.g. {os.path.join(path, DEFAULT_RESTORE_FILE)})")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{key} {path} does not exist")
 
 
 class CheckpointManager:
@@ -326,8 +353,7 @@ class CheckpointManager:
             path = cfg.restore_file
             if cfg.checkpoint_suffix:
                 path = path.replace(".pt", cfg.checkpoint_suffix + ".pt")
-            if not os.path.isfile(path):
-                raise CheckpointError(f"checkpoint.restore_file {path} does not exist")
+            require_checkpoint_file("checkpoint.restore_file", path)
             return path, False
         last = os.path.join(cfg.save_dir, f"checkpoint_last{cfg.checkpoint_suffix}.pt")
         if os.path.isfile(last):
@@ -335,8 +361,7 @@ class CheckpointManager:
         if cfg.continue_once is not None:
             return cfg.continue_once, False
         if cfg.finetune_from_model:
-            if not os.path.isfile(cfg.finetune_from_model):
-                raise CheckpointError(f"checkpoint.finetune_from_model {cfg.finetune_from_model} does not exist")
+            require_checkpoint_file("checkpoint.finetune_from_model", cfg.finetune_from_model)
             return cfg.finetune_from_model, True
         return None, False
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from enum import Enum
 from dataclasses import dataclass, field
@@ -248,6 +249,9 @@ class Wav2VecEncoder(nn.Module):
 
         if path in (None, "", "???"):
             raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
+        if os.path.isdir(path):
+            raise CheckpointError(f"model.w2v_path {path} is a directory; it must be the pretrained checkpoint file "
+                                  f"itself (e.g. {os.path.join(path, 'checkpoint_best.pt')})")
         state = load_checkpoint_to_cpu(path)
         kind = checkpoint_kind(state)
         if kind == "wav2vec_ctc":
