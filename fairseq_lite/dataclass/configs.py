@@ -17,6 +17,7 @@ from fairseq_lite.dataclass.constants import (
     ZERO_SHARDING_CHOICES,
 )
 from fairseq_lite.dataclass.utils import II
+from fairseq_lite.errors import ConfigError
 
 
 def _help(text: str, **extra) -> dict:
@@ -32,6 +33,10 @@ class FairseqDataclass:
     @classmethod
     def name(cls) -> Optional[str]:
         return cls._name
+
+    def check_values(self, cfg: Any) -> None:
+        """Checks of this component's values against the whole config ``cfg``, made when the config is read
+        (``check_config_values``); raise a ConfigError naming the key. Nothing to check by default."""
 
 
 @dataclass
@@ -303,3 +308,17 @@ def _cuda_device_count() -> int:
         return torch.cuda.device_count()
     except Exception:  # pragma: no cover - torch always present in practice
         return 0
+
+
+def check_config_values(cfg: FairseqConfig) -> None:
+    """Values that would otherwise fail deep in data loading or model building, checked when a config is read
+    (``finalize_config``, before anything is built): the ``dataset`` group here, each selected component's own
+    values through its ``check_values``. Each failure is a ConfigError naming the key."""
+    num_workers = cfg.dataset.num_workers
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"dataset.num_workers={num_workers} must be 0 (load data in the training process) or a "
+                          "positive number of DataLoader worker processes")
+    for group in REGISTRY_GROUPS:
+        node = getattr(cfg, group, None)
+        if isinstance(node, FairseqDataclass):
+            node.check_values(cfg)

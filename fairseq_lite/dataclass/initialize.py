@@ -17,7 +17,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig
+from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig, check_config_values
 from fairseq_lite.dataclass.utils import (
     closest_match,
     summarize_keys,
@@ -261,4 +261,7 @@ def finalize_config(cfg: Any, from_checkpoint: bool = False) -> FairseqConfig:
     so the resolved values are what training sees and what checkpoints store.
     """
     root = add_defaults(cfg, from_checkpoint=from_checkpoint)
-    return to_dataclass(root)
+    config = to_dataclass(root)
+    if not from_checkpoint:  # a checkpoint's config was checked when it was trained
+        check_config_values(config)
+    return config

@@ -9,17 +9,18 @@ they happen (negatives are drawn relative to the true own frame; whole-sequence 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, safe_eval
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.modules.activations import ACTIVATION_CHOICES
-from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel
+from fairseq_lite.models.wav2vec.wav2vec import parse_conv_layers
+from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import compute_mask_indices
@@ -124,6 +125,44 @@ class Wav2Vec2Config(FairseqDataclass):
     adp_act_fn: str = field(default="relu", metadata=_h("activation of the adapters"))
     adp_trf_idx: str = field(default="all", metadata=_h("which transformer layers get adapters"))
 
+    def check_values(self, cfg: Any) -> None:
+        """Checked when the config is read: the heads divide the width, the CNN spec parses, and the task's
+        crop (``task.max_sample_size``) is long enough for the CNN to give a frame."""
+        heads, dim = self.encoder_attention_heads, self.encoder_embed_dim
+        if heads <= 0 or dim % heads:
+            closest = min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
+            raise ConfigError(
+                f"model.encoder_attention_heads={heads} does not divide model.encoder_embed_dim={dim}: choose a "
+                f"number of heads that does (e.g. {closest})"
+            )
+        layers = parse_feature_layers(self.conv_feature_layers)
+        max_sample_size = getattr(cfg.task, "max_sample_size", None)
+        needed = receptive_field(layers)
+        if max_sample_size is not None and max_sample_size < needed:
+            raise ConfigError(
+                f"task.max_sample_size={max_sample_size} is below the receptive field of model.conv_feature_layers "
+                f"({needed} samples), so every cropped clip would give zero frames: raise task.max_sample_size"
+            )
+
+
+def parse_feature_layers(spec: Any) -> List[ConvSpec]:
+    """``model.conv_feature_layers`` as (dim, kernel, stride) triples; a ConfigError naming the key otherwise."""
+    try:
+        return parse_conv_layers(spec, "conv_feature_layers")
+    except ConfigError as exc:
+        if str(exc).startswith("model.conv_feature_layers"):
+            raise
+        raise ConfigError(f"model.conv_feature_layers: {exc}") from None  # a syntax error of the literal
+
+
+def receptive_field(conv_layers: Sequence[ConvSpec]) -> int:
+    """The samples the CNN needs for one output frame: 1 + sum of (kernel - 1) x the product of earlier strides."""
+    size, jump = 1, 1
+    for _, kernel, stride in conv_layers:
+        size += (kernel - 1) * jump
+        jump *= stride
+    return size
+
 
 @register_model("wav2vec2", dataclass=Wav2Vec2Config)
 class Wav2Vec2Model(BaseFairseqModel):
@@ -136,7 +175,7 @@ class Wav2Vec2Model(BaseFairseqModel):
         if str(cfg.layer_type) == "trf_adp":
             raise ConfigError("model.layer_type=trf_adp (adapter layers) is not supported by fairseq_lite: "
                               "use transformer or conformer")
-        feature_layers = safe_eval(cfg.conv_feature_layers)
+        feature_layers = parse_feature_layers(cfg.conv_feature_layers)
         self.embed = feature_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(
             feature_layers, dropout=0.0, mode=str(cfg.extractor_mode), conv_bias=cfg.conv_bias
