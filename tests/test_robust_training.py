@@ -57,6 +57,9 @@ def test_validation_split_without_a_batch_is_named_before_training(tmp_path):
     message = _one_line(exc)
     assert "dataset.max_tokens_valid=1 is below every example of the validation split 'valid'" in message
     assert not os.path.exists(tmp_path / "checkpoint_last.pt")  # stopped before the first update
+    with pytest.raises(DataError, match=r"^validation split 'valid': example \d+ has \d+ tokens \(samples\), more "
+                                        r"than max_tokens=1"):
+        main(train_toy.toy_config(tmp_path, dataset={"max_tokens_valid": 1}))
 
 
 # -- 2. one training per save_dir ------------------------------------------------------------------------

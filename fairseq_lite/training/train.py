@@ -91,8 +91,13 @@ def _train(cfg: Any, trainer: Trainer, task: Any, valid_subsets: List[str]) -> O
     logger.info("training on %d %s device(s), max_tokens %s, batch_size %s, update_freq %s",
                 trainer.world_size, trainer.device.type, ds.max_tokens, ds.batch_size,
                 list(cfg.optimization.update_freq))
-    for subset in valid_subsets:  # fail now, not at the first validation, when a subset yields no batch
-        require_batches(trainer.get_valid_iterator(subset), task, subset, validation=True, ds=ds)
+    for subset in valid_subsets:  # fail now, not at the first validation, when a subset cannot be batched
+        try:
+            itr = trainer.get_valid_iterator(subset)
+            len(itr)  # builds the batches
+        except DataError as exc:
+            raise DataError(f"validation split '{subset}': {exc}") from None
+        require_batches(itr, task, subset, validation=True, ds=ds)
     manager = CheckpointManager(cfg.checkpoint)
     _, epoch_itr = manager.load(trainer)
     sinks = build_sinks(cfg, trainer.is_master)
