@@ -2,6 +2,8 @@
 
 State-dict keys are fairseq's: ``decoder.embed_tokens.weight``, ``decoder.layers.{i}.self_attn.{q,k,v,out}_proj``,
 ``decoder.layers.{i}.{self_attn_layer_norm,fc1,fc2,final_layer_norm}``, ``decoder.layer_norm``,
+``decoder.project_in_dim/project_out_dim.weight`` (when ``decoder_input_dim``/``decoder_output_dim`` differ from
+``decoder_embed_dim``: fairseq 0.12.2 leaves both at 512, so its LMs of other widths have them),
 ``decoder.output_projection.weight`` (older checkpoints: ``decoder.embed_out``, renamed on load). Positions
 are fairseq's sinusoids (sin half then cos half, counted from ``padding_idx + 1``) or learned embeddings.
 Only the standard softmax output is supported; adaptive input/softmax checkpoints are refused. fairseq's
@@ -113,22 +115,38 @@ class TransformerDecoderLayer(nn.Module):
         return self._residual(x, self.final_layer_norm, feed_forward)
 
 
+def _projection(in_dim: int, out_dim: int) -> Optional[nn.Linear]:
+    """fairseq's bias-free ``project_in_dim`` / ``project_out_dim`` (Xavier-initialised), None when the dims agree."""
+    if in_dim == out_dim:
+        return None
+    projection = nn.Linear(in_dim, out_dim, bias=False)
+    nn.init.xavier_uniform_(projection.weight)
+    return projection
+
+
 class TransformerDecoder(nn.Module):
-    """Token embedding + positions → layers → final norm → output projection (B×T ids → B×T×V logits)."""
+    """Token embedding (+ ``project_in_dim``) + positions → layers → final norm (+ ``project_out_dim``) → output
+    projection (B×T ids → B×T×V logits)."""
 
     def __init__(self, cfg: TransformerLanguageModelConfig, dictionary):
         super().__init__()
         if cfg.adaptive_input or cfg.adaptive_softmax_cutoff:
             raise ConfigError("transformer_lm with adaptive input/softmax is not supported: use a standard softmax LM")
-        if cfg.decoder_input_dim != cfg.decoder_embed_dim or cfg.decoder_output_dim != cfg.decoder_embed_dim:
-            raise ConfigError("transformer_lm: decoder_input_dim and decoder_output_dim must equal decoder_embed_dim")
         dim, vocab = cfg.decoder_embed_dim, len(dictionary)
+        input_dim, output_dim = cfg.decoder_input_dim, cfg.decoder_output_dim
+        if cfg.share_decoder_input_output_embed and input_dim != output_dim:
+            raise ConfigError(f"transformer_lm: share_decoder_input_output_embed needs decoder_input_dim "
+                              f"({input_dim}) == decoder_output_dim ({output_dim})")
         self.padding_idx = dictionary.pad()
         self.dropout = cfg.dropout
         self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(dim)
-        self.embed_tokens = nn.Embedding(vocab, dim, padding_idx=self.padding_idx)
-        nn.init.normal_(self.embed_tokens.weight, mean=0, std=dim**-0.5)
+        self.embed_tokens = nn.Embedding(vocab, input_dim, padding_idx=self.padding_idx)
+        nn.init.normal_(self.embed_tokens.weight, mean=0, std=input_dim**-0.5)
         nn.init.zeros_(self.embed_tokens.weight[self.padding_idx])
+        # fairseq projects embeddings of decoder_input_dim to decoder_embed_dim and back out to decoder_output_dim
+        # (both 512 by default: an LM with another embed dim and no explicit input/output dims has both)
+        self.project_in_dim = _projection(input_dim, dim)
+        self.project_out_dim = _projection(dim, output_dim)
         max_positions = cfg.max_target_positions or cfg.tokens_per_sample
         self.max_positions = max_positions
         num_positions = max_positions + self.padding_idx + 1
@@ -145,11 +163,11 @@ class TransformerDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(dim) if final_norm else None
         # fairseq's decoder version: files without it (or below 3) get no final norm in fairseq, so ours carry 3
         self.register_buffer("version", torch.tensor([DECODER_VERSION]))
-        self.output_projection = nn.Linear(dim, vocab, bias=False)
+        self.output_projection = nn.Linear(output_dim, vocab, bias=False)
         if cfg.share_decoder_input_output_embed:
             self.output_projection.weight = self.embed_tokens.weight
         else:
-            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+            nn.init.normal_(self.output_projection.weight, mean=0, std=output_dim**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.size(1) > self.max_positions:
@@ -157,6 +175,8 @@ class TransformerDecoder(nn.Module):
                 f"sequence of {tokens.size(1)} tokens is longer than max_target_positions={self.max_positions}"
             )
         x = self.embed_scale * self.embed_tokens(tokens)
+        if self.project_in_dim is not None:
+            x = self.project_in_dim(x)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions_of(tokens, self.padding_idx))
         elif hasattr(self, "sinusoids"):
@@ -171,6 +191,8 @@ class TransformerDecoder(nn.Module):
             x = layer(x, attn_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
+        if self.project_out_dim is not None:
+            x = self.project_out_dim(x)
         return self.output_projection(x)
 
 
