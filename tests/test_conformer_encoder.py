@@ -1,7 +1,5 @@
 """ConformerEncoder (abs / rel_pos / rope) against HF transformers' Wav2Vec2Conformer layers, fp32, with padding."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from transformers.models.wav2vec2_conformer import modeling_wav2vec2_conformer as hf
@@ -12,16 +10,16 @@ from fairseq_lite.modules.conformer_encoder import ConformerEncoder
 from test_conformer_modules import DIM, FFN, HEADS, KERNEL, batch_with_padding, hf_config, randomise
 
 
-def encoder_cfg(pos_enc_type, layer_norm_first, **overrides):
-    fields = dict(
-        dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, activation_fn="gelu",
-        encoder_embed_dim=DIM, encoder_ffn_embed_dim=FFN, encoder_attention_heads=HEADS, encoder_layers=3,
-        encoder_layerdrop=0.0, layer_norm_first=layer_norm_first, conv_pos=8, conv_pos_groups=4,
-        pos_conv_depth=1, required_seq_len_multiple=2, max_positions=100000,
+def encoder_args(pos_enc_type, layer_norm_first, **overrides):
+    """The arguments ConformerEncoder documents, and nothing else."""
+    args = dict(
+        embed_dim=DIM, num_layers=3, ffn_dim=FFN, num_heads=HEADS, dropout=0.1, attention_dropout=0.1,
+        activation_dropout=0.0, activation_fn="gelu", layer_norm_first=layer_norm_first, layerdrop=0.0,
+        conv_pos=8, conv_pos_groups=4, pos_conv_depth=1, required_seq_len_multiple=2, max_positions=100000,
         depthwise_conv_kernel_size=KERNEL, attn_type="espnet", pos_enc_type=pos_enc_type,
     )
-    fields.update(overrides)
-    return SimpleNamespace(**fields)
+    args.update(overrides)
+    return args
 
 
 def hf_layers_from(ours, pos_enc_type):
@@ -48,7 +46,7 @@ def run_hf_layers(theirs, x, padding_mask):
 @pytest.mark.parametrize("pos_enc_type", ["rel_pos", "rope"])
 def test_pre_ln_encoder_matches_hf_encoder(pos_enc_type):
     """layer_norm_first (the Large layout) is the layout HF's Wav2Vec2ConformerEncoder implements end to end."""
-    ours = ConformerEncoder(encoder_cfg(pos_enc_type, layer_norm_first=True)).eval()
+    ours = ConformerEncoder(**encoder_args(pos_enc_type, layer_norm_first=True)).eval()
     randomise(ours)
     theirs = hf_layers_from(ours, pos_enc_type)
     x, padding_mask = batch_with_padding(length=13)  # odd: fairseq's conformer does not pad time here
@@ -68,7 +66,7 @@ def test_pre_ln_encoder_matches_hf_encoder(pos_enc_type):
 @pytest.mark.parametrize("pos_enc_type", ["rel_pos", "rope"])
 def test_post_ln_encoder_matches_hf_layers(pos_enc_type):
     """Base layout: the encoder input is layer-normed, the output is not (fairseq); HF layers on LN(x) agree."""
-    ours = ConformerEncoder(encoder_cfg(pos_enc_type, layer_norm_first=False)).eval()
+    ours = ConformerEncoder(**encoder_args(pos_enc_type, layer_norm_first=False)).eval()
     randomise(ours)
     theirs = hf_layers_from(ours, pos_enc_type)
     x, padding_mask = batch_with_padding(length=13)
@@ -81,7 +79,7 @@ def test_post_ln_encoder_matches_hf_layers(pos_enc_type):
 
 
 def test_abs_encoder_adds_pos_conv_then_runs_conformer_layers():
-    ours = ConformerEncoder(encoder_cfg("abs", layer_norm_first=False)).eval()
+    ours = ConformerEncoder(**encoder_args("abs", layer_norm_first=False)).eval()
     randomise(ours)
     theirs = hf_layers_from(ours, "abs")
     x, padding_mask = batch_with_padding(length=14)  # even: no time padding to required_seq_len_multiple
@@ -98,7 +96,7 @@ def test_encoder_trains_and_keeps_pos_conv_keys(pos_enc_type):
     """All three variants build, run forward+backward in training mode (dropout, layerdrop, BatchNorm updates)
     and keep fairseq's pos_conv weights in the state dict."""
     torch.manual_seed(0)
-    encoder = ConformerEncoder(encoder_cfg(pos_enc_type, layer_norm_first=False, encoder_layerdrop=0.2)).train()
+    encoder = ConformerEncoder(**encoder_args(pos_enc_type, layer_norm_first=False, layerdrop=0.2)).train()
     keys = set(encoder.state_dict())
     assert {"pos_conv.0.weight_g", "pos_conv.0.weight_v", "pos_conv.0.bias", "layer_norm.weight"} <= keys
     assert "layers.2.conv_module.batch_norm.running_var" in keys
@@ -112,16 +110,16 @@ def test_encoder_trains_and_keeps_pos_conv_keys(pos_enc_type):
 
 
 def test_encoder_layer_choice_and_bad_pos_enc_type():
-    encoder = ConformerEncoder(encoder_cfg("abs", layer_norm_first=True, attn_type=""))
+    encoder = ConformerEncoder(**encoder_args("abs", layer_norm_first=True, attn_type=""))
     assert "layers.0.self_attn.q_proj.weight" in encoder.state_dict()  # fairseq MHA inside conformer layers
     with pytest.raises(ConfigError, match="pos_enc_type"):
-        ConformerEncoder(encoder_cfg("alibi", layer_norm_first=True))
+        ConformerEncoder(**encoder_args("alibi", layer_norm_first=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_forward_keeps_dtype(dtype):
     for pos_enc_type in ("rel_pos", "rope"):
-        encoder = ConformerEncoder(encoder_cfg(pos_enc_type, layer_norm_first=True)).eval().to(dtype)
+        encoder = ConformerEncoder(**encoder_args(pos_enc_type, layer_norm_first=True)).eval().to(dtype)
         x, padding_mask = batch_with_padding(length=9)
         with torch.no_grad():
             out, _ = encoder(x.to(dtype), padding_mask)

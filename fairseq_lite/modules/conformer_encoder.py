@@ -28,32 +28,41 @@ POS_ENC_TYPES = ("abs", "rel_pos", "rope")
 
 
 class ConformerEncoder(TransformerEncoder):
-    """Conformer encoder built from a ``Wav2Vec2Config`` (``depthwise_conv_kernel_size``, ``attn_type``,
-    ``pos_enc_type``, ``max_positions`` and the usual ``encoder_*`` fields)."""
+    """Conformer encoder: ``TransformerEncoder``'s arguments plus
 
-    def __init__(self, cfg: Any):
-        if cfg.pos_enc_type not in POS_ENC_TYPES:
+    Args:
+        depthwise_conv_kernel_size: kernel of each block's depthwise convolution (``depthwise_conv_kernel_size``).
+        attn_type: ``"espnet"`` for ESPnet attention, else plain attention (``attn_type``).
+        pos_enc_type: ``abs``, ``rel_pos`` or ``rope`` (``pos_enc_type``).
+        max_positions: length of the ``rel_pos`` table (``max_positions``).
+
+    fairseq builds every dropout of a conformer block from ``dropout`` and always uses swish, so the
+    ``attention_dropout``, ``activation_dropout`` and ``activation_fn`` arguments do not reach the layers.
+    """
+
+    def __init__(self, embed_dim: int, num_layers: int, ffn_dim: int, num_heads: int, *,
+                 depthwise_conv_kernel_size: int = 31, attn_type: str = "", pos_enc_type: str = "abs",
+                 max_positions: int = 100000, **transformer_args: Any):
+        if pos_enc_type not in POS_ENC_TYPES:
             raise ConfigError(
-                f"model.pos_enc_type={cfg.pos_enc_type!r} is not supported: choose one of {', '.join(POS_ENC_TYPES)}"
+                f"model.pos_enc_type={pos_enc_type!r} is not supported: choose one of {', '.join(POS_ENC_TYPES)}"
             )
-        super().__init__(cfg)
-        self.pos_enc_type = cfg.pos_enc_type
+        self.conformer_args = dict(depthwise_conv_kernel_size=depthwise_conv_kernel_size, attn_type=attn_type,
+                                   pos_enc_type=pos_enc_type)
+        super().__init__(embed_dim, num_layers, ffn_dim, num_heads, **transformer_args)
+        self.pos_enc_type = pos_enc_type
         self.rel_pos_encoding = (
-            RelPositionalEncoding(cfg.max_positions, self.embedding_dim) if self.pos_enc_type == "rel_pos" else None
+            RelPositionalEncoding(max_positions, self.embedding_dim) if self.pos_enc_type == "rel_pos" else None
         )
         if self.pos_enc_type != "abs":
             self.required_seq_len_multiple = 1  # fairseq's ConformerEncoder does not pad time
 
-    def build_encoder_layer(self, cfg: Any, layer_idx: int = 0) -> nn.Module:
-        """A conformer block; fairseq uses ``cfg.dropout`` for every dropout in it and always swish."""
+    def build_encoder_layer(self, ffn_dim: int, num_heads: int, attention_dropout: float, activation_dropout: float,
+                            activation_fn: str, layer_norm_first: bool) -> nn.Module:
+        """A conformer block (fairseq: ``dropout`` for every dropout in it, always swish)."""
         return ConformerWav2Vec2EncoderLayer(
-            embed_dim=self.embedding_dim,
-            ffn_embed_dim=cfg.encoder_ffn_embed_dim,
-            attention_heads=cfg.encoder_attention_heads,
-            dropout=cfg.dropout,
-            depthwise_conv_kernel_size=cfg.depthwise_conv_kernel_size,
-            attn_type=cfg.attn_type,
-            pos_enc_type=cfg.pos_enc_type,
+            embed_dim=self.embedding_dim, ffn_embed_dim=ffn_dim, attention_heads=num_heads, dropout=self.dropout,
+            **self.conformer_args,
         )
 
     def embed_positions(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -4,7 +4,8 @@ Keys: ``pos_conv.0.{weight_g,weight_v,bias}`` (legacy weight-norm names; the new
 ``parametrizations.weight.original0/1`` spelling is accepted on load), ``layers.{n}.*``, ``layer_norm.*``.
 Tensors are B×T×C throughout; ``padding_mask`` is B×T with True marking padded frames.
 
-Subclasses (the conformer encoder) reuse the construction and the layer loop by overriding
+Built from plain arguments; ``encoder_arguments(cfg)`` in ``models/wav2vec/wav2vec2.py`` maps a model config
+onto them. Subclasses (the conformer encoder) reuse the construction and the layer loop by overriding
 ``build_encoder_layer``, ``embed_positions`` and ``layer_kwargs``.
 """
 
@@ -105,42 +106,59 @@ def pad_to_multiple(x: torch.Tensor, padding_mask: Optional[torch.Tensor], multi
 
 
 class TransformerEncoder(nn.Module):
-    """pos_conv + a stack of encoder layers + LayerNorm, with layerdrop; built from a ``Wav2Vec2Config``
-    (or any object with the same field names)."""
+    """pos_conv + a stack of encoder layers + LayerNorm, with layerdrop (fairseq's wav2vec 2.0 ``TransformerEncoder``).
 
-    def __init__(self, cfg: Any):
+    Args (the ``Wav2Vec2Config`` option each mirrors):
+        embed_dim: width of the encoder (``encoder_embed_dim``).
+        num_layers: number of layers (``encoder_layers``).
+        ffn_dim: hidden width of each feed-forward block (``encoder_ffn_embed_dim``).
+        num_heads: attention heads (``encoder_attention_heads``).
+        dropout: dropout after pos_conv and inside each layer (``dropout``).
+        attention_dropout: dropout on attention weights (``attention_dropout``).
+        activation_dropout: dropout after the feed-forward activation (``activation_dropout``).
+        activation_fn: feed-forward activation (``activation_fn``).
+        layer_norm_first: pre-LN layers and a final LayerNorm, as in Large (``layer_norm_first``).
+        layerdrop: probability of skipping each layer in training (``encoder_layerdrop``).
+        conv_pos: kernel size of the convolutional positions (``conv_pos``).
+        conv_pos_groups: groups of that convolution (``conv_pos_groups``).
+        pos_conv_depth: number of stacked position convolutions (``pos_conv_depth``).
+        required_seq_len_multiple: pad time to a multiple of this (``required_seq_len_multiple``).
+        checkpoint_activations: recompute each layer in the backward pass (``checkpoint_activations``).
+    """
+
+    def __init__(self, embed_dim: int, num_layers: int, ffn_dim: int, num_heads: int, dropout: float = 0.1,
+                 attention_dropout: float = 0.1, activation_dropout: float = 0.0, activation_fn: str = "gelu",
+                 layer_norm_first: bool = False, layerdrop: float = 0.0, conv_pos: int = 128,
+                 conv_pos_groups: int = 16, pos_conv_depth: int = 1, required_seq_len_multiple: int = 1,
+                 checkpoint_activations: bool = False):
         super().__init__()
-        self.dropout = cfg.dropout
-        self.embedding_dim = cfg.encoder_embed_dim
-        self.required_seq_len_multiple = cfg.required_seq_len_multiple
-        self.pos_conv = self.build_pos_conv(cfg)
-        self.layers = nn.ModuleList([self.build_encoder_layer(cfg, layer_idx=i) for i in range(cfg.encoder_layers)])
-        self.layer_norm_first = cfg.layer_norm_first
+        self.dropout = dropout
+        self.embedding_dim = embed_dim
+        self.required_seq_len_multiple = required_seq_len_multiple
+        self.pos_conv = self.build_pos_conv(conv_pos, conv_pos_groups, pos_conv_depth)
+        self.layers = nn.ModuleList([
+            self.build_encoder_layer(ffn_dim, num_heads, attention_dropout, activation_dropout, activation_fn,
+                                     layer_norm_first) for _ in range(num_layers)])
+        self.layer_norm_first = layer_norm_first
         self.layer_norm = nn.LayerNorm(self.embedding_dim)
-        self.layerdrop = cfg.encoder_layerdrop
-        self.checkpoint_activations = getattr(cfg, "checkpoint_activations", False)
+        self.layerdrop = layerdrop
+        self.checkpoint_activations = checkpoint_activations
         self.apply(init_bert_params)
 
     # -- construction hooks ------------------------------------------------------------------------
 
-    def build_pos_conv(self, cfg: Any) -> nn.Sequential:
+    def build_pos_conv(self, conv_pos: int, conv_pos_groups: int, depth: int) -> nn.Sequential:
         """The convolutional relative position embedding (``conv_pos``, ``conv_pos_groups``, ``pos_conv_depth``)."""
-        depth = getattr(cfg, "pos_conv_depth", 1)
         if depth > 1:
-            kernel = max(3, cfg.conv_pos // depth)
-            return make_conv_block(self.embedding_dim, kernel, cfg.conv_pos_groups, depth)
-        return make_conv_pos(self.embedding_dim, cfg.conv_pos, cfg.conv_pos_groups)
+            return make_conv_block(self.embedding_dim, max(3, conv_pos // depth), conv_pos_groups, depth)
+        return make_conv_pos(self.embedding_dim, conv_pos, conv_pos_groups)
 
-    def build_encoder_layer(self, cfg: Any, layer_idx: int = 0) -> nn.Module:
+    def build_encoder_layer(self, ffn_dim: int, num_heads: int, attention_dropout: float, activation_dropout: float,
+                            activation_fn: str, layer_norm_first: bool) -> nn.Module:
         return TransformerSentenceEncoderLayer(
-            embedding_dim=self.embedding_dim,
-            ffn_embedding_dim=cfg.encoder_ffn_embed_dim,
-            num_attention_heads=cfg.encoder_attention_heads,
-            dropout=self.dropout,
-            attention_dropout=cfg.attention_dropout,
-            activation_dropout=cfg.activation_dropout,
-            activation_fn=cfg.activation_fn,
-            layer_norm_first=cfg.layer_norm_first,
+            embedding_dim=self.embedding_dim, ffn_embedding_dim=ffn_dim, num_attention_heads=num_heads,
+            dropout=self.dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
+            activation_fn=activation_fn, layer_norm_first=layer_norm_first,
         )
 
     # -- forward hooks -----------------------------------------------------------------------------

@@ -164,6 +164,25 @@ def receptive_field(conv_layers: Sequence[ConvSpec]) -> int:
     return size
 
 
+def encoder_arguments(cfg: Any) -> Dict[str, Any]:
+    """``TransformerEncoder``'s arguments from a model config's ``encoder_*`` and position fields (shared by every
+    model with fairseq's wav2vec 2.0 context network)."""
+    return dict(
+        embed_dim=cfg.encoder_embed_dim, num_layers=cfg.encoder_layers, ffn_dim=cfg.encoder_ffn_embed_dim,
+        num_heads=cfg.encoder_attention_heads, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout, activation_fn=str(cfg.activation_fn),
+        layer_norm_first=cfg.layer_norm_first, layerdrop=cfg.encoder_layerdrop, conv_pos=cfg.conv_pos,
+        conv_pos_groups=cfg.conv_pos_groups, pos_conv_depth=cfg.pos_conv_depth,
+        required_seq_len_multiple=cfg.required_seq_len_multiple, checkpoint_activations=cfg.checkpoint_activations,
+    )
+
+
+def conformer_arguments(cfg: Any) -> Dict[str, Any]:
+    """``ConformerEncoder``'s own arguments (``layer_type=conformer``)."""
+    return dict(depthwise_conv_kernel_size=cfg.depthwise_conv_kernel_size, attn_type=str(cfg.attn_type),
+                pos_enc_type=str(cfg.pos_enc_type), max_positions=cfg.max_positions)
+
+
 @register_model("wav2vec2", dataclass=Wav2Vec2Config)
 class Wav2Vec2Model(BaseFairseqModel):
     """CNN feature encoder → masking → context encoder, trained to pick the (quantised) true latent of each
@@ -246,8 +265,8 @@ class Wav2Vec2Model(BaseFairseqModel):
         if str(cfg.layer_type) == "conformer":
             from fairseq_lite.modules.conformer_encoder import ConformerEncoder
 
-            return ConformerEncoder(cfg)
-        return TransformerEncoder(cfg)
+            return ConformerEncoder(**encoder_arguments(cfg), **conformer_arguments(cfg))
+        return TransformerEncoder(**encoder_arguments(cfg))
 
     @classmethod
     def build_model(cls, cfg: Wav2Vec2Config, task: Any = None) -> "Wav2Vec2Model":
