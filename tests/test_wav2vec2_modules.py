@@ -150,7 +150,7 @@ def test_gumbel_quantizer_eval_picks_argmax_codewords_and_decays_temperature():
 
 def test_gumbel_quantizer_training_is_straight_through_one_hot():
     torch.manual_seed(0)
-    q = GumbelVectorQuantizer(dim=8, num_vars=5, temp="(2, 0.5, 0.999995)", groups=2, combine_groups=False,
+    q = GumbelVectorQuantizer(dim=8, num_vars=5, temp=(2, 0.5, 0.999995), groups=2, combine_groups=False,
                               vq_dim=6, time_first=True, weight_proj_depth=2, weight_proj_factor=2).train()
     x = torch.randn(2, 4, 8, requires_grad=True)
     out = q(x, produce_targets=True)

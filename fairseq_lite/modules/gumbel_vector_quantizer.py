@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairseq_lite.dataclass.utils import safe_eval
 
 
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:
@@ -24,7 +23,7 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
 class GumbelVectorQuantizer(nn.Module):
     """Maps B×T×dim (``time_first``) or B×dim×T inputs to B×T×vq_dim codewords, one per group concatenated."""
 
-    def __init__(self, dim: int, num_vars: int, temp: Sequence[float] | str, groups: int,
+    def __init__(self, dim: int, num_vars: int, temp: Sequence[float], groups: int,
                  combine_groups: bool, vq_dim: int, time_first: bool, activation: nn.Module | None = None,
                  weight_proj_depth: int = 1, weight_proj_factor: int = 1, hard: bool = True, std: float = 0.0):
         super().__init__()
@@ -55,7 +54,6 @@ class GumbelVectorQuantizer(nn.Module):
             nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
             nn.init.zeros_(self.weight_proj.bias)
 
-        temp = safe_eval(temp)
         if len(temp) != 3:
             raise ValueError(f"latent_temp must be (max_temp, min_temp, decay), got {temp!r}")
         self.max_temp, self.min_temp, self.temp_decay = (float(t) for t in temp)
