@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from fairseq_lite.cli.common import run_cli
+from fairseq_lite.cli.common import run_cli, setup_logging
 
 
 def main(argv: List[str]) -> Optional[int]:
@@ -22,6 +22,7 @@ def main(argv: List[str]) -> Optional[int]:
     parser.add_argument("hf_dir", help="folder with config.json and the weights (save_pretrained output)")
     parser.add_argument("checkpoint", help="the .pt file to write")
     args = parser.parse_args(argv)
+    setup_logging()
     from fairseq_lite.interop.huggingface import import_checkpoint_from_hf
 
     name = import_checkpoint_from_hf(args.hf_dir, args.checkpoint)

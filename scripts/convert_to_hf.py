@@ -4,9 +4,11 @@
     python scripts/convert_to_hf.py checkpoint_best.pt hf_model/ [--dict data/dict.ltr.txt]
 
 A pretraining checkpoint (``wav2vec2``) becomes ``Wav2Vec2ForPreTraining`` (``Wav2Vec2ConformerForPreTraining``
-for conformer models); a fine-tuned one (``wav2vec_ctc``) becomes ``Wav2Vec2ForCTC`` with vocab.json, the
-tokenizer and the feature extractor, so ``Wav2Vec2Processor`` and ``Wav2Vec2ForCTC.from_pretrained`` load the
-folder offline. Weights are written as safetensors. Needs ``pip install fairseq_lite[hf]``.
+for conformer models), or the bare ``Wav2Vec2Model`` when it was pretrained on continuous targets
+(``model.quantize_targets=false``, as the demo's: HF's pretraining head always quantizes). A fine-tuned one
+(``wav2vec_ctc``) becomes ``Wav2Vec2ForCTC`` with vocab.json, the tokenizer and the feature extractor, so
+``pipeline("automatic-speech-recognition", model="hf_model/")`` transcribes offline. Weights are written as
+safetensors. Needs ``pip install fairseq_lite[hf]``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from fairseq_lite.cli.common import run_cli
+from fairseq_lite.cli.common import run_cli, setup_logging
 
 
 def main(argv: List[str]) -> Optional[int]:
@@ -26,6 +28,7 @@ def main(argv: List[str]) -> Optional[int]:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle arbitrary objects in the checkpoint (only for files you trust)")
     args = parser.parse_args(argv)
+    setup_logging()
     from fairseq_lite.interop.huggingface import export_checkpoint_to_hf
 
     name = export_checkpoint_to_hf(args.checkpoint, args.out_dir, args.dictionary, args.trust_checkpoint)

@@ -129,13 +129,12 @@ PRETRAINING_LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", sorted(PRETRAINING_LAYOUTS))
-def test_pretraining_checkpoint_to_hf_and_back(tmp_path, layout):
+def tiny_pretraining_checkpoint(tmp_path, **extra):
+    """A random tiny wav2vec2 pretraining model saved as pre.pt in fairseq's layout; returns the model."""
     from fairseq_lite.dataclass.initialize import finalize_config
     from fairseq_lite.dataclass.utils import config_to_dict
     from fairseq_lite.models import build_model
 
-    extra, hf_class, backbone = PRETRAINING_LAYOUTS[layout]
     cfg = finalize_config({"task": {"_name": "audio_pretraining", "data": str(tmp_path)},
                            "model": dict(_name="wav2vec2", quantize_targets=True, final_dim=16, encoder_layers=2,
                                          encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
@@ -145,6 +144,13 @@ def test_pretraining_checkpoint_to_hf_and_back(tmp_path, layout):
     ours = build_model(cfg.model).eval()
     torch.save({"args": None, "cfg": config_to_dict(cfg), "model": ours.state_dict(), "criterion": None,
                 "optimizer_history": [{"num_updates": 5}], "task_state": {}, "extra_state": {}}, tmp_path / "pre.pt")
+    return ours
+
+
+@pytest.mark.parametrize("layout", sorted(PRETRAINING_LAYOUTS))
+def test_pretraining_checkpoint_to_hf_and_back(tmp_path, layout):
+    extra, hf_class, backbone = PRETRAINING_LAYOUTS[layout]
+    ours = tiny_pretraining_checkpoint(tmp_path, **extra)
     script("convert_to_hf.py", tmp_path / "pre.pt", tmp_path / "hf")
     hf = hf_class.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     source, padding = padded_batch()
@@ -163,10 +169,35 @@ def test_pretraining_checkpoint_to_hf_and_back(tmp_path, layout):
         torch.testing.assert_close(back["model"][key], value, rtol=0, atol=1e-6, msg=key)
 
 
+def run_script(name, *args):
+    """A conversion script as a subprocess: (exit code, stderr lines)."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *map(str, args)],
+                            capture_output=True, text=True)
+    return result.returncode, result.stderr.strip().splitlines()
+
+
 def test_convert_to_hf_cli_refuses_a_non_wav2vec2_checkpoint_in_one_line(tmp_path):
     torch.save({"args": None, "cfg": {"model": {"_name": "transformer_lm"}}, "model": {}}, tmp_path / "lm.pt")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_to_hf.py"), str(tmp_path / "lm.pt"),
-                             str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2 and wav2vec_ctc convert to HF"]
+    assert run_script("convert_to_hf.py", tmp_path / "lm.pt", tmp_path / "out") == (2, [
+        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2 and wav2vec_ctc convert to HF"])
+
+
+def test_convert_to_hf_cli_names_weights_that_do_not_fit_the_stored_config_in_one_line(tmp_path):
+    tiny_pretraining_checkpoint(tmp_path)
+    state = torch.load(tmp_path / "pre.pt", weights_only=False)
+    state["cfg"]["model"]["encoder_ffn_embed_dim"] = 48
+    torch.save(state, tmp_path / "pre.pt")
+    assert run_script("convert_to_hf.py", tmp_path / "pre.pt", tmp_path / "out") == (2, [
+        "error: the checkpoint's weights do not fit the Wav2Vec2ForPreTraining its config describes: "
+        "wav2vec2.encoder.layers.0.feed_forward.intermediate_dense.weight (64, 32) (config: (48, 32)), "
+        "wav2vec2.encoder.layers.0.feed_forward.intermediate_dense.bias (64,) (config: (48,)), "
+        "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight (32, 64) (config: (32, 48))"])
+
+
+def test_convert_from_hf_cli_refuses_a_bare_wav2vec2_model_in_one_line(tmp_path):
+    config_cls, _, extra = LAYOUTS["group_norm_post_ln"]
+    transformers.Wav2Vec2Model(config_cls(**SMALL, **extra)).save_pretrained(tmp_path / "hf")
+    assert run_script("convert_from_hf.py", tmp_path / "hf", tmp_path / "out.pt") == (2, [
+        f"error: {tmp_path / 'hf'} holds a Wav2Vec2Model: only ...ForCTC and ...ForPreTraining folders convert (a "
+        "bare Wav2Vec2Model has no pretraining heads, and HF would fill them with random weights)"])
+    assert not (tmp_path / "out.pt").exists()

@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import fairseq_lite  # noqa: E402,F401
+from fairseq_lite.errors import ConfigError  # noqa: E402
 from fairseq_lite.interop.huggingface import (  # noqa: E402
     hf_config_kwargs,
     wav2vec2_config_from_hf,
@@ -103,3 +104,44 @@ def test_legacy_weight_norm_names_from_hf_are_accepted():
     state = wav2vec2_from_hf_state_dict(legacy)
     assert "encoder.pos_conv.0.weight_g" in state and "encoder.pos_conv.0.weight_v" in state
     ours.load_state_dict(state, strict=True)
+
+
+def square_pair():
+    """Our model whose CNN is as wide as its encoder (no post_extract_proj, as in the demo) and HF's twin."""
+    torch.manual_seed(0)
+    fields = dict(quantize_targets=True, final_dim=16, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+                  encoder_attention_heads=4, conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 3 + [(32, 2, 2)]",
+                  conv_pos=16, conv_pos_groups=4, latent_vars=12)
+    ours = build_model({"_name": "wav2vec2", **fields}).eval()
+    hf_config = transformers.Wav2Vec2Config(**hf_config_kwargs(Wav2Vec2Config(**fields)))
+    hf = transformers.Wav2Vec2ForPreTraining(hf_config).eval()
+    return ours, hf
+
+
+def test_a_model_without_post_extract_proj_maps_to_an_identity_projection_and_back():
+    ours, hf = square_pair()
+    assert ours.post_extract_proj is None
+    hf.load_state_dict(wav2vec2_to_hf_state_dict(ours.state_dict()), strict=True)
+    projection = hf.wav2vec2.feature_projection.projection
+    assert torch.equal(projection.weight, torch.eye(32)) and not projection.bias.any()
+    source, padding = batch()
+    with torch.no_grad():
+        theirs = hf.wav2vec2(source, attention_mask=(~padding).long()).last_hidden_state
+        mine = ours.extract_features(source, padding)
+    valid = ~mine["padding_mask"]
+    assert (theirs - mine["x"])[valid].abs().max() <= 1e-5
+    back = wav2vec2_from_hf_state_dict(hf.state_dict())
+    assert set(back) == set(ours.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
+
+
+def test_a_square_projection_that_is_not_the_identity_is_refused():
+    ours, hf = square_pair()
+    hf.load_state_dict(wav2vec2_to_hf_state_dict(ours.state_dict()), strict=True)
+    with torch.no_grad():
+        hf.wav2vec2.feature_projection.projection.bias[0] = 0.5
+    with pytest.raises(ConfigError) as caught:
+        wav2vec2_from_hf_state_dict(hf.state_dict())
+    assert str(caught.value) == (
+        "the feature projection is 32x32 (CNN width == hidden size) but not the identity: fairseq's wav2vec 2.0 has "
+        "no post_extract_proj at this shape, so it cannot be represented")

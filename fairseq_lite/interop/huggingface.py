@@ -2,8 +2,10 @@
 
 The key map is the one HF's own fairseq converter uses (``post_extract_proj`` ↔
 ``feature_projection.projection``, ``quantizer.vars`` ↔ ``quantizer.codevectors``, ``final_proj`` ↔
-``project_hid`` …). Backbone keys carry HF's model prefix (``wav2vec2.`` in ``Wav2Vec2ForPreTraining``/
-``ForCTC``, none in ``Wav2Vec2Model``); the pretraining heads never do. Per-layer names go through a
+``project_hid`` …); where fairseq has no ``post_extract_proj`` (CNN width == ``encoder_embed_dim``), HF's
+always-present projection is exported as the identity with zero bias and mapped back to none. Backbone keys
+carry HF's model prefix (``wav2vec2.`` in ``Wav2Vec2ForPreTraining``/``ForCTC``, none in ``Wav2Vec2Model``);
+the pretraining heads never do. Per-layer names go through a
 pluggable function so the conformer layers (``Wav2Vec2Conformer*``) reuse the rest of the map.
 Transformers is imported only by the config helpers (``pip install fairseq_lite[hf]``).
 """
@@ -83,9 +85,40 @@ def wav2vec2_to_hf_state_dict(state_dict: StateDict, hf_prefix: str = "wav2vec2.
     """Our ``Wav2Vec2Model`` state dict → HF names (``Wav2Vec2ForPreTraining`` with the default prefix,
     ``Wav2Vec2Model`` with ``hf_prefix=""``). Weight-norm tensors get PyTorch's parametrization names."""
     out: StateDict = {}
-    for key, value in state_dict.items():
+    for key, value in _with_identity_projection(state_dict).items():
         out[_key_to_hf(key, hf_prefix, layer_key_to_hf)] = value
     return out
+
+
+_PROJECTION = "post_extract_proj."
+
+
+def _with_identity_projection(state_dict: StateDict) -> StateDict:
+    """The state dict with an identity ``post_extract_proj`` (zero bias) where it has none.
+
+    fairseq builds no ``post_extract_proj`` when the CNN width equals ``encoder_embed_dim``; HF's
+    ``feature_projection`` (layer_norm -> projection -> dropout) always has one. An identity matrix times
+    the layer-normed features gives them back bit for bit, so the exported model computes the same."""
+    if _PROJECTION + "weight" in state_dict or "layer_norm.weight" not in state_dict:
+        return state_dict
+    norm = state_dict["layer_norm.weight"]
+    identity = torch.eye(norm.numel(), dtype=norm.dtype)
+    return {**state_dict, _PROJECTION + "weight": identity, _PROJECTION + "bias": torch.zeros_like(norm)}
+
+
+def _without_identity_projection(state_dict: StateDict) -> StateDict:
+    """The inverse of ``_with_identity_projection`` on an imported state dict: a square projection (CNN width ==
+    hidden size) exists in fairseq only as 'no post_extract_proj', which is exact for an identity with zero
+    bias; any other square projection has no fairseq equivalent (ConfigError)."""
+    weight, bias = state_dict.get(_PROJECTION + "weight"), state_dict.get(_PROJECTION + "bias")
+    if weight is None or weight.shape[0] != weight.shape[1]:
+        return state_dict
+    identity = torch.eye(weight.shape[0], dtype=weight.dtype)
+    if not torch.equal(weight, identity) or (bias is not None and bool(bias.any())):
+        raise ConfigError(
+            f"the feature projection is {weight.shape[0]}x{weight.shape[1]} (CNN width == hidden size) but not the "
+            "identity: fairseq's wav2vec 2.0 has no post_extract_proj at this shape, so it cannot be represented")
+    return {k: v for k, v in state_dict.items() if not k.startswith(_PROJECTION)}
 
 
 def _key_to_hf(key: str, prefix: str, layer_key_to_hf: KeyMap) -> str:
@@ -106,7 +139,8 @@ def wav2vec2_from_hf_state_dict(hf_state_dict: StateDict, hf_prefix: Optional[st
                                 layer_key_from_hf: KeyMap = transformer_layer_key_from_hf) -> StateDict:
     """HF wav2vec 2.0 state dict → our names. The backbone prefix is detected (``wav2vec2.`` or none);
     legacy ``weight_g``/``weight_v`` and parametrization spellings are both accepted; heads that are not
-    part of a pretraining model (``lm_head``, ``dropout_features`` …) are rejected with a KeyError."""
+    part of a pretraining model (``lm_head``, ``dropout_features`` …) are rejected with a KeyError. A square
+    feature projection must be the identity (it becomes no ``post_extract_proj``)."""
     if hf_prefix is None:
         hf_prefix = "wav2vec2." if any(k.startswith("wav2vec2.") for k in hf_state_dict) else ""
     layer_norm_mode = any(re.match(r"^(?:wav2vec2\.)?feature_extractor\.conv_layers\.1\.layer_norm\.", k)
@@ -118,7 +152,7 @@ def wav2vec2_from_hf_state_dict(hf_state_dict: StateDict, hf_prefix: Optional[st
             if key.endswith("pos_conv_embed.conv." + legacy):
                 key = key[: -len(legacy)] + modern
         out[_key_from_hf(key, hf_prefix, inverse, layer_norm_mode, layer_key_from_hf)] = value
-    return out
+    return _without_identity_projection(out)
 
 
 def _key_from_hf(key: str, prefix: str, inverse, layer_norm_mode: bool, layer_key_from_hf: KeyMap) -> str:
@@ -410,91 +444,139 @@ def dictionary_from_hf_vocab(vocab: Dict[str, int]) -> Any:
     return dictionary
 
 
-def _hf_classes(conformer: bool, ctc: bool):
+#: HF's class names by head: (transformer, conformer).
+_HF_CLASS_NAMES = {
+    "ctc": ("Wav2Vec2ForCTC", "Wav2Vec2ConformerForCTC"),
+    "pretraining": ("Wav2Vec2ForPreTraining", "Wav2Vec2ConformerForPreTraining"),
+    "backbone": ("Wav2Vec2Model", "Wav2Vec2ConformerModel"),
+}
+#: The pretraining heads of our Wav2Vec2Model: not part of HF's bare ``Wav2Vec2Model``.
+_PRETRAINING_HEADS = ("quantizer.", "project_q.", "final_proj.", "target_glu.")
+
+
+def _hf_classes(conformer: bool, head: str):
+    """(config class, model class) of transformers for ``head`` ('ctc', 'pretraining' or 'backbone')."""
     import transformers
 
-    if conformer:
-        config_cls = transformers.Wav2Vec2ConformerConfig
-        model_cls = transformers.Wav2Vec2ConformerForCTC if ctc else transformers.Wav2Vec2ConformerForPreTraining
-    else:
-        config_cls = transformers.Wav2Vec2Config
-        model_cls = transformers.Wav2Vec2ForCTC if ctc else transformers.Wav2Vec2ForPreTraining
-    return config_cls, model_cls
+    config_cls = transformers.Wav2Vec2ConformerConfig if conformer else transformers.Wav2Vec2Config
+    return config_cls, getattr(transformers, _HF_CLASS_NAMES[head][int(conformer)])
 
 
 def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path: Optional[str] = None,
                             trust_checkpoint: bool = False) -> str:
-    """Write an HF folder (config.json, model.safetensors; for CTC also vocab.json, tokenizer and feature
-    extractor files) for a fairseq/fairseq_lite ``wav2vec2`` or ``wav2vec_ctc`` checkpoint. Returns the HF
-    class name. ``dictionary_path`` (a dict.ltr.txt) is needed only when the checkpoint stores no dictionary."""
-    import json
-    import os
+    """Write an HF folder for a fairseq/fairseq_lite ``wav2vec2`` or ``wav2vec_ctc`` checkpoint; returns the HF class.
 
-    from fairseq_lite.data.dictionary import Dictionary
+    ``wav2vec_ctc`` becomes ``Wav2Vec2ForCTC`` with vocab.json, the tokenizer and the feature extractor, so
+    ``pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it; ``wav2vec2`` becomes
+    ``Wav2Vec2ForPreTraining``, or ``Wav2Vec2Model`` when it was pretrained on continuous targets
+    (``quantize_targets=false``: HF's pretraining head always quantizes, so ``final_proj``/``project_q`` are left
+    out). Conformers get the ``Wav2Vec2Conformer*`` twins. ``dictionary_path`` (a dict.ltr.txt) is needed only
+    when a CTC checkpoint stores no dictionary."""
     from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
     from fairseq_lite.models import MODEL_REGISTRY
     from fairseq_lite.models.wav2vec.wav2vec2_asr import checkpoint_kind, pretraining_config_from
 
     state = load_checkpoint_to_cpu(checkpoint_path, trust_checkpoint=trust_checkpoint)
     kind = checkpoint_kind(state)
-    ctc = kind == "wav2vec_ctc"
     if kind not in ("wav2vec2", "wav2vec_ctc"):
         raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only wav2vec2 and wav2vec_ctc convert to HF")
     model_cfg = state["cfg"]["model"]
-    task_cfg = state["cfg"].get("task") or {}
-    if ctc:
-        w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"]
-    else:
-        w2v_model_cfg = model_cfg
+    ctc = kind == "wav2vec_ctc"
+    w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"] if ctc else model_cfg
     cfg = MODEL_REGISTRY.build_config(w2v_model_cfg, from_checkpoint=True)
     conformer = is_conformer_config(cfg)
     kwargs = hf_conformer_config_kwargs(cfg) if conformer else hf_config_kwargs(cfg)
-    weights = state["model"]
+    backbone_to_hf = wav2vec2_conformer_to_hf_state_dict if conformer else wav2vec2_to_hf_state_dict
     if ctc:
-        dictionary = (state.get("task_state") or {}).get("target_dictionary")
-        if dictionary_path is not None:
-            dictionary = Dictionary.load(dictionary_path)
-        if dictionary is None:
-            raise ConfigError(f"{checkpoint_path} stores no target dictionary: pass the dict.ltr.txt it was trained with")
-        weights = ctc_to_hf_state_dict(weights, conformer)
-        if weights[HF_LM_HEAD_PREFIX + "weight"].shape[0] != len(dictionary):
-            raise ConfigError(f"the dictionary has {len(dictionary)} symbols but the output layer "
-                              f"{weights[HF_LM_HEAD_PREFIX + 'weight'].shape[0]}: pass the dictionary it was trained with")
-        blank_weight, blank_mode = model_cfg.get("blank_weight", 0), str(model_cfg.get("blank_mode", "add"))
-        if blank_weight:
-            if blank_mode != "add":
-                raise ConfigError("blank_mode=set has no Hugging Face equivalent; export with blank_weight=0")
-            bias = weights[HF_LM_HEAD_PREFIX + "bias"].clone()
-            bias[0] += blank_weight  # HF has no blank_weight: fold the constant offset into the bias
-            weights[HF_LM_HEAD_PREFIX + "bias"] = bias
+        head = "ctc"
+        dictionary = _ctc_dictionary(state, checkpoint_path, dictionary_path)
+        weights = _ctc_weights_to_hf(state["model"], model_cfg, len(dictionary), conformer)
         kwargs.update(vocab_size=len(dictionary), pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                      ctc_loss_reduction="sum", ctc_zero_infinity=True, final_dropout=model_cfg.get("final_dropout", 0.0))
+                      ctc_loss_reduction="sum", ctc_zero_infinity=True,
+                      final_dropout=model_cfg.get("final_dropout", 0.0))
+    elif cfg.quantize_targets:
+        head, weights = "pretraining", backbone_to_hf(state["model"])
     else:
-        weights = (wav2vec2_conformer_to_hf_state_dict if conformer else wav2vec2_to_hf_state_dict)(weights)
-    config_cls, model_cls = _hf_classes(conformer, ctc)
+        head = "backbone"
+        weights = backbone_to_hf({k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_HEADS)},
+                                 hf_prefix="")
+        logger.warning("%s was pretrained with model.quantize_targets=false, which HF's ...ForPreTraining models cannot "
+                       "compute: writing the network without its pretraining heads (final_proj, project_q)",
+                       checkpoint_path)
+    config_cls, model_cls = _hf_classes(conformer, head)
     hf_model = model_cls(config_cls(**kwargs))
     _load_hf_strict(hf_model, weights)
     hf_model.save_pretrained(out_dir)
     if ctc:
-        import transformers
-
-        os.makedirs(out_dir, exist_ok=True)
-        vocab_file = os.path.join(out_dir, "vocab.json")
-        with open(vocab_file, "w", encoding="utf-8") as f:
-            json.dump(hf_vocab(dictionary), f, ensure_ascii=False)
-        tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_file, word_delimiter_token="|")
-        extractor = transformers.Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=int(task_cfg.get("sample_rate", 16000)), padding_value=0.0,
-            do_normalize=bool(task_cfg.get("normalize", False)),
-            return_attention_mask=str(cfg.extractor_mode) == "layer_norm",
-        )
-        transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+        save_hf_processor(out_dir, dictionary, state["cfg"].get("task") or {})
     return model_cls.__name__
+
+
+def _ctc_dictionary(state: Dict[str, Any], checkpoint_path: str, dictionary_path: Optional[str]) -> Any:
+    """The target dictionary: ``dictionary_path`` when given, else the one the checkpoint stores."""
+    from fairseq_lite.data.dictionary import Dictionary
+
+    if dictionary_path is not None:
+        return Dictionary.load(dictionary_path)
+    dictionary = (state.get("task_state") or {}).get("target_dictionary")
+    if dictionary is None:
+        raise ConfigError(f"{checkpoint_path} stores no target dictionary: pass the dict.ltr.txt it was trained with")
+    return dictionary
+
+
+def _ctc_weights_to_hf(state_dict: StateDict, model_cfg: Dict[str, Any], vocab_size: int, conformer: bool) -> StateDict:
+    """A ``wav2vec_ctc`` state dict with HF names; ``blank_weight`` (blank_mode add) folded into the blank's bias."""
+    weights = ctc_to_hf_state_dict(state_dict, conformer)
+    outputs = weights[HF_LM_HEAD_PREFIX + "weight"].shape[0]
+    if outputs != vocab_size:
+        raise ConfigError(f"the dictionary has {vocab_size} symbols but the output layer {outputs}: pass the "
+                          "dictionary it was trained with")
+    blank_weight, blank_mode = model_cfg.get("blank_weight", 0), str(model_cfg.get("blank_mode", "add"))
+    if blank_weight:
+        if blank_mode != "add":
+            raise ConfigError("blank_mode=set has no Hugging Face equivalent; export with blank_weight=0")
+        bias = weights[HF_LM_HEAD_PREFIX + "bias"].clone()
+        bias[0] += blank_weight  # HF has no blank_weight: fold the constant offset into the bias
+        weights[HF_LM_HEAD_PREFIX + "bias"] = bias
+    return weights
+
+
+def save_hf_processor(out_dir: str, dictionary: Any, task_cfg: Dict[str, Any]) -> None:
+    """What ``pipeline("automatic-speech-recognition")`` loads besides the model: vocab.json (HF's names for
+    fairseq's specials, ``<pad>`` = index 0 = the CTC blank), a ``Wav2Vec2CTCTokenizer`` with the word delimiter
+    ``|``, and a ``Wav2Vec2FeatureExtractor`` with ``do_normalize`` = ``task.normalize`` and the task's sample rate.
+
+    ``return_attention_mask`` is true whatever the CNN's norm: fairseq fine-tuning pads its batches and masks the
+    padding in the encoder (HF's converter turns the mask off for group-norm models, so their batched output
+    would differ from fairseq's)."""
+    import json
+    import os
+
+    import transformers
+
+    os.makedirs(out_dir, exist_ok=True)
+    vocab_file = os.path.join(out_dir, "vocab.json")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        json.dump(hf_vocab(dictionary), f, ensure_ascii=False)
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_file, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                                  eos_token="</s>", word_delimiter_token="|")
+    extractor = transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=int(task_cfg.get("sample_rate", 16000)), padding_value=0.0,
+        do_normalize=bool(task_cfg.get("normalize", False)), return_attention_mask=True,
+    )
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    extractor.save_pretrained(out_dir)  # preprocessor_config.json: transformers 5 keeps it inside processor_config.json
 
 
 def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
     """Load mapped weights into an HF model; every HF parameter must be covered (HF's non-persistent or
     recomputed buffers aside)."""
+    shapes = {k: tuple(v.shape) for k, v in hf_model.state_dict().items()}
+    mismatched = [f"{k} {tuple(v.shape)} (config: {shapes[k]})" for k, v in weights.items()
+                  if k in shapes and tuple(v.shape) != shapes[k]]
+    if mismatched:
+        raise ConfigError(f"the checkpoint's weights do not fit the {type(hf_model).__name__} its config describes: "
+                          + ", ".join(mismatched[:3]))
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise ConfigError(f"the converted weights do not fit {type(hf_model).__name__}: missing {missing[:5]}, "
@@ -520,7 +602,12 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
         raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2 or wav2vec2-conformer")
     architectures = config.architectures or []
     ctc = any(a.endswith("ForCTC") for a in architectures)
-    _, model_cls = _hf_classes(conformer, ctc)
+    if not ctc and not any(a.endswith("ForPreTraining") for a in architectures):
+        raise ConfigError(
+            f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
+            "...ForCTC and ...ForPreTraining folders convert (a bare Wav2Vec2Model has no pretraining heads, and "
+            "HF would fill them with random weights)")
+    _, model_cls = _hf_classes(conformer, "ctc" if ctc else "pretraining")
     hf_model = model_cls.from_pretrained(hf_dir, local_files_only=True)
     hf_state = hf_model.state_dict()
     pretrain_model = wav2vec2_conformer_config_from_hf(config) if conformer else wav2vec2_config_from_hf(config)
