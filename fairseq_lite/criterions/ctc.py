@@ -18,31 +18,28 @@ import torch.nn.functional as F
 from fairseq_lite.criterions import register_criterion
 from fairseq_lite.criterions.fairseq_criterion import FairseqCriterion
 from fairseq_lite.data.data_utils import post_process as apply_post_process
-from fairseq_lite.dataclass import FairseqDataclass, II, safe_eval
+from fairseq_lite.dataclass import FairseqDataclass, help_text, II, safe_eval
 from fairseq_lite.decoding import ViterbiDecoder, build_decoder, edit_distance
 from fairseq_lite.errors import ConfigError
 
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
 class CtcCriterionConfig(FairseqDataclass):
     """fairseq's ``CtcCriterionConfig``."""
 
-    zero_infinity: bool = field(default=False, metadata=_h("zero inf loss when source length <= target length"))
+    zero_infinity: bool = field(default=False, metadata=help_text("zero inf loss when source length <= target length"))
     sentence_avg: bool = II("optimization.sentence_avg")
-    post_process: str = field(default="letter", metadata=_h(
+    post_process: str = field(default="letter", metadata=help_text(
         "how to post process predictions into words. can be letter, wordpiece, BPE symbols, etc. "
         "See fairseq.data.data_utils.post_process() for full list of options"))
-    wer_kenlm_model: Optional[str] = field(default=None, metadata=_h(
+    wer_kenlm_model: Optional[str] = field(default=None, metadata=help_text(
         "if this is provided, use kenlm to compute wer (along with other wer_* args)"))
-    wer_lexicon: Optional[str] = field(default=None, metadata=_h("lexicon to use with wer_kenlm_model"))
-    wer_lm_weight: float = field(default=2.0, metadata=_h("lm weight to use with wer_kenlm_model"))
-    wer_word_score: float = field(default=-1.0, metadata=_h("lm word score to use with wer_kenlm_model"))
-    wer_sil_weight: float = field(default=0, metadata=_h("lm sil weight to use with wer_kenlm_model"))
-    wer_args: Optional[str] = field(default=None, metadata=_h(
+    wer_lexicon: Optional[str] = field(default=None, metadata=help_text("lexicon to use with wer_kenlm_model"))
+    wer_lm_weight: float = field(default=2.0, metadata=help_text("lm weight to use with wer_kenlm_model"))
+    wer_word_score: float = field(default=-1.0, metadata=help_text("lm word score to use with wer_kenlm_model"))
+    wer_sil_weight: float = field(default=0, metadata=help_text("lm sil weight to use with wer_kenlm_model"))
+    wer_args: Optional[str] = field(default=None, metadata=help_text(
         "DEPRECATED: tuple of (wer_kenlm_model, wer_lexicon, wer_lm_weight, wer_word_score)"))
 
 

@@ -14,10 +14,11 @@ from typing import Any, Dict, Optional
 
 from fairseq_lite.data.add_target_dataset import AddTargetDataset, LabelTable
 from fairseq_lite.data.dictionary import Dictionary
+from fairseq_lite.dataclass import help_text
 from fairseq_lite.dataclass.configs import GenerationConfig
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.tasks import register_task
-from fairseq_lite.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask, _help
+from fairseq_lite.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +29,20 @@ class AudioFinetuningConfig(AudioPretrainingConfig):
     which fairseq_lite does not include (the ``ctc`` criterion reports WER itself); they are accepted
     so that fairseq configs load, and turning them on is an error."""
 
-    eval_wer: bool = field(default=False, metadata=_help("seq2seq only: compute WER during validation"))
+    eval_wer: bool = field(default=False, metadata=help_text("seq2seq only: compute WER during validation"))
     eval_wer_config: GenerationConfig = field(default_factory=GenerationConfig)
-    eval_wer_tokenizer: Optional[Any] = field(default=None, metadata=_help("seq2seq only"))
-    eval_wer_post_process: str = field(default="letter", metadata=_help("seq2seq only: post_process for WER"))
-    eval_bleu: bool = field(default=False, metadata=_help("seq2seq only: compute BLEU during validation"))
-    eval_bleu_detok: Optional[str] = field(default=None, metadata=_help("seq2seq only"))
-    eval_bleu_detok_args: Optional[str] = field(default="{}", metadata=_help("seq2seq only"))
-    eval_tokenized_bleu: bool = field(default=False, metadata=_help("seq2seq only"))
-    eval_bleu_remove_bpe: Optional[str] = field(default=None, metadata=_help("seq2seq only"))
-    eval_bleu_args: Optional[str] = field(default="{}", metadata=_help("seq2seq only"))
-    eval_bleu_print_samples: bool = field(default=False, metadata=_help("seq2seq only"))
-    autoregressive: bool = field(default=False, metadata=_help("add prev_output_tokens and append eos to targets"))
+    eval_wer_tokenizer: Optional[Any] = field(default=None, metadata=help_text("seq2seq only"))
+    eval_wer_post_process: str = field(default="letter", metadata=help_text("seq2seq only: post_process for WER"))
+    eval_bleu: bool = field(default=False, metadata=help_text("seq2seq only: compute BLEU during validation"))
+    eval_bleu_detok: Optional[str] = field(default=None, metadata=help_text("seq2seq only"))
+    eval_bleu_detok_args: Optional[str] = field(default="{}", metadata=help_text("seq2seq only"))
+    eval_tokenized_bleu: bool = field(default=False, metadata=help_text("seq2seq only"))
+    eval_bleu_remove_bpe: Optional[str] = field(default=None, metadata=help_text("seq2seq only"))
+    eval_bleu_args: Optional[str] = field(default="{}", metadata=help_text("seq2seq only"))
+    eval_bleu_print_samples: bool = field(default=False, metadata=help_text("seq2seq only"))
+    autoregressive: bool = field(default=False, metadata=help_text("add prev_output_tokens and append eos to targets"))
     rebuild_batches: bool = True
-    target_dictionary: Optional[str] = field(default=None, metadata=_help("directory of dict.{labels}.txt, if not data"))
+    target_dictionary: Optional[str] = field(default=None, metadata=help_text("directory of dict.{labels}.txt, if not data"))
 
 
 @register_task("audio_finetuning", dataclass=AudioFinetuningConfig)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fairseq_lite.data.raw_audio_dataset import AudioAugmentation, FileAudioDataset
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.tasks import register_task
 from fairseq_lite.tasks.fairseq_task import FairseqTask
@@ -19,49 +19,46 @@ logger = logging.getLogger(__name__)
 TEXT_COMPRESSION_CHOICES = ChoiceEnum(["none", "low", "high"])
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class AudioPretrainingConfig(FairseqDataclass):
     """fairseq's ``AudioPretrainingConfig`` (same names and defaults) plus fairseq_lite's data options."""
 
-    data: str = field(default="???", metadata=_help("path to the data directory with {split}.tsv manifests"))
-    labels: Optional[str] = field(default=None, metadata=_help("extension of the label files to load, e.g. ltr"))
-    multi_corpus_keys: Optional[str] = field(default=None, metadata=_help("not supported: comma-separated corpus keys"))
-    multi_corpus_sampling_weights: Optional[str] = field(default=None, metadata=_help("not supported"))
-    binarized_dataset: bool = field(default=False, metadata=_help("not supported: binarized manifests"))
-    sample_rate: int = field(default=16_000, metadata=_help("target sample rate; other rates are resampled"))
-    normalize: bool = field(default=False, metadata=_help("zero-mean unit-variance normalise each utterance"))
-    enable_padding: bool = field(default=False, metadata=_help("pad shorter clips instead of cropping"))
-    max_sample_size: Optional[int] = field(default=None, metadata=_help("crop clips longer than this"))
-    min_sample_size: Optional[int] = field(default=None, metadata=_help("drop clips shorter than this"))
-    num_batch_buckets: int = field(default=0, metadata=_help("pad batches to this many fixed lengths (TPU)"))
+    data: str = field(default="???", metadata=help_text("path to the data directory with {split}.tsv manifests"))
+    labels: Optional[str] = field(default=None, metadata=help_text("extension of the label files to load, e.g. ltr"))
+    multi_corpus_keys: Optional[str] = field(default=None, metadata=help_text("not supported: comma-separated corpus keys"))
+    multi_corpus_sampling_weights: Optional[str] = field(default=None, metadata=help_text("not supported"))
+    binarized_dataset: bool = field(default=False, metadata=help_text("not supported: binarized manifests"))
+    sample_rate: int = field(default=16_000, metadata=help_text("target sample rate; other rates are resampled"))
+    normalize: bool = field(default=False, metadata=help_text("zero-mean unit-variance normalise each utterance"))
+    enable_padding: bool = field(default=False, metadata=help_text("pad shorter clips instead of cropping"))
+    max_sample_size: Optional[int] = field(default=None, metadata=help_text("crop clips longer than this"))
+    min_sample_size: Optional[int] = field(default=None, metadata=help_text("drop clips shorter than this"))
+    num_batch_buckets: int = field(default=0, metadata=help_text("pad batches to this many fixed lengths (TPU)"))
     tpu: bool = II("common.tpu")
     text_compression_level: TEXT_COMPRESSION_CHOICES = field(  # type: ignore[valid-type]
-        default="none", metadata=_help("accepted for fairseq configs; labels are stored as int arrays anyway")
+        default="none", metadata=help_text("accepted for fairseq configs; labels are stored as int arrays anyway")
     )
-    rebuild_batches: bool = field(default=True, metadata=_help("rebuild the batches every epoch"))
-    precompute_mask_config: Optional[Any] = field(default=None, metadata=_help("data2vec option; ignored"))
-    post_save_script: Optional[str] = field(default=None, metadata=_help("script run after a checkpoint is saved"))
-    subsample: float = field(default=1, metadata=_help("must be 1: subsampling is not supported"))
+    rebuild_batches: bool = field(default=True, metadata=help_text("rebuild the batches every epoch"))
+    precompute_mask_config: Optional[Any] = field(default=None, metadata=help_text("data2vec option; ignored"))
+    post_save_script: Optional[str] = field(default=None, metadata=help_text("script run after a checkpoint is saved"))
+    subsample: float = field(default=1, metadata=help_text("must be 1: subsampling is not supported"))
     seed: int = II("common.seed")
     # set by fairseq's TPU yamls; fairseq_lite computes masks inside the model with static shapes already
-    precompute_mask_indices: bool = field(default=False, metadata=_help("accepted for fairseq's TPU yamls; no effect"))
-    inferred_w2v_config: Optional[Any] = field(default=None, metadata=_help("accepted for fairseq's TPU yamls; no effect"))
+    precompute_mask_indices: bool = field(default=False, metadata=help_text("accepted for fairseq's TPU yamls; no effect"))
+    inferred_w2v_config: Optional[Any] = field(default=None, metadata=help_text("accepted for fairseq's TPU yamls; no effect"))
     # fairseq_lite additions
     strict_sample_rate: bool = field(
-        default=False, metadata=_help("raise on a file at another sample rate (fairseq) instead of resampling it")
+        default=False, metadata=help_text("raise on a file at another sample rate (fairseq) instead of resampling it")
     )
     skip_invalid_audio: bool = field(
-        default=False, metadata=_help("skip missing, corrupt or empty audio files (counted in warnings)")
+        default=False, metadata=help_text("skip missing, corrupt or empty audio files (counted in warnings)")
     )
-    augment_noise_prob: float = field(default=0.0, metadata=_help("train: probability of adding white noise"))
-    augment_snr_min_db: float = field(default=5.0, metadata=_help("train: lowest SNR of the added noise"))
-    augment_snr_max_db: float = field(default=30.0, metadata=_help("train: highest SNR of the added noise"))
-    augment_shift_max_ms: float = field(default=0.0, metadata=_help("train: random circular shift up to ± ms"))
-    augment_gain_max_db: float = field(default=0.0, metadata=_help("train: random gain up to ± dB"))
+    augment_noise_prob: float = field(default=0.0, metadata=help_text("train: probability of adding white noise"))
+    augment_snr_min_db: float = field(default=5.0, metadata=help_text("train: lowest SNR of the added noise"))
+    augment_snr_max_db: float = field(default=30.0, metadata=help_text("train: highest SNR of the added noise"))
+    augment_shift_max_ms: float = field(default=0.0, metadata=help_text("train: random circular shift up to ± ms"))
+    augment_gain_max_db: float = field(default=0.0, metadata=help_text("train: random gain up to ± dB"))
 
 
 @register_task("audio_pretraining", dataclass=AudioPretrainingConfig)

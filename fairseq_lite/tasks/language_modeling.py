@@ -24,7 +24,7 @@ import torch
 from fairseq_lite.data.add_target_dataset import collate_tokens
 from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.data.labels import dictionary_from_labels
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.tasks import register_task
 from fairseq_lite.tasks.fairseq_task import FairseqTask
@@ -34,9 +34,6 @@ SHORTEN_METHOD_CHOICES = ChoiceEnum(["none", "truncate", "random_crop"])
 TEXT_SUFFIXES = ("", ".txt", ".tokens")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class LanguageModelingConfig(FairseqDataclass):
@@ -44,22 +41,22 @@ class LanguageModelingConfig(FairseqDataclass):
     (other targets, bos, shortening, fixed padding) are kept so that fairseq LM checkpoints load; setting
     them for training is an error."""
 
-    data: Optional[str] = field(default=None, metadata=_help("path to data directory (dict.txt and {split}.txt)"))
+    data: Optional[str] = field(default=None, metadata=help_text("path to data directory (dict.txt and {split}.txt)"))
     sample_break_mode: SAMPLE_BREAK_MODE_CHOICES = field(  # type: ignore[valid-type]
-        default="none", metadata=_help("none: fixed-size blocks; complete: whole sentences up to tokens_per_sample; "
+        default="none", metadata=help_text("none: fixed-size blocks; complete: whole sentences up to tokens_per_sample; "
                                        "complete_doc: the same within a document; eos: one sentence per block"))
-    tokens_per_sample: int = field(default=1024, metadata=_help("max number of tokens per sample for LM dataset"))
-    output_dictionary_size: int = field(default=-1, metadata=_help("limit the size of output dictionary"))
-    self_target: bool = field(default=False, metadata=_help("include self target"))
-    future_target: bool = field(default=False, metadata=_help("include future target"))
-    past_target: bool = field(default=False, metadata=_help("include past target"))
-    add_bos_token: bool = field(default=False, metadata=_help("prepend beginning of sentence token (<s>)"))
-    max_target_positions: Optional[int] = field(default=None, metadata=_help("max number of tokens in the target"))
+    tokens_per_sample: int = field(default=1024, metadata=help_text("max number of tokens per sample for LM dataset"))
+    output_dictionary_size: int = field(default=-1, metadata=help_text("limit the size of output dictionary"))
+    self_target: bool = field(default=False, metadata=help_text("include self target"))
+    future_target: bool = field(default=False, metadata=help_text("include future target"))
+    past_target: bool = field(default=False, metadata=help_text("include past target"))
+    add_bos_token: bool = field(default=False, metadata=help_text("prepend beginning of sentence token (<s>)"))
+    max_target_positions: Optional[int] = field(default=None, metadata=help_text("max number of tokens in the target"))
     shorten_method: SHORTEN_METHOD_CHOICES = field(  # type: ignore[valid-type]
-        default="none", metadata=_help("if not none, shorten sequences that exceed tokens_per_sample"))
-    shorten_data_split_list: str = field(default="", metadata=_help("comma-separated splits to shorten"))
-    pad_to_fixed_length: Optional[bool] = field(default=False, metadata=_help("pad to fixed length"))
-    pad_to_fixed_bsz: Optional[bool] = field(default=False, metadata=_help("boolean to pad to fixed batch size"))
+        default="none", metadata=help_text("if not none, shorten sequences that exceed tokens_per_sample"))
+    shorten_data_split_list: str = field(default="", metadata=help_text("comma-separated splits to shorten"))
+    pad_to_fixed_length: Optional[bool] = field(default=False, metadata=help_text("pad to fixed length"))
+    pad_to_fixed_bsz: Optional[bool] = field(default=False, metadata=help_text("boolean to pad to fixed batch size"))
     seed: int = II("common.seed")
     batch_size: Optional[int] = II("dataset.batch_size")
     batch_size_valid: Optional[int] = II("dataset.batch_size_valid")

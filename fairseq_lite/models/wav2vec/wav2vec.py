@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II, safe_eval
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II, safe_eval
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.modules.fp32_norm import Fp32GroupNorm, TransposeLast
@@ -35,65 +35,62 @@ VQ_TYPE_CHOICES = ChoiceEnum(["none", "gumbel", "kmeans"])
 ConvSpec = Tuple[int, int, int]  # (channels, kernel, stride)
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class Wav2VecConfig(FairseqDataclass):
     """fairseq's ``Wav2VecConfig``: every field, name and default."""
 
-    prediction_steps: int = field(default=12, metadata=_help("number of steps ahead to predict"))
+    prediction_steps: int = field(default=12, metadata=help_text("number of steps ahead to predict"))
     sample_distance: Optional[int] = field(
         default=None,
-        metadata=_help("draw same-utterance negatives at most this many frames from the target "
+        metadata=help_text("draw same-utterance negatives at most this many frames from the target "
                        "(fairseq_lite: a window around the target; fairseq drew from the first N frames)"),
     )
-    cross_sample_negatives: int = field(default=0, metadata=_help("num of cross sampled negatives"))
-    num_negatives: int = field(default=10, metadata=_help("num of sampled negatives"))
+    cross_sample_negatives: int = field(default=0, metadata=help_text("num of cross sampled negatives"))
+    num_negatives: int = field(default=10, metadata=help_text("num of sampled negatives"))
     conv_feature_layers: str = field(
         default="[(512, 10, 5), (512, 8, 4), (512, 4, 2), (512, 4, 2), (512, 4, 2), (512, 1, 1), (512, 1, 1), "
         "(512, 1, 1)]",
-        metadata=_help("convolutional feature extraction layers [(dim, kernel_size, stride), ...]"),
+        metadata=help_text("convolutional feature extraction layers [(dim, kernel_size, stride), ...]"),
     )
     conv_aggregator_layers: str = field(
         default="[(512, 2, 1), (512, 3, 1), (512, 4, 1), (512, 5, 1), (512, 6, 1), (512, 7, 1), (512, 8, 1), "
         "(512, 9, 1), (512, 10, 1), (512, 11, 1), (512, 12, 1), (512, 13, 1)]",
-        metadata=_help("convolutional aggregator layers [(dim, kernel_size, stride), ...]"),
+        metadata=help_text("convolutional aggregator layers [(dim, kernel_size, stride), ...]"),
     )
-    dropout: float = field(default=0.0, metadata=_help("dropout to apply within the model"))
-    dropout_features: float = field(default=0.0, metadata=_help("dropout to apply to the features"))
-    dropout_agg: float = field(default=0.0, metadata=_help("dropout to apply after aggregation step"))
-    aggregator: AGGREGATOR_CHOICES = field(default="cnn", metadata=_help("type of aggregator to use"))
-    gru_dim: int = field(default=512, metadata=_help("GRU dimensionality"))
-    no_conv_bias: bool = field(default=False, metadata=_help("if set, does not learn bias for conv layers"))
-    agg_zero_pad: bool = field(default=False, metadata=_help("if set, zero pads in aggregator instead of repl pad"))
-    skip_connections_feat: bool = field(default=False, metadata=_help("if set, adds skip connections to the feature extractor"))
-    skip_connections_agg: bool = field(default=True, metadata=_help("if set, adds skip connections to the aggregator"))
-    residual_scale: float = field(default=0.5, metadata=_help("scales residual by sqrt(value)"))
-    log_compression: bool = field(default=True, metadata=_help("if set, adds a log compression to feature extractor"))
-    balanced_classes: bool = field(default=False, metadata=_help("if set, loss is scaled to balance for number of negatives"))
+    dropout: float = field(default=0.0, metadata=help_text("dropout to apply within the model"))
+    dropout_features: float = field(default=0.0, metadata=help_text("dropout to apply to the features"))
+    dropout_agg: float = field(default=0.0, metadata=help_text("dropout to apply after aggregation step"))
+    aggregator: AGGREGATOR_CHOICES = field(default="cnn", metadata=help_text("type of aggregator to use"))
+    gru_dim: int = field(default=512, metadata=help_text("GRU dimensionality"))
+    no_conv_bias: bool = field(default=False, metadata=help_text("if set, does not learn bias for conv layers"))
+    agg_zero_pad: bool = field(default=False, metadata=help_text("if set, zero pads in aggregator instead of repl pad"))
+    skip_connections_feat: bool = field(default=False, metadata=help_text("if set, adds skip connections to the feature extractor"))
+    skip_connections_agg: bool = field(default=True, metadata=help_text("if set, adds skip connections to the aggregator"))
+    residual_scale: float = field(default=0.5, metadata=help_text("scales residual by sqrt(value)"))
+    log_compression: bool = field(default=True, metadata=help_text("if set, adds a log compression to feature extractor"))
+    balanced_classes: bool = field(default=False, metadata=help_text("if set, loss is scaled to balance for number of negatives"))
     project_features: PROJECT_FEATURES_CHOICES = field(
-        default="none", metadata=_help("if not none, features are projected using the (same or new) aggregator")
+        default="none", metadata=help_text("if not none, features are projected using the (same or new) aggregator")
     )
-    non_affine_group_norm: bool = field(default=False, metadata=_help("if set, group norm is not affine"))
+    non_affine_group_norm: bool = field(default=False, metadata=help_text("if set, group norm is not affine"))
     offset: str = field(
-        default="auto", metadata=_help("if set to 'auto', it is computed automatically from the receptive field, "
+        default="auto", metadata=help_text("if set to 'auto', it is computed automatically from the receptive field, "
                                        "else set to int value")
     )
-    activation: ACTIVATION_CHOICES = field(default="relu", metadata=_help("which activation function to use"))
-    vq_type: VQ_TYPE_CHOICES = field(default="none", metadata=_help("which type of quantizer to use"))
-    vq_vars: int = field(default=320, metadata=_help("project to this many vector quantized variables per group"))
-    vq_groups: int = field(default=2, metadata=_help("number of groups of latent variables"))
-    vq_dim: int = field(default=0, metadata=_help("uses this dimensionality for quantized vectors (0: the feature dim)"))
-    vq_depth: int = field(default=1, metadata=_help("number of layers for vq weight projection"))
-    combine_groups: bool = field(default=False, metadata=_help("if set, variables are shared among groups"))
+    activation: ACTIVATION_CHOICES = field(default="relu", metadata=help_text("which activation function to use"))
+    vq_type: VQ_TYPE_CHOICES = field(default="none", metadata=help_text("which type of quantizer to use"))
+    vq_vars: int = field(default=320, metadata=help_text("project to this many vector quantized variables per group"))
+    vq_groups: int = field(default=2, metadata=help_text("number of groups of latent variables"))
+    vq_dim: int = field(default=0, metadata=help_text("uses this dimensionality for quantized vectors (0: the feature dim)"))
+    vq_depth: int = field(default=1, metadata=help_text("number of layers for vq weight projection"))
+    combine_groups: bool = field(default=False, metadata=help_text("if set, variables are shared among groups"))
     vq_temp: Tuple[float, float, float] = field(
         default=(2.0, 0.5, 0.999995),
-        metadata=_help("temperature for latent variable sampling with gumbel softmax (start, end, decay); "
+        metadata=help_text("temperature for latent variable sampling with gumbel softmax (start, end, decay); "
                        "a list or a string such as '(2,0.5,0.999995)'"),
     )
-    vq_gamma: float = field(default=0.25, metadata=_help("gamma parameter for kmeans style vector quantization"))
+    vq_gamma: float = field(default=0.25, metadata=help_text("gamma parameter for kmeans style vector quantization"))
     infonce: bool = II("criterion.infonce")
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.modules.activations import ACTIVATION_CHOICES
@@ -33,97 +33,94 @@ LAYER_TYPE_CHOICES = ChoiceEnum(["transformer", "conformer", "trf_adp"])
 ACTIVATION_FN_CHOICES = ChoiceEnum(ACTIVATION_CHOICES)
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class Wav2Vec2Config(FairseqDataclass):
     """Every field of fairseq's ``Wav2Vec2Config`` with its default."""
 
-    extractor_mode: EXTRACTOR_MODE_CHOICES = field(default="default", metadata=_h(
+    extractor_mode: EXTRACTOR_MODE_CHOICES = field(default="default", metadata=help_text(
         "mode for feature extractor: default has a single group norm with d groups in the first conv block, "
         "layer_norm has layer norms in every block (meant to use with normalize=True)"))
-    encoder_layers: int = field(default=12, metadata=_h("num encoder layers in the transformer"))
-    encoder_embed_dim: int = field(default=768, metadata=_h("encoder embedding dimension"))
-    encoder_ffn_embed_dim: int = field(default=3072, metadata=_h("encoder embedding dimension for FFN"))
-    encoder_attention_heads: int = field(default=12, metadata=_h("num encoder attention heads"))
-    activation_fn: ACTIVATION_FN_CHOICES = field(default="gelu", metadata=_h("activation function to use"))
-    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=_h("layer type in encoder"))
-    dropout: float = field(default=0.1, metadata=_h("dropout probability for the transformer"))
-    attention_dropout: float = field(default=0.1, metadata=_h("dropout probability for attention weights"))
-    activation_dropout: float = field(default=0.0, metadata=_h("dropout probability after activation in FFN"))
-    encoder_layerdrop: float = field(default=0.0, metadata=_h("probability of dropping a transformer layer"))
-    dropout_input: float = field(default=0.0, metadata=_h("dropout to apply to the input (after feat extr)"))
-    dropout_features: float = field(default=0.0, metadata=_h("dropout to apply to the features (after feat extr)"))
-    final_dim: int = field(default=0, metadata=_h(
+    encoder_layers: int = field(default=12, metadata=help_text("num encoder layers in the transformer"))
+    encoder_embed_dim: int = field(default=768, metadata=help_text("encoder embedding dimension"))
+    encoder_ffn_embed_dim: int = field(default=3072, metadata=help_text("encoder embedding dimension for FFN"))
+    encoder_attention_heads: int = field(default=12, metadata=help_text("num encoder attention heads"))
+    activation_fn: ACTIVATION_FN_CHOICES = field(default="gelu", metadata=help_text("activation function to use"))
+    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=help_text("layer type in encoder"))
+    dropout: float = field(default=0.1, metadata=help_text("dropout probability for the transformer"))
+    attention_dropout: float = field(default=0.1, metadata=help_text("dropout probability for attention weights"))
+    activation_dropout: float = field(default=0.0, metadata=help_text("dropout probability after activation in FFN"))
+    encoder_layerdrop: float = field(default=0.0, metadata=help_text("probability of dropping a transformer layer"))
+    dropout_input: float = field(default=0.0, metadata=help_text("dropout to apply to the input (after feat extr)"))
+    dropout_features: float = field(default=0.0, metadata=help_text("dropout to apply to the features (after feat extr)"))
+    final_dim: int = field(default=0, metadata=help_text(
         "project final representations and targets to this many dimensions; set to encoder_embed_dim is <= 0"))
-    layer_norm_first: bool = field(default=False, metadata=_h("apply layernorm first in the transformer"))
+    layer_norm_first: bool = field(default=False, metadata=help_text("apply layernorm first in the transformer"))
     conv_feature_layers: str = field(
         default="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]",
-        metadata=_h("string describing convolutional feature extraction layers in form of a python list "
+        metadata=help_text("string describing convolutional feature extraction layers in form of a python list "
                     "that contains [(dim, kernel_size, stride), ...]"))
-    conv_bias: bool = field(default=False, metadata=_h("include bias in conv encoder"))
-    logit_temp: float = field(default=0.1, metadata=_h("temperature to divide logits by"))
-    quantize_targets: bool = field(default=False, metadata=_h("use quantized targets"))
-    quantize_input: bool = field(default=False, metadata=_h("use quantized inputs"))
-    same_quantizer: bool = field(default=False, metadata=_h("use same quantizer for inputs and targets"))
-    target_glu: bool = field(default=False, metadata=_h("adds projection + glu to targets"))
-    feature_grad_mult: float = field(default=1.0, metadata=_h("multiply feature extractor var grads by this"))
-    quantizer_depth: int = field(default=1, metadata=_h("number of quantizer layers"))
-    quantizer_factor: int = field(default=3, metadata=_h(
+    conv_bias: bool = field(default=False, metadata=help_text("include bias in conv encoder"))
+    logit_temp: float = field(default=0.1, metadata=help_text("temperature to divide logits by"))
+    quantize_targets: bool = field(default=False, metadata=help_text("use quantized targets"))
+    quantize_input: bool = field(default=False, metadata=help_text("use quantized inputs"))
+    same_quantizer: bool = field(default=False, metadata=help_text("use same quantizer for inputs and targets"))
+    target_glu: bool = field(default=False, metadata=help_text("adds projection + glu to targets"))
+    feature_grad_mult: float = field(default=1.0, metadata=help_text("multiply feature extractor var grads by this"))
+    quantizer_depth: int = field(default=1, metadata=help_text("number of quantizer layers"))
+    quantizer_factor: int = field(default=3, metadata=help_text(
         "dimensionality increase for inner quantizer layers (if depth > 1)"))
-    latent_vars: int = field(default=320, metadata=_h("number of latent variables V in each group of the codebook"))
-    latent_groups: int = field(default=2, metadata=_h("number of groups G of latent variables in the codebook"))
-    latent_dim: int = field(default=0, metadata=_h(
+    latent_vars: int = field(default=320, metadata=help_text("number of latent variables V in each group of the codebook"))
+    latent_groups: int = field(default=2, metadata=help_text("number of groups G of latent variables in the codebook"))
+    latent_dim: int = field(default=0, metadata=help_text(
         "if > 0, uses this dimensionality for latent variables. otherwise uses final_dim / latent_groups"))
-    mask_length: int = field(default=10, metadata=_h("mask length"))
-    mask_prob: float = field(default=0.65, metadata=_h("probability of replacing a token with mask"))
-    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h("how to choose mask length"))
-    mask_other: float = field(default=0, metadata=_h(
+    mask_length: int = field(default=10, metadata=help_text("mask length"))
+    mask_prob: float = field(default=0.65, metadata=help_text("probability of replacing a token with mask"))
+    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=help_text("how to choose mask length"))
+    mask_other: float = field(default=0, metadata=help_text(
         "secondary mask argument (used for more complex distributions), see help in compute_mask_indices"))
-    no_mask_overlap: bool = field(default=False, metadata=_h("whether to allow masks to overlap"))
-    mask_min_space: int = field(default=1, metadata=_h("min space between spans (if no overlap is enabled)"))
-    require_same_masks: bool = field(default=True, metadata=_h(
+    no_mask_overlap: bool = field(default=False, metadata=help_text("whether to allow masks to overlap"))
+    mask_min_space: int = field(default=1, metadata=help_text("min space between spans (if no overlap is enabled)"))
+    require_same_masks: bool = field(default=True, metadata=help_text(
         "whether to number of masked timesteps must be the same across all examples in a batch"))
-    mask_dropout: float = field(default=0.0, metadata=_h("percent of masks to unmask for each sample"))
-    mask_channel_length: int = field(default=10, metadata=_h("length of the mask for features (channels)"))
-    mask_channel_prob: float = field(default=0.0, metadata=_h("probability of replacing a feature with 0"))
+    mask_dropout: float = field(default=0.0, metadata=help_text("percent of masks to unmask for each sample"))
+    mask_channel_length: int = field(default=10, metadata=help_text("length of the mask for features (channels)"))
+    mask_channel_prob: float = field(default=0.0, metadata=help_text("probability of replacing a feature with 0"))
     mask_channel_before: bool = False
-    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h(
+    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=help_text(
         "how to choose mask length for channel masking"))
-    mask_channel_other: float = field(default=0, metadata=_h(
+    mask_channel_other: float = field(default=0, metadata=help_text(
         "secondary mask argument (used for more complex distributions), see help in compute_mask_indices"))
-    no_mask_channel_overlap: bool = field(default=False, metadata=_h("whether to allow channel masks to overlap"))
-    mask_channel_min_space: int = field(default=1, metadata=_h(
+    no_mask_channel_overlap: bool = field(default=False, metadata=help_text("whether to allow channel masks to overlap"))
+    mask_channel_min_space: int = field(default=1, metadata=help_text(
         "min space between spans (if no overlap is enabled)"))
-    num_negatives: int = field(default=100, metadata=_h("number of negative examples from the same sample"))
-    negatives_from_everywhere: bool = field(default=False, metadata=_h(
+    num_negatives: int = field(default=100, metadata=help_text("number of negative examples from the same sample"))
+    negatives_from_everywhere: bool = field(default=False, metadata=help_text(
         "sample negatives from everywhere, not just masked states"))
-    cross_sample_negatives: int = field(default=0, metadata=_h("number of negative examples from the any sample"))
-    codebook_negatives: int = field(default=0, metadata=_h("number of negative examples codebook"))
-    conv_pos: int = field(default=128, metadata=_h("number of filters for convolutional positional embeddings"))
-    conv_pos_groups: int = field(default=16, metadata=_h(
+    cross_sample_negatives: int = field(default=0, metadata=help_text("number of negative examples from the any sample"))
+    codebook_negatives: int = field(default=0, metadata=help_text("number of negative examples codebook"))
+    conv_pos: int = field(default=128, metadata=help_text("number of filters for convolutional positional embeddings"))
+    conv_pos_groups: int = field(default=16, metadata=help_text(
         "number of groups for convolutional positional embedding"))
-    pos_conv_depth: int = field(default=1, metadata=_h("depth of positional encoder network"))
-    latent_temp: Tuple[float, float, float] = field(default=(2, 0.5, 0.999995), metadata=_h(
+    pos_conv_depth: int = field(default=1, metadata=help_text("depth of positional encoder network"))
+    latent_temp: Tuple[float, float, float] = field(default=(2, 0.5, 0.999995), metadata=help_text(
         "temperature for latent variable sampling. can be tuple of 3 values (start, end, decay)"))
-    max_positions: int = field(default=100000, metadata=_h("Max positions"))
-    checkpoint_activations: bool = field(default=False, metadata=_h(
+    max_positions: int = field(default=100000, metadata=help_text("Max positions"))
+    checkpoint_activations: bool = field(default=False, metadata=help_text(
         "recompute activations and save memory for extra compute"))
-    required_seq_len_multiple: int = field(default=2, metadata=_h(
+    required_seq_len_multiple: int = field(default=2, metadata=help_text(
         "pad the input to encoder such that the sequence length is divisible by multiple"))
-    crop_seq_to_multiple: int = field(default=1, metadata=_h(
+    crop_seq_to_multiple: int = field(default=1, metadata=help_text(
         "crop convolutional feature extractor output such that the sequence length is divisible by multiple"))
-    depthwise_conv_kernel_size: int = field(default=31, metadata=_h(
+    depthwise_conv_kernel_size: int = field(default=31, metadata=help_text(
         "depthwise-conv-kernel-size for convolution in conformer layer"))
-    attn_type: str = field(default="", metadata=_h("if espnet use ESPNET MHA"))
-    pos_enc_type: str = field(default="abs", metadata=_h("Positional encoding type to use in conformer"))
-    fp16: bool = field(default=False, metadata=_h("If fp16 is being used"))
-    adp_num: int = field(default=-1, metadata=_h("number of adapters (layer_type trf_adp)"))
-    adp_dim: int = field(default=64, metadata=_h("bottleneck dimension of the adapters"))
-    adp_act_fn: str = field(default="relu", metadata=_h("activation of the adapters"))
-    adp_trf_idx: str = field(default="all", metadata=_h("which transformer layers get adapters"))
+    attn_type: str = field(default="", metadata=help_text("if espnet use ESPNET MHA"))
+    pos_enc_type: str = field(default="abs", metadata=help_text("Positional encoding type to use in conformer"))
+    fp16: bool = field(default=False, metadata=help_text("If fp16 is being used"))
+    adp_num: int = field(default=-1, metadata=help_text("number of adapters (layer_type trf_adp)"))
+    adp_dim: int = field(default=64, metadata=help_text("bottleneck dimension of the adapters"))
+    adp_act_fn: str = field(default="relu", metadata=help_text("activation of the adapters"))
+    adp_trf_idx: str = field(default="all", metadata=help_text("which transformer layers get adapters"))
 
     def check_values(self, cfg: Any) -> None:
         """Checked when the config is read: the heads divide the width, the CNN spec parses, and the task's

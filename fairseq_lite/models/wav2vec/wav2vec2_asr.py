@@ -31,7 +31,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, II
+from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import CheckpointError, ConfigError
 from fairseq_lite.models import BaseFairseqModel, build_model, register_model
 from fairseq_lite.models.wav2vec.wav2vec2 import LAYER_TYPE_CHOICES, MASKING_DISTRIBUTION_CHOICES
@@ -41,76 +41,73 @@ logger = logging.getLogger(__name__)
 BLANK_MODE_CHOICES = ChoiceEnum(["add", "set"])
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class Wav2Vec2AsrConfig(FairseqDataclass):
     """fairseq's ``Wav2Vec2AsrConfig``: the fine-tuning options shared by CTC (and fairseq's seq2seq) models."""
 
-    w2v_path: str = field(default="???", metadata=_h("path to wav2vec 2.0 model"))
-    no_pretrained_weights: bool = field(default=False, metadata=_h("if true, does not load pretrained weights"))
-    dropout_input: float = field(default=0.0, metadata=_h("dropout to apply to the input (after feat extr)"))
-    final_dropout: float = field(default=0.0, metadata=_h(
+    w2v_path: str = field(default="???", metadata=help_text("path to wav2vec 2.0 model"))
+    no_pretrained_weights: bool = field(default=False, metadata=help_text("if true, does not load pretrained weights"))
+    dropout_input: float = field(default=0.0, metadata=help_text("dropout to apply to the input (after feat extr)"))
+    final_dropout: float = field(default=0.0, metadata=help_text(
         "dropout after transformer and before final projection"))
-    dropout: float = field(default=0.0, metadata=_h("dropout probability inside wav2vec 2.0 model"))
-    attention_dropout: float = field(default=0.0, metadata=_h(
+    dropout: float = field(default=0.0, metadata=help_text("dropout probability inside wav2vec 2.0 model"))
+    attention_dropout: float = field(default=0.0, metadata=help_text(
         "dropout probability for attention weights inside wav2vec 2.0 model"))
-    activation_dropout: float = field(default=0.0, metadata=_h(
+    activation_dropout: float = field(default=0.0, metadata=help_text(
         "dropout probability after activation in FFN inside wav2vec 2.0 model"))
     conv_feature_layers: Optional[str] = field(
         default="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]",
-        metadata=_h("accepted for fairseq configs; the network is read from the pretraining config"))
-    encoder_embed_dim: Optional[int] = field(default=768, metadata=_h(
+        metadata=help_text("accepted for fairseq configs; the network is read from the pretraining config"))
+    encoder_embed_dim: Optional[int] = field(default=768, metadata=help_text(
         "accepted for fairseq configs; the network is read from the pretraining config"))
-    apply_mask: bool = field(default=False, metadata=_h("apply masking during fine-tuning"))
-    mask_length: int = field(default=10, metadata=_h("repeat the mask indices multiple times"))
-    mask_prob: float = field(default=0.5, metadata=_h(
+    apply_mask: bool = field(default=False, metadata=help_text("apply masking during fine-tuning"))
+    mask_length: int = field(default=10, metadata=help_text("repeat the mask indices multiple times"))
+    mask_prob: float = field(default=0.5, metadata=help_text(
         "probability of replacing a token with mask (normalized by length)"))
-    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h("how to choose masks"))
-    mask_other: float = field(default=0, metadata=_h(
+    mask_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=help_text("how to choose masks"))
+    mask_other: float = field(default=0, metadata=help_text(
         "secondary mask argument (used for more complex distributions), see help in compute_mask_indices"))
-    no_mask_overlap: bool = field(default=False, metadata=_h("whether to allow masks to overlap"))
-    mask_min_space: Optional[int] = field(default=1, metadata=_h(
+    no_mask_overlap: bool = field(default=False, metadata=help_text("whether to allow masks to overlap"))
+    mask_min_space: Optional[int] = field(default=1, metadata=help_text(
         "min space between spans (if no overlap is enabled)"))
-    require_same_masks: bool = field(default=True, metadata=_h(
+    require_same_masks: bool = field(default=True, metadata=help_text(
         "whether to number of masked timesteps must be the same across all examples in a batch"))
-    mask_dropout: float = field(default=0.0, metadata=_h("percent of masks to unmask for each sample"))
-    mask_channel_length: int = field(default=10, metadata=_h("length of the mask for features (channels)"))
-    mask_channel_prob: float = field(default=0.0, metadata=_h("probability of replacing a feature with 0"))
-    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=_h(
+    mask_dropout: float = field(default=0.0, metadata=help_text("percent of masks to unmask for each sample"))
+    mask_channel_length: int = field(default=10, metadata=help_text("length of the mask for features (channels)"))
+    mask_channel_prob: float = field(default=0.0, metadata=help_text("probability of replacing a feature with 0"))
+    mask_channel_selection: MASKING_DISTRIBUTION_CHOICES = field(default="static", metadata=help_text(
         "how to choose mask length for channel masking"))
-    mask_channel_other: float = field(default=0, metadata=_h(
+    mask_channel_other: float = field(default=0, metadata=help_text(
         "secondary mask argument (used for more complex distributions), see help in compute_mask_indicesh"))
-    no_mask_channel_overlap: bool = field(default=False, metadata=_h("whether to allow channel masks to overlap"))
-    freeze_finetune_updates: int = field(default=0, metadata=_h("dont finetune wav2vec for this many updates"))
-    feature_grad_mult: float = field(default=0.0, metadata=_h("reset feature grad mult in wav2vec 2.0 to this"))
-    layerdrop: float = field(default=0.0, metadata=_h("probability of dropping a layer in wav2vec 2.0"))
-    drop_path: float = field(default=0.0, metadata=_h("data2vec option; must be 0"))
-    mask_channel_min_space: Optional[int] = field(default=1, metadata=_h(
+    no_mask_channel_overlap: bool = field(default=False, metadata=help_text("whether to allow channel masks to overlap"))
+    freeze_finetune_updates: int = field(default=0, metadata=help_text("dont finetune wav2vec for this many updates"))
+    feature_grad_mult: float = field(default=0.0, metadata=help_text("reset feature grad mult in wav2vec 2.0 to this"))
+    layerdrop: float = field(default=0.0, metadata=help_text("probability of dropping a layer in wav2vec 2.0"))
+    drop_path: float = field(default=0.0, metadata=help_text("data2vec option; must be 0"))
+    mask_channel_min_space: Optional[int] = field(default=1, metadata=help_text(
         "min space between spans (if no overlap is enabled)"))
     mask_channel_before: bool = False
     normalize: bool = II("task.normalize")
-    update_alibi: bool = field(default=True, metadata=_h("data2vec option; no effect"))
+    update_alibi: bool = field(default=True, metadata=help_text("data2vec option; no effect"))
     data: str = II("task.data")
-    w2v_args: Any = field(default=None, metadata=_h(
+    w2v_args: Any = field(default=None, metadata=help_text(
         "the pretraining config (filled from w2v_path; stored in fine-tuned checkpoints)"))
-    offload_activations: bool = field(default=False, metadata=_h("offload_activations (FSDP); no effect"))
-    min_params_to_wrap: int = field(default=int(1e8), metadata=_h("FSDP option; no effect"))
-    checkpoint_activations: bool = field(default=False, metadata=_h(
+    offload_activations: bool = field(default=False, metadata=help_text("offload_activations (FSDP); no effect"))
+    min_params_to_wrap: int = field(default=int(1e8), metadata=help_text("FSDP option; no effect"))
+    checkpoint_activations: bool = field(default=False, metadata=help_text(
         "recompute activations and save memory for extra compute"))
     ddp_backend: str = II("distributed_training.ddp_backend")
-    zero_mask: bool = field(default=False, metadata=_h("data2vec option; must be false"))
-    load_ema: bool = field(default=False, metadata=_h("data2vec option; must be false"))
-    layer_decay: float = field(default=1, metadata=_h("data2vec option; must be 1"))
-    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=_h(
+    zero_mask: bool = field(default=False, metadata=help_text("data2vec option; must be false"))
+    load_ema: bool = field(default=False, metadata=help_text("data2vec option; must be false"))
+    layer_decay: float = field(default=1, metadata=help_text("data2vec option; must be 1"))
+    layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=help_text(
         "layer type of the pretrained encoder; read from the pretraining config when left at transformer"))
-    adp_num: int = field(default=-1, metadata=_h("adapter option (layer_type trf_adp); not supported"))
-    adp_dim: int = field(default=64, metadata=_h("adapter option; not supported"))
-    adp_act_fn: str = field(default="relu", metadata=_h("adapter option; not supported"))
-    adp_trf_idx: str = field(default="all", metadata=_h("adapter option; not supported"))
-    freeze_regex: Optional[str] = field(default=None, metadata=_h(
+    adp_num: int = field(default=-1, metadata=help_text("adapter option (layer_type trf_adp); not supported"))
+    adp_dim: int = field(default=64, metadata=help_text("adapter option; not supported"))
+    adp_act_fn: str = field(default="relu", metadata=help_text("adapter option; not supported"))
+    adp_trf_idx: str = field(default="all", metadata=help_text("adapter option; not supported"))
+    freeze_regex: Optional[str] = field(default=None, metadata=help_text(
         "freeze the parameters whose full name matches this regular expression"))
 
 
