@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from fairseq_lite.errors import ConfigError
-from fairseq_lite.modules.fp32_norm import Fp32GroupNorm, Fp32LayerNorm, TransposeLast
+from fairseq_lite.modules.fp32_norm import Fp32GroupNorm, Fp32LayerNorm
+from fairseq_lite.modules.transpose_last import TransposeLast
 
 ConvSpec = Tuple[int, int, int]  # (channels, kernel, stride)
 

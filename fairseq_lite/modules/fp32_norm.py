@@ -1,5 +1,5 @@
 """Normalisation layers that compute in fp32 and return the input dtype (fairseq's ``Fp32GroupNorm`` /
-``Fp32LayerNorm``), plus ``TransposeLast`` which lets a LayerNorm act on the channel axis of B×C×T input."""
+``Fp32LayerNorm``)."""
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,3 @@ class Fp32LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
-
-
-class TransposeLast(nn.Module):
-    """Swap the last two axes (B×C×T ↔ B×T×C); no parameters, keeps fairseq's Sequential indices."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(-2, -1)

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fairseq_lite.modules.fp32_norm import TransposeLast
 from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
 from fairseq_lite.modules.same_pad import SamePad
 from fairseq_lite.modules.transformer_layer import TransformerSentenceEncoderLayer
+from fairseq_lite.modules.transpose_last import TransposeLast
 
 LayerResult = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
 

@@ -22,10 +22,11 @@ from torch import nn
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II, safe_eval
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.models import BaseFairseqModel, register_model
-from fairseq_lite.modules.fp32_norm import Fp32GroupNorm, TransposeLast
+from fairseq_lite.modules.fp32_norm import Fp32GroupNorm
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.kmeans_vector_quantizer import KmeansVectorQuantizer
 from fairseq_lite.modules.negatives import sample_negatives
+from fairseq_lite.modules.transpose_last import TransposeLast
 
 AGGREGATOR_CHOICES = ChoiceEnum(["cnn", "gru"])
 PROJECT_FEATURES_CHOICES = ChoiceEnum(["none", "same", "new"])
