@@ -152,7 +152,7 @@ def test_compiled_ctc_model_equals_eager_in_inference():
     torch.manual_seed(0)
     args = {"_name": "wav2vec2", **{k: v for k, v in TINY.items() if k != "encoder_layers"}, "encoder_layers": 1}
     cfg = Wav2Vec2CtcConfig(w2v_args={"model": args, "task": {"_name": "audio_pretraining"}})
-    eager = Wav2VecCtc(cfg, Wav2VecEncoder(cfg, 10)).eval()
+    eager = Wav2VecCtc(cfg, Wav2VecEncoder.from_config(cfg, 10)).eval()
     compiled = copy.deepcopy(eager)
     compiled.compile()
     source = torch.randn(2, 3000)

@@ -110,7 +110,7 @@ def ctc_pair(preset: str, vocab_size: int = 32):
     torch.manual_seed(0)
     model_args = {"_name": "wav2vec2", **PRESETS[preset], **NO_DROPOUT}
     cfg = Wav2Vec2CtcConfig(w2v_args={"model": model_args, "task": {"_name": "audio_pretraining"}})
-    ours = Wav2VecCtc(cfg, Wav2VecEncoder(cfg, vocab_size))
+    ours = Wav2VecCtc(cfg, Wav2VecEncoder.from_config(cfg, vocab_size))
     config = hf_config(Wav2Vec2Config(**PRESETS[preset], **NO_DROPOUT), vocab_size=vocab_size)
     theirs = transformers.Wav2Vec2ForCTC(config)
     theirs.load_state_dict(ctc_to_hf_state_dict(ours.state_dict()), strict=False)

@@ -26,7 +26,7 @@ import os
 import re
 from enum import Enum
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -179,88 +179,115 @@ def pretraining_config_from(w2v_args: Any) -> Dict[str, Any]:
     return w2v_args
 
 
+def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
+    """The pretraining config (``w2v_args``) with the fine-tuning overrides applied, and the pretrained weights.
+
+    Reads ``model.w2v_path`` unless the config already holds ``w2v_args`` (a fine-tuned checkpoint being loaded);
+    the weights are None then, and with ``no_pretrained_weights``. Checks that the file is a wav2vec 2.0
+    pretraining checkpoint and that ``normalize`` and ``layer_type`` agree with it.
+    """
+    state = None
+    if cfg.w2v_args is None:
+        state = _read_pretraining_checkpoint(cfg.w2v_path)
+        w2v_args = state["cfg"]
+        w2v_args["criterion"] = None
+        w2v_args["lr_scheduler"] = None
+    else:
+        w2v_args = pretraining_config_from(cfg.w2v_args)
+    task_cfg = w2v_args.get("task") or {}
+    model_cfg = w2v_args.get("model")
+    if not isinstance(model_cfg, dict) or model_cfg.get("_name", model_cfg.get("arch")) != "wav2vec2":
+        found = model_cfg.get("_name") if isinstance(model_cfg, dict) else None
+        raise CheckpointError(f"model.w2v_path must be a wav2vec 2.0 pretraining checkpoint; its model is '{found}'")
+    if isinstance(cfg.normalize, bool) and cfg.normalize != bool(task_cfg.get("normalize", False)):
+        pretrained = bool(task_cfg.get("normalize", False))
+        raise ConfigError(
+            f"task.normalize={cfg.normalize} but the pretrained model was trained with normalize={pretrained}; "
+            f"fine-tuning works best when data normalization is the same: set task.normalize={pretrained}"
+        )
+    for ours, theirs in W2V_OVERRIDES.items():
+        value = getattr(cfg, ours)
+        model_cfg[theirs] = value.value if isinstance(value, Enum) else value
+    pretrained_type = str(model_cfg.get("layer_type", "transformer"))
+    if str(cfg.layer_type) not in ("transformer", pretrained_type):
+        raise ConfigError(f"model.layer_type={cfg.layer_type} but the pretrained model is a {pretrained_type}: "
+                          "remove model.layer_type (it is read from the pretraining config)")
+    task_cfg["data"] = cfg.data
+    w2v_args["task"] = task_cfg
+    weights = None
+    if state is not None and not cfg.no_pretrained_weights:
+        weights = {k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_ONLY_PREFIXES)}
+    return w2v_args, weights
+
+
+def _read_pretraining_checkpoint(path: str) -> Dict[str, Any]:
+    """The pretraining checkpoint at ``path``; a fine-tuned one is refused with the way to use it."""
+    from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+
+    if path in (None, "", "???"):
+        raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
+    if os.path.isdir(path):
+        raise CheckpointError(f"model.w2v_path {path} is a directory; it must be the pretrained checkpoint file "
+                              f"itself (e.g. {os.path.join(path, 'checkpoint_best.pt')})")
+    state = load_checkpoint_to_cpu(path)
+    kind = checkpoint_kind(state)
+    if kind == "wav2vec_ctc":
+        raise CheckpointError(
+            f"model.w2v_path {path} is a fine-tuned wav2vec_ctc checkpoint, not a pretrained one: to fine-tune "
+            f"it further, set checkpoint.finetune_from_model={path} and model.w2v_path to the pretrained model "
+            "it was fine-tuned from"
+        )
+    if kind != "wav2vec2":
+        raise CheckpointError(f"model.w2v_path {path} holds a '{kind}' model; expected a wav2vec2 pretraining "
+                              "checkpoint")
+    return state
+
+
 class Wav2VecEncoder(nn.Module):
-    """The pretrained wav2vec 2.0 network plus the output projection (fairseq's ``Wav2VecEncoder``)."""
+    """A pretrained wav2vec 2.0 network plus the output projection (fairseq's ``Wav2VecEncoder``).
 
-    def __init__(self, cfg: Wav2Vec2AsrConfig, output_size: Optional[int] = None):
+    Args (the ``Wav2Vec2AsrConfig`` option each mirrors):
+        w2v_model: the pretrained ``Wav2Vec2Model``, its pretraining heads removed.
+        output_size: size of the output projection ``proj`` (the target dictionary); None for no projection.
+        apply_mask: mask the features while training (``apply_mask``).
+        final_dropout: dropout before ``proj`` (``final_dropout``).
+        freeze_finetune_updates: train only ``proj`` for this many updates (``freeze_finetune_updates``).
+        freeze_regex: parameters whose ``w2v_encoder.``-prefixed name matches stay frozen (``freeze_regex``).
+    """
+
+    def __init__(self, w2v_model: nn.Module, output_size: Optional[int] = None, apply_mask: bool = False,
+                 final_dropout: float = 0.0, freeze_finetune_updates: int = 0, freeze_regex: Optional[str] = None):
         super().__init__()
-        _check_supported(cfg)
-        self.apply_mask = cfg.apply_mask
-        state = None
-        if cfg.w2v_args is None:
-            state = self._load_pretrained(cfg.w2v_path)
-            w2v_args = state["cfg"]
-            w2v_args["criterion"] = None
-            w2v_args["lr_scheduler"] = None
-        else:
-            w2v_args = pretraining_config_from(cfg.w2v_args)
-        task_cfg = w2v_args.get("task") or {}
-        model_cfg = w2v_args.get("model")
-        if not isinstance(model_cfg, dict) or model_cfg.get("_name", model_cfg.get("arch")) != "wav2vec2":
-            found = model_cfg.get("_name") if isinstance(model_cfg, dict) else None
-            raise CheckpointError(
-                f"model.w2v_path must be a wav2vec 2.0 pretraining checkpoint; its model is '{found}'")
-        if isinstance(cfg.normalize, bool) and cfg.normalize != bool(task_cfg.get("normalize", False)):
-            pretrained = bool(task_cfg.get("normalize", False))
-            raise ConfigError(
-                f"task.normalize={cfg.normalize} but the pretrained model was trained with normalize={pretrained}; "
-                f"fine-tuning works best when data normalization is the same: set task.normalize={pretrained}"
-            )
-        for ours, theirs in W2V_OVERRIDES.items():
-            value = getattr(cfg, ours)
-            model_cfg[theirs] = value.value if isinstance(value, Enum) else value
-        pretrained_type = str(model_cfg.get("layer_type", "transformer"))
-        if str(cfg.layer_type) not in ("transformer", pretrained_type):
-            raise ConfigError(f"model.layer_type={cfg.layer_type} but the pretrained model is a {pretrained_type}: "
-                              "remove model.layer_type (it is read from the pretraining config)")
-        cfg.layer_type = pretrained_type  # what fairseq itself copies back into w2v_args when it reads our files
-        task_cfg["data"] = cfg.data
-        w2v_args["task"] = task_cfg
-        cfg.w2v_args = w2v_args
-
-        model = build_model(model_cfg, from_checkpoint=True)
-        model.remove_pretraining_modules()
-        if state is not None and not cfg.no_pretrained_weights:
-            weights = {k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_ONLY_PREFIXES)}
-            model.load_state_dict(weights, strict=True)
-        self.w2v_model = model
-        self.final_dropout = nn.Dropout(cfg.final_dropout)
-        self.freeze_finetune_updates = cfg.freeze_finetune_updates
+        self.apply_mask = apply_mask
+        self.w2v_model = w2v_model
+        self.final_dropout = nn.Dropout(final_dropout)
+        self.freeze_finetune_updates = freeze_finetune_updates
         self.num_updates = 0
-        dim = model.cfg.encoder_embed_dim
         self.proj = None
         if output_size is not None:
-            self.proj = nn.Linear(dim, output_size)
+            self.proj = nn.Linear(w2v_model.cfg.encoder_embed_dim, output_size)
             nn.init.xavier_uniform_(self.proj.weight)
             nn.init.constant_(self.proj.bias, 0.0)
-        if cfg.freeze_regex:  # matched against the model's names, e.g. "w2v_encoder.w2v_model.encoder.layers.0.fc1.weight"
-            pattern = re.compile(cfg.freeze_regex)
+        if freeze_regex:  # matched against the model's names, e.g. "w2v_encoder.w2v_model.encoder.layers.0.fc1.weight"
+            pattern = re.compile(freeze_regex)
             for name, param in self.named_parameters():
                 if pattern.search(f"w2v_encoder.{name}"):
                     param.requires_grad_(False)
 
-    @staticmethod
-    def _load_pretrained(path: str) -> Dict[str, Any]:
-        """The pretraining checkpoint at ``path``; a fine-tuned one is refused with the way to use it."""
-        from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
-
-        if path in (None, "", "???"):
-            raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
-        if os.path.isdir(path):
-            raise CheckpointError(f"model.w2v_path {path} is a directory; it must be the pretrained checkpoint file "
-                                  f"itself (e.g. {os.path.join(path, 'checkpoint_best.pt')})")
-        state = load_checkpoint_to_cpu(path)
-        kind = checkpoint_kind(state)
-        if kind == "wav2vec_ctc":
-            raise CheckpointError(
-                f"model.w2v_path {path} is a fine-tuned wav2vec_ctc checkpoint, not a pretrained one: to fine-tune "
-                f"it further, set checkpoint.finetune_from_model={path} and model.w2v_path to the pretrained model "
-                "it was fine-tuned from"
-            )
-        if kind != "wav2vec2":
-            raise CheckpointError(f"model.w2v_path {path} holds a '{kind}' model; expected a wav2vec2 pretraining "
-                                  "checkpoint")
-        return state
+    @classmethod
+    def from_config(cls, cfg: Wav2Vec2AsrConfig, output_size: Optional[int] = None) -> "Wav2VecEncoder":
+        """Load the pretrained model (``load_pretrained``) and build the encoder; ``cfg.w2v_args`` and
+        ``cfg.layer_type`` are set to what was loaded, so a saved fine-tuned checkpoint carries them."""
+        _check_supported(cfg)
+        w2v_args, weights = load_pretrained(cfg)
+        cfg.w2v_args = w2v_args
+        cfg.layer_type = str(w2v_args["model"].get("layer_type", "transformer"))  # fairseq copies it back too
+        model = build_model(w2v_args["model"], from_checkpoint=True)
+        model.remove_pretraining_modules()
+        if weights is not None:
+            model.load_state_dict(weights, strict=True)
+        return cls(model, output_size, apply_mask=cfg.apply_mask, final_dropout=cfg.final_dropout,
+                   freeze_finetune_updates=cfg.freeze_finetune_updates, freeze_regex=cfg.freeze_regex)
 
     def set_num_updates(self, num_updates: int) -> None:
         self.num_updates = num_updates
@@ -296,7 +323,7 @@ class Wav2VecCtc(BaseFairseqModel):
         if dictionary is None:
             raise ConfigError("wav2vec_ctc needs a task with a target dictionary: use task._name=audio_finetuning "
                               "with task.labels (e.g. ltr) and dict.ltr.txt in task.data")
-        return cls(cfg, Wav2VecEncoder(cfg, len(dictionary)))
+        return cls(cfg, Wav2VecEncoder.from_config(cfg, len(dictionary)))
 
     def forward(self, **kwargs: Any) -> Dict[str, Any]:
         return self.w2v_encoder(**kwargs)
