@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.audio import audio_frames, read_audio
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import CheckpointError, ConfigError, DataError
+from fairseq_lite.file_io import AtomicOutputs
 
 logger = logging.getLogger("extract_features")
 
@@ -117,7 +118,7 @@ def batches(files: List[Tuple[str, str]], max_tokens: int) -> Iterator[List[Tupl
     lengths come from the file headers, so audio is read one batch at a time."""
     sizes = []
     for name, path in files:
-        frames, rate = audio_frames(path)
+        frames, rate = audio_header(path)
         sizes.append(frames * SAMPLE_RATE // rate)
     batch: List[Tuple[str, str]] = []
     for i in np.argsort(sizes, kind="stable"):
@@ -127,6 +128,17 @@ def batches(files: List[Tuple[str, str]], max_tokens: int) -> Iterator[List[Tupl
         batch.append(files[i])
     if batch:
         yield batch
+
+
+def audio_header(path: str) -> Tuple[int, int]:
+    """(samples, sample rate) of an input file; a file whose header cannot be read is a DataError naming it."""
+    try:
+        return audio_frames(path)
+    except DataError:
+        raise
+    except Exception as e:  # decoders raise many types for corrupt input
+        raise DataError(f"{path}: cannot read the audio file ({type(e).__name__}: {str(e).strip() or 'no detail'}); "
+                        "remove it from the inputs") from None
 
 
 @torch.inference_mode()
@@ -157,31 +169,31 @@ def extract(model: torch.nn.Module, batch: List[Tuple[str, str]], layers: Option
 def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
+    check_output_dir(args.output, "--output")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     files = list_audio(args.inputs, args.ext)
     model, normalize = load_encoder(args.checkpoint, device)
     layers = resolve_layers(args.layers, len(model.encoder.layers))
-    os.makedirs(args.output, exist_ok=True)
-    h5 = None
-    if args.format == "h5":
-        import h5py
+    with AtomicOutputs() as h5_output:  # features.h5 replaces an earlier one only when complete
+        h5 = None
+        if args.format == "h5":
+            import h5py
 
-        h5 = h5py.File(os.path.join(args.output, "features.h5"), "w")
-        h5.attrs["layers"] = np.array(layers if layers is not None else [-1])
-    try:
-        with tqdm(total=len(files), unit="file", file=sys.stderr) as progress:
-            for batch in batches(files, args.max_tokens):
-                for (name, _), features in zip(batch, extract(model, batch, layers, normalize, device)):
-                    if h5 is not None:
-                        h5.create_dataset(name, data=features)
-                    else:
-                        target = os.path.join(args.output, name + ".npy")
-                        os.makedirs(os.path.dirname(target), exist_ok=True)
-                        np.save(target, features)
-                progress.update(len(batch))
-    finally:
-        if h5 is not None:
-            h5.close()
+            h5 = h5py.File(h5_output.open(os.path.join(args.output, "features.h5"), "wb"), "w")
+            h5.attrs["layers"] = np.array(layers if layers is not None else [-1])
+        try:
+            with tqdm(total=len(files), unit="file", file=sys.stderr) as progress:
+                for batch in batches(files, args.max_tokens):
+                    for (name, _), features in zip(batch, extract(model, batch, layers, normalize, device)):
+                        if h5 is not None:
+                            h5.create_dataset(name, data=features)
+                        else:
+                            with AtomicOutputs() as npy:
+                                np.save(npy.open(os.path.join(args.output, name + ".npy"), "wb"), features)
+                    progress.update(len(batch))
+        finally:
+            if h5 is not None:
+                h5.close()
     logger.info("wrote features of %d files to %s", len(files), args.output)
     return 0
 

@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.audio import read_audio
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import CheckpointError, ConfigError, DataError
+from fairseq_lite.file_io import AtomicOutputs
 
 logger = logging.getLogger("vq-wav2vec_featurize")
 
@@ -117,13 +118,14 @@ def code_split(model, args, split: str, device: torch.device) -> int:
         files = files[args.shard :: args.num_shards]
         labels = labels[args.shard :: args.num_shards] if labels is not None else None
         suffix = f".{args.shard}"
-    with open(os.path.join(args.output_dir, f"{split}.src{suffix}"), "w", encoding="utf-8") as out:
+    with AtomicOutputs() as outputs:  # the split's files replace earlier ones only when every file is coded
+        out = outputs.open(os.path.join(args.output_dir, f"{split}.src{suffix}"), "w", encoding="utf-8")
         for path in tqdm(files, desc=split, unit="file", file=sys.stderr, disable=args.log_format != "tqdm"):
             wav = torch.from_numpy(read_audio(path, SAMPLE_RATE)).to(device)
             print(encode(model, wav, args.max_size), file=out)
-    if labels is not None:
-        with open(os.path.join(args.output_dir, f"{split}.lbl{suffix}"), "w", encoding="utf-8") as out:
-            out.writelines(label + "\n" for label in labels)
+        if labels is not None:
+            outputs.open(os.path.join(args.output_dir, f"{split}.lbl{suffix}"), "w",
+                         encoding="utf-8").writelines(label + "\n" for label in labels)
     return len(files)
 
 
@@ -136,6 +138,7 @@ def main(argv) -> int:
         raise ConfigError(f"--shard must be in [0, {args.num_shards}), got {args.shard}")
     if args.max_size < 1:
         raise ConfigError(f"--max-size must be positive, got {args.max_size}")
+    check_output_dir(args.output_dir, "--output-dir")
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = load_vq_model(args.checkpoint, device)
     os.makedirs(args.output_dir, exist_ok=True)

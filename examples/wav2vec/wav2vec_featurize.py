@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.audio import read_audio
 from fairseq_lite.errors import CheckpointError, DataError
+from fairseq_lite.file_io import AtomicOutputs
 
 logger = logging.getLogger("wav2vec_featurize")
 
@@ -73,7 +74,7 @@ def featurize(model: torch.nn.Module, wav: np.ndarray, use_feat: bool, device: t
 def write_h5context(path: str, features: np.ndarray) -> None:
     """fairseq's layout: ``features`` = the C×T array transposed to T×C and flattened, ``info`` = [100, T, C]."""
     channels, frames = features.shape
-    with h5py.File(path, "w") as out:
+    with AtomicOutputs() as outputs, h5py.File(outputs.open(path, "wb"), "w") as out:
         out.create_dataset("features", data=features.T.flatten())
         out.create_dataset("info", data=np.array([float(FRAME_RATE), frames, channels]))
 
@@ -103,6 +104,7 @@ def featurize_split(model, args, split: str, device: torch.device) -> int:
 def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
+    check_output_dir(args.output, "--output")
     device = torch.device(f"cuda:{args.gpu}") if torch.cuda.is_available() else torch.device("cpu")
     model = load_wav2vec(args.model, device)
     for split in args.split:

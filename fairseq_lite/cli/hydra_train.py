@@ -17,11 +17,12 @@ import logging
 import os
 from typing import List, Optional, Tuple
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
 
 from fairseq_lite.cli.common import launch_training, run_cli
 from fairseq_lite.dataclass.initialize import UNTYPED_GROUPS, add_defaults, compose_config, finalize_config
-from fairseq_lite.dataclass.utils import config_to_dict
+from fairseq_lite.dataclass.utils import config_to_dict, describe_omegaconf_error
 from fairseq_lite.errors import ConfigError
 
 logger = logging.getLogger("fairseq_lite.cli.hydra_train")
@@ -130,6 +131,33 @@ def _write_run_dir(run_dir: str, cfg, overrides: List[str]) -> None:
     OmegaConf.save(OmegaConf.create(overrides), os.path.join(hydra_dir, "overrides.yaml"))
 
 
+def check_interpolations(node) -> None:
+    """Resolve every ``${...}`` in ``node``: a broken one is a ConfigError naming its key; one that points at a
+    ``???`` value is fine here (``--cfg job`` may be run before every mandatory value is set)."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    for key in keys:
+        if OmegaConf.is_interpolation(node, key):
+            try:
+                node[key]
+            except InterpolationToMissingValueError:
+                continue
+            except OmegaConfBaseException as exc:
+                raise ConfigError(describe_omegaconf_error(exc)) from None
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            check_interpolations(child)
+
+
+def job_yaml(cfg: DictConfig) -> str:
+    """``--cfg job``'s text: the config with interpolations resolved (left as written when one points at ???)."""
+    check_interpolations(cfg)
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except InterpolationToMissingValueError:
+        return OmegaConf.to_yaml(cfg, resolve=False)
+
+
 def main(argv: List[str]) -> Optional[int]:
     flags, overrides, legacy = parse_argv(argv)
     if flags.help:
@@ -153,11 +181,7 @@ def main(argv: List[str]) -> Optional[int]:
         if flags.cfg == "hydra":
             print("# fairseq-hydra-train uses no Hydra job settings: no output folder, no directory change")
             return 0
-        with_defaults = add_defaults(composed)
-        try:
-            print(OmegaConf.to_yaml(with_defaults, resolve=True))
-        except Exception:  # a ??? value that an interpolation points at: show it unresolved
-            print(OmegaConf.to_yaml(with_defaults, resolve=False))
+        print(job_yaml(add_defaults(composed)))
         return 0
     cfg = finalize_config(composed)
     if run_dir:

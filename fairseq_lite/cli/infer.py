@@ -17,6 +17,8 @@ With ``--results-path`` it writes fairseq's four files ``{hypo.word,hypo.units,r
 ``timestamps-{checkpoint}-{subset}.ctm`` (one CTM line per hypothesis word: utterance, channel 1, start
 and duration in seconds) and ``results-{checkpoint}-{subset}.jsonl`` (one JSON object per utterance).
 It logs ``WER: x`` (100 · word edits / reference words over the subset) and fairseq's throughput lines.
+Every output (these files and ``--dump-emissions``) is written to a temporary file beside it and renamed
+when the run succeeds: a rerun that fails leaves the earlier results as they were (fairseq empties them first).
 
 ``--dump-emissions FILE`` writes the emissions the decoder would see (``get_logits``: raw CTC logits with
 padding forced to blank; fairseq dumps log-softmax instead, which its decoders do not use) and stops;
@@ -33,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,12 +43,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.data_utils import post_process
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
 from fairseq_lite.decoding import W2L_DECODER_CHOICES, ErrorCounter, build_decoder, edit_distance, word_spans
-from fairseq_lite.errors import CheckpointError, ConfigError, DataError
+from fairseq_lite.errors import CheckpointError, ConfigError, DataError, FairseqLiteError
+from fairseq_lite.file_io import AtomicOutputs
 
 logger = logging.getLogger("fairseq_lite.infer")
 
@@ -111,7 +115,22 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, Any]:
         raise ConfigError("--chunk-overlap must be at least 0 and shorter than --chunk-seconds")
     if cfg.dataset.max_tokens is None and cfg.dataset.batch_size is None:
         cfg.dataset.max_tokens = DEFAULT_MAX_TOKENS
+    check_flags(args, cfg)
     return args, cfg
+
+
+def check_flags(args: argparse.Namespace, cfg: Any) -> None:
+    """Counts that must be positive, and output paths of the right kind, before any model is loaded."""
+    counts = {"--beam": cfg.generation.beam, "--nbest": cfg.generation.nbest,
+              "--beam-size-token": args.beam_size_token, "--decode-workers": args.decode_workers}
+    for flag, value in counts.items():
+        if value is None or value < 1:
+            raise ConfigError(f"{flag} must be a positive number, got {value}")
+    if cfg.common_eval.results_path:
+        check_output_dir(cfg.common_eval.results_path, "--results-path")
+    if args.dump_emissions and os.path.isdir(args.dump_emissions):
+        raise ConfigError(f"--dump-emissions {args.dump_emissions} is a folder: give a file name, e.g. "
+                          f"{os.path.join(args.dump_emissions, 'emissions.npz')}")
 
 
 # -- model and emissions ------------------------------------------------------------------------
@@ -214,11 +233,11 @@ def load_emission_file(path: str, vocab_size: int) -> Tuple[Dict[int, torch.Tens
     return {int(i): table[offsets[k] : offsets[k + 1]] for k, i in enumerate(ids)}, stride
 
 
-def save_emission_file(path: str, emissions: Dict[int, torch.Tensor], frame_stride: int) -> None:
+def save_emission_file(outputs: AtomicOutputs, path: str, emissions: Dict[int, torch.Tensor],
+                       frame_stride: int) -> None:
+    """Write the ``--dump-emissions`` file (it replaces ``path`` when ``outputs`` is committed)."""
     ids = sorted(emissions)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
+    with outputs.open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
         np.savez(f, ids=np.asarray(ids, dtype=np.int64), frame_stride=np.int64(frame_stride),
                  lengths=np.asarray([len(emissions[i]) for i in ids], dtype=np.int64),
                  emissions=torch.cat([emissions[i] for i in ids]).numpy() if ids else np.zeros((0, 0), np.float32))
@@ -244,18 +263,18 @@ def pad_emissions(rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]
 
 
 class ResultWriter:
-    """fairseq's four result files plus the CTM timestamps and the JSON-lines file (line-buffered)."""
+    """fairseq's four result files plus the CTM timestamps and the JSON-lines file, written through ``outputs``
+    (temporary files that replace the results of an earlier run only when decoding succeeds)."""
 
-    def __init__(self, folder: str, checkpoint: str, subset: str, shard_prefix: str):
-        os.makedirs(folder, exist_ok=True)
+    def __init__(self, outputs: AtomicOutputs, folder: str, checkpoint: str, subset: str, shard_prefix: str):
         name = f"{os.path.basename(checkpoint)}-{subset}"
-        self.files = {key: open(os.path.join(folder, f"{shard_prefix}{prefix}-{name}.txt"), "w", buffering=1,
-                                encoding="utf-8")
-                      for key, prefix in RESULT_PREFIXES.items()}
-        self.ctm = open(os.path.join(folder, f"{shard_prefix}timestamps-{name}.ctm"), "w", buffering=1,
-                        encoding="utf-8")
-        self.jsonl = open(os.path.join(folder, f"{shard_prefix}results-{name}.jsonl"), "w", buffering=1,
-                          encoding="utf-8")
+
+        def result_file(file_name: str):
+            return outputs.open(os.path.join(folder, shard_prefix + file_name), "w", encoding="utf-8")
+
+        self.files = {key: result_file(f"{prefix}-{name}.txt") for key, prefix in RESULT_PREFIXES.items()}
+        self.ctm = result_file(f"timestamps-{name}.ctm")
+        self.jsonl = result_file(f"results-{name}.jsonl")
 
     def write(self, utt: str, texts: Dict[str, str], spans, record: Dict[str, Any]) -> None:
         for key, text in texts.items():
@@ -263,10 +282,6 @@ class ResultWriter:
         for span in spans:
             print(f"{utt} 1 {span.start:.3f} {span.end - span.start:.3f} {span.word}", file=self.ctm)
         print(json.dumps(record, ensure_ascii=False), file=self.jsonl)
-
-    def close(self) -> None:
-        for f in (*self.files.values(), self.ctm, self.jsonl):
-            f.close()
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -327,25 +342,35 @@ def main(argv: List[str]) -> Optional[int]:
         print(build_help([a for a in argv if a not in ("-h", "--help")], prog="infer.py"))
         return 0
     setup_logging()
-    args, cfg = parse_args(argv)
-    from fairseq_lite.tasks import setup_task
+    try:
+        args, cfg = parse_args(argv)
+        return run(args, cfg)
+    except FairseqLiteError as err:
+        message = with_infer_flags(str(err))
+        if message == str(err):
+            raise
+        raise type(err)(message) from err
 
-    task = setup_task(cfg.task)
-    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-    device = torch.device("cuda" if use_cuda else "cpu")
-    model = saved_cfg = None
-    if cfg.common_eval.path:
-        model, saved_cfg, task = load_model(cfg, task, args.trust_checkpoint)
+
+_TASK_SETTING = re.compile(r"\b(set )?task\.(\w+)=true\b")
+
+
+def with_infer_flags(message: str) -> str:
+    """A message's ``set task.skip_invalid_audio=true`` advice in infer.py's spelling: ``pass --skip-invalid-audio``."""
+    return _TASK_SETTING.sub(lambda m: ("pass " if m.group(1) else "") + "--" + m.group(2).replace("_", "-"), message)
+
+
+def run(args: argparse.Namespace, cfg: Any) -> int:
+    """Decode (or dump the emissions of) the subset; every output file replaces the old one only on success."""
+    task, model, task_cfg = load_task_and_model(args, cfg)
     tgt_dict = task.target_dictionary
-    if tgt_dict is None:
-        raise ConfigError("no target dictionary: pass --labels ltr with dict.ltr.txt in the data folder")
     subset = cfg.dataset.gen_subset
-    task_cfg = dataset_task_cfg(task.cfg, saved_cfg)
     task.load_dataset(subset, task_cfg=task_cfg)
     dataset = task.dataset(subset)
     logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
-
-    emitter = EmissionModel(model, device, cfg.common.fp16 and use_cuda) if model is not None else None
+    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+    emitter = EmissionModel(model, torch.device("cuda" if use_cuda else "cpu"),
+                            cfg.common.fp16 and use_cuda) if model is not None else None
     loaded, stored_stride = load_emission_file(args.load_emissions, len(tgt_dict)) if args.load_emissions else (
         None, None)
     if loaded is None and emitter is None:
@@ -356,8 +381,64 @@ def main(argv: List[str]) -> Optional[int]:
         if args.w2l_decoder == "fairseqlm":
             lm_model, lm_dict = load_lm(args.kenlm_model, args.trust_checkpoint)
         decoder = build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
+    stride = emitter.stride if emitter is not None else stored_stride
+    if stride is None:
+        stride = BASE_FRAME_STRIDE
+        logger.warning("%s does not say its frame stride: timestamps assume %d samples per frame (wav2vec 2.0's "
+                       "CNN); dump it again to store the stride", args.load_emissions, stride)
 
-    itr = task.get_batch_iterator(
+    def emissions_of(sample: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if loaded is not None:
+            return stored_emissions(loaded, sample["id"].tolist(), args.load_emissions)
+        if args.chunk_seconds:
+            rate = task_cfg.sample_rate
+            window, overlap = int(args.chunk_seconds * rate), int(args.chunk_overlap * rate)
+            return pad_emissions(chunk_rows(emitter, sample, window, overlap, cfg.dataset.max_tokens))
+        return emitter(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
+
+    with AtomicOutputs() as outputs:
+        writer = None
+        if cfg.common_eval.results_path and not args.dump_emissions:
+            shard = f"{cfg.dataset.shard_id}_" if cfg.dataset.num_shards > 1 else ""
+            writer = ResultWriter(outputs, cfg.common_eval.results_path, cfg.common_eval.path or args.load_emissions,
+                                  subset, shard)
+        progress = tqdm(total=len(dataset), desc="infer", unit="utt", disable=cfg.common.no_progress_bar)
+        with progress:
+            if args.dump_emissions:
+                dumped = dump_batches(batch_iterator(task, dataset, cfg), emissions_of, progress)
+                save_emission_file(outputs, args.dump_emissions, dumped, emitter.stride)
+            else:
+                context = ReportContext(tgt_dict, cfg, ErrorCounter(), writer, stride / task_cfg.sample_rate, dataset)
+                stats = decode_batches(batch_iterator(task, dataset, cfg), emissions_of, decoder, args, context,
+                                       progress)
+    if args.dump_emissions:
+        logger.info("wrote the emissions of %d utterances to %s", len(dumped), args.dump_emissions)
+        return 0
+    num_sentences, num_tokens, elapsed = stats
+    logger.info("WER: %s", context.counter.wer)
+    elapsed = max(elapsed, 1e-9)
+    logger.info("| Processed %d sentences (%d tokens) in %.1fs (%.2f sentences/s, %.2f tokens/s)",
+                num_sentences, num_tokens, elapsed, num_sentences / elapsed, num_tokens / elapsed)
+    logger.info("| Generate %s with beam=%d", subset, cfg.generation.beam)
+    return 0
+
+
+def load_task_and_model(args: argparse.Namespace, cfg: Any) -> Tuple[Any, Optional[torch.nn.Module], Any]:
+    """(task, CTC model or None without --path, the task config the subset is read with)."""
+    from fairseq_lite.tasks import setup_task
+
+    task = setup_task(cfg.task)
+    model = saved_cfg = None
+    if cfg.common_eval.path:
+        model, saved_cfg, task = load_model(cfg, task, args.trust_checkpoint)
+    if task.target_dictionary is None:
+        raise ConfigError("no target dictionary: pass --labels ltr with dict.ltr.txt in the data folder")
+    return task, model, dataset_task_cfg(task.cfg, saved_cfg)
+
+
+def batch_iterator(task: Any, dataset: Any, cfg: Any):
+    """The subset's batches in order (``--max-tokens``/``--batch-size``, sharding, workers)."""
+    return task.get_batch_iterator(
         dataset=dataset,
         max_tokens=cfg.dataset.max_tokens,
         max_sentences=cfg.dataset.batch_size,
@@ -370,71 +451,43 @@ def main(argv: List[str]) -> Optional[int]:
         disable_iterator_cache=True,
     ).next_epoch_itr(shuffle=False)
 
-    writer = None
-    if cfg.common_eval.results_path and not args.dump_emissions:
-        shard = f"{cfg.dataset.shard_id}_" if cfg.dataset.num_shards > 1 else ""
-        writer = ResultWriter(cfg.common_eval.results_path, cfg.common_eval.path or args.load_emissions, subset,
-                              shard)
-    sample_rate = task_cfg.sample_rate
-    stride = emitter.stride if emitter is not None else stored_stride
-    if stride is None:
-        stride = BASE_FRAME_STRIDE
-        logger.warning("%s does not say its frame stride: timestamps assume %d samples per frame (wav2vec 2.0's "
-                       "CNN); dump it again to store the stride", args.load_emissions, stride)
-    frame_seconds = stride / sample_rate
-    window = overlap = None
-    if args.chunk_seconds:
-        window, overlap = int(args.chunk_seconds * sample_rate), int(args.chunk_overlap * sample_rate)
 
+def dump_batches(itr, emissions_of, progress) -> Dict[int, torch.Tensor]:
+    """id → (T, V) emissions of every utterance (``--dump-emissions``)."""
     dumped: Dict[int, torch.Tensor] = {}
-    counter = ErrorCounter()
+    for sample in itr:
+        if not sample:
+            continue
+        emissions, lengths = emissions_of(sample)
+        for row, i in enumerate(sample["id"].tolist()):
+            dumped[i] = emissions[row, : int(lengths[row])].clone()
+        progress.update(len(sample["id"]))
+    return dumped
+
+
+def decode_batches(itr, emissions_of, decoder, args: argparse.Namespace, context: "ReportContext",
+                   progress) -> Tuple[int, int, float]:
+    """Decode, score and write every utterance; returns (sentences, hypothesis tokens, model + decoder seconds)."""
     num_sentences = num_tokens = 0
     elapsed = 0.0
-    progress = tqdm(total=len(dataset), desc="infer", unit="utt", disable=cfg.common.no_progress_bar)
-    try:
-        for sample in itr:
-            if not sample:
-                continue
-            ids = sample["id"].tolist()
-            started = time.perf_counter()
-            if loaded is not None:
-                emissions, lengths = stored_emissions(loaded, ids, args.load_emissions)
-            elif window is not None:
-                emissions, lengths = pad_emissions(chunk_rows(emitter, sample, window, overlap, cfg.dataset.max_tokens))
-            else:
-                emissions, lengths = emitter(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
-            if args.dump_emissions:
-                for row, i in enumerate(ids):
-                    dumped[i] = emissions[row, : int(lengths[row])].clone()
-                elapsed += time.perf_counter() - started
-                progress.update(len(ids))
-                continue
-            if args.w2l_decoder == "viterbi":
-                hypos = decoder.decode(emissions, lengths)
-            else:
-                hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
-            elapsed += time.perf_counter() - started
-            for row, i in enumerate(ids):
-                target = sample["target"][row, : int(sample["target_lengths"][row])]
-                num_tokens += len(hypos[row][0].tokens)
-                report(i, hypos[row], target, tgt_dict, cfg, counter, writer, frame_seconds, dataset)
-            num_sentences += len(ids)
-            progress.update(len(ids))
-    finally:
-        progress.close()
-        if writer is not None:
-            writer.close()
-
-    if args.dump_emissions:
-        save_emission_file(args.dump_emissions, dumped, emitter.stride)
-        logger.info("wrote the emissions of %d utterances to %s", len(dumped), args.dump_emissions)
-        return 0
-    logger.info("WER: %s", counter.wer)
-    elapsed = max(elapsed, 1e-9)
-    logger.info("| Processed %d sentences (%d tokens) in %.1fs (%.2f sentences/s, %.2f tokens/s)",
-                num_sentences, num_tokens, elapsed, num_sentences / elapsed, num_tokens / elapsed)
-    logger.info("| Generate %s with beam=%d", subset, cfg.generation.beam)
-    return 0
+    for sample in itr:
+        if not sample:
+            continue
+        ids = sample["id"].tolist()
+        started = time.perf_counter()
+        emissions, lengths = emissions_of(sample)
+        if args.w2l_decoder == "viterbi":
+            hypos = decoder.decode(emissions, lengths)
+        else:
+            hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
+        elapsed += time.perf_counter() - started
+        for row, i in enumerate(ids):
+            target = sample["target"][row, : int(sample["target_lengths"][row])]
+            num_tokens += len(hypos[row][0].tokens)
+            report(i, hypos[row], target, context)
+        num_sentences += len(ids)
+        progress.update(len(ids))
+    return num_sentences, num_tokens, elapsed
 
 
 def decoder_config(args: argparse.Namespace, cfg: Any):
@@ -468,9 +521,22 @@ def hypothesis_text(hypo, tgt_dict, post: Optional[str]) -> Tuple[str, str]:
     return units, " ".join(hypo.words) if hypo.words is not None else post_process(units, post)
 
 
-def report(utt_id: int, hypos, target: torch.Tensor, tgt_dict, cfg: Any, counter: ErrorCounter,
-           writer: Optional[ResultWriter], frame_seconds: float, dataset: Any) -> None:
+@dataclasses.dataclass
+class ReportContext:
+    """What scoring and writing an utterance's hypotheses needs."""
+
+    tgt_dict: Any
+    cfg: Any
+    counter: ErrorCounter
+    writer: Optional[ResultWriter]
+    frame_seconds: float
+    dataset: Any
+
+
+def report(utt_id: int, hypos, target: torch.Tensor, context: ReportContext) -> None:
     """Score the first hypothesis against the target and write/log it as fairseq's infer.py does."""
+    tgt_dict, cfg, counter, writer = context.tgt_dict, context.cfg, context.counter, context.writer
+    frame_seconds, dataset = context.frame_seconds, context.dataset
     best = hypos[0]
     hyp_units, hyp_words = hypothesis_text(best, tgt_dict, cfg.common_eval.post_process)
     ref_units = tgt_dict.string(target.int())

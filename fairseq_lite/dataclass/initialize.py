@@ -151,6 +151,15 @@ def compose_config(
 
 def describe_hydra_error(exc: BaseException) -> str:
     """One line for a Hydra composition error: what Hydra was doing, and the innermost reason."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        override = exc.override.lstrip("+")
+        key, _, value = override.partition("=")
+        message = f"cannot parse the override {override!r} ({exc.message.splitlines()[0]})"
+        if "(" in value and not value.startswith(("'", '"')):  # a Python literal such as a list of tuples
+            message += f": quote it for Hydra inside the shell quotes, e.g. {key}='\"{value}\"'"
+        return message
     inner, link = exc, exc
     while link is not None:  # the outermost OmegaConf error has the formatted message and the key
         if isinstance(link, OmegaConfBaseException):

@@ -3,7 +3,8 @@
 Field ``foo_bar`` becomes ``--foo-bar``; the task's ``data`` field is the positional argument. Booleans
 take ``--flag`` (True) and ``--no-flag`` (False) — on purpose unlike fairseq, whose True-default booleans
 were ``store_false`` so that ``--log-compression`` silently turned log compression OFF (reference §12).
-List fields take ``[0.1, 10]``, ``0.1,10`` or one value. Fields whose default is an interpolation
+List fields take ``[0.1, 10]``, ``0.1,10`` or one value. Values are converted by argparse, so a bad one
+(``--lr abc``) is an error naming the flag. Fields whose default is an interpolation
 (``${optimization.lr}``) are set through the field they point at and get no flag, as in fairseq.
 """
 
@@ -13,7 +14,7 @@ import argparse
 import dataclasses
 import typing
 from enum import Enum
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fairseq_lite.dataclass.configs import TYPED_GROUPS, FairseqConfig
 from fairseq_lite.dataclass.utils import closest_match, parse_list
@@ -29,6 +30,7 @@ SELECTORS = {
 }
 
 Target = Tuple[str, str]  # (group, field)
+_LIST_EXAMPLES = {float: "0.005, 0.1,10 or '[0.1, 10]'", int: "2, 2,4 or '[2, 4]'", str: "a, a,b or \"['a', 'b']\""}
 
 
 class _ErrorRaisingParser(argparse.ArgumentParser):
@@ -58,6 +60,26 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _value_parser(tp: Any) -> Optional[Callable[[str], Any]]:
+    """argparse's ``type=`` for a field: int/float, or a list of them (strings and others stay as given)."""
+    tp = _unwrap_optional(tp)
+    if tp in (int, float):
+        return tp
+    item_type = _list_item_type(tp)
+    if item_type is None:
+        return None
+
+    def parse(text: str) -> list:
+        try:
+            return parse_list(text, item_type)
+        except (ConfigError, ValueError, TypeError):
+            example = _LIST_EXAMPLES[item_type]
+            raise argparse.ArgumentTypeError(f"expected one {item_type.__name__} or a list of them ({example}), "
+                                             f"got {text!r}") from None
+
+    return parse
+
+
 def _list_item_type(tp: Any) -> Optional[type]:
     """The element type of a List field (float, int, str), or None when ``tp`` is not a list."""
     tp = _unwrap_optional(tp)
@@ -73,7 +95,6 @@ class LegacyParser:
     def __init__(self, selected: Dict[str, Optional[str]], prog: str = "fairseq-train"):
         self.parser = _ErrorRaisingParser(prog=prog, allow_abbrev=False)
         self.targets: Dict[str, List[Target]] = {}  # argparse dest → every (group, field) it sets
-        self.types: Dict[str, Any] = {}
         self.parser.add_argument("data", nargs="?", help="path to the data directory (task.data)")
         for flag, group in SELECTORS.items():
             names = [f"--{flag.replace('_', '-')}"] + (["-a"] if flag == "arch" else [])
@@ -112,7 +133,6 @@ class LegacyParser:
                 continue
             self.targets[dest] = [(group, f.name)]
             tp = _unwrap_optional(hints[f.name])
-            self.types[dest] = hints[f.name]
             flag = f"--{f.name.replace('_', '-')}"
             names = [flag]
             alias = f.metadata.get("argparse_alias")
@@ -130,7 +150,8 @@ class LegacyParser:
                 self.parser.add_argument(*names, dest=dest, choices=[m.value for m in tp],
                                          default=argparse.SUPPRESS, help=help_text)
             else:
-                self.parser.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=help_text)
+                self.parser.add_argument(*names, dest=dest, type=_value_parser(tp), default=argparse.SUPPRESS,
+                                         help=help_text)
 
     def to_config(self, args: argparse.Namespace) -> Dict[str, Any]:
         """A nested config dict holding the selected ``_name``s and only the flags that were given."""
@@ -145,9 +166,6 @@ class LegacyParser:
             if not hasattr(args, dest) or getattr(args, dest) is None and dest == "data":
                 continue
             value = getattr(args, dest)
-            item_type = _list_item_type(self.types.get(dest))
-            if item_type is not None and isinstance(value, str):
-                value = parse_list(value, item_type)
             for group, name in targets:
                 if group in SELECTORS.values() and group not in cfg:
                     continue  # a field of a component that was not selected
