@@ -16,7 +16,7 @@ import logging
 import os
 from functools import partial
 
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.labels import corpus_transcripts, dictionary_from_labels, letters, normalize_text, write_label_files
 
 logger = logging.getLogger("make_labels")
@@ -35,6 +35,7 @@ def main(argv) -> int:
     parser.add_argument("--no-dict", action="store_true", help="do not write dict.ltr.txt")
     args = parser.parse_args(argv)
     setup_logging()
+    check_output_dir(args.output_dir, "--output-dir")
     normalize = partial(normalize_text, case=args.case, remove_punctuation=args.remove_punctuation)
     texts = corpus_transcripts(args.tsv, args.transcripts, args.sidecar_ext, normalize)
     wrd, ltr = write_label_files(texts, args.output_dir, args.output_name)

@@ -9,7 +9,7 @@ other corpus use scripts/make_labels.py.
 
 import argparse
 
-from fairseq_lite.cli.common import run_cli
+from fairseq_lite.cli.common import check_output_dir, run_cli
 from fairseq_lite.data.labels import libri_transcripts, write_label_files
 
 
@@ -19,6 +19,7 @@ def main(argv) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--output-name", required=True)
     args = parser.parse_args(argv)
+    check_output_dir(args.output_dir, "--output-dir")
     write_label_files(libri_transcripts(args.tsv), args.output_dir, args.output_name)
     return 0
 

@@ -5,7 +5,11 @@
 
 Frame counts are read in parallel; the summary reports files, hours and unreadable files. Unlike
 fairseq, a folder with no matching files is an error (fairseq writes a header-only manifest), and
-files are split in sorted order so the same seed gives the same split on every machine.
+files are split in sorted order so the same seed gives the same split on every machine. Linked folders
+are read once each (a link loop does not repeat files). Files whose names a tsv cannot hold (a tab or a
+line break, or not UTF-8) are left out with a warning like unreadable ones, so that one odd name does not
+stop a long scan. Both manifests replace the old ones only when the scan succeeds, and ``--valid-percent
+0`` deletes a valid.tsv left by an earlier run (it would overlap the new train.tsv).
 """
 
 import argparse
@@ -15,8 +19,9 @@ import sys
 
 from tqdm import tqdm
 
-from fairseq_lite.cli.common import run_cli, setup_logging
+from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.manifest import scan_folder, write_manifest
+from fairseq_lite.file_io import AtomicOutputs
 
 logger = logging.getLogger("wav2vec_manifest")
 
@@ -39,6 +44,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
+    check_output_dir(args.dest, "--dest")
     scan = scan_folder(
         args.root,
         ext=args.ext,
@@ -48,12 +54,16 @@ def main(argv) -> int:
         workers=args.workers,
         progress=lambda results: tqdm(results, desc="reading frame counts", unit="file", file=sys.stderr),
     )
-    os.makedirs(args.dest, exist_ok=True)
-    write_manifest(os.path.join(args.dest, "train.tsv"), scan.root, scan.train)
-    if args.valid_percent > 0:
-        write_manifest(os.path.join(args.dest, "valid.tsv"), scan.root, scan.valid)
+    valid_tsv = os.path.join(args.dest, "valid.tsv")
+    with AtomicOutputs() as outputs:
+        write_manifest(os.path.join(args.dest, "train.tsv"), scan.root, scan.train, outputs)
+        if args.valid_percent > 0:
+            write_manifest(valid_tsv, scan.root, scan.valid, outputs)
+        elif os.path.lexists(valid_tsv):
+            logger.info("removing %s from an earlier run: --valid-percent 0 puts every file in train.tsv", valid_tsv)
+            outputs.remove(valid_tsv)
     for path, reason in scan.unreadable[:10]:
-        logger.warning("could not read %s: %s", path, reason)
+        logger.warning("left out %s: %s", path if path.isprintable() else ascii(path), reason)
     logger.info(
         "%d files (%.2f hours): %d in train.tsv, %d in valid.tsv; %d could not be read and were left out",
         len(scan.train) + len(scan.valid), scan.seconds / 3600, len(scan.train), len(scan.valid), len(scan.unreadable),

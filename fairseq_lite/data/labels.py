@@ -14,7 +14,9 @@ from collections import Counter
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from fairseq_lite.data.dictionary import Dictionary
+from fairseq_lite.data.manifest import read_utf8_lines
 from fairseq_lite.errors import DataError
+from fairseq_lite.file_io import AtomicOutputs
 
 WORD_SEPARATOR = "|"
 
@@ -26,13 +28,20 @@ def letters(text: str) -> str:
 
 def manifest_entries(tsv: str) -> Tuple[str, List[Tuple[int, str]]]:
     """(root, [(file line number, relative path), ...]) of a manifest, without touching the audio."""
-    try:
-        with open(tsv, encoding="utf-8") as f:
-            root = f.readline().rstrip("\r\n")
-            entries = [(n, line.split("\t")[0]) for n, line in enumerate(f.read().splitlines(), start=2) if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"manifest {tsv} does not exist")
-    return root, entries
+    root, *lines = read_utf8_lines(tsv, "manifest") or [""]
+    return root, [(n, line.split("\t")[0]) for n, line in enumerate(lines, start=2) if line.strip()]
+
+
+def read_libri_transcripts(path: str) -> Dict[str, str]:
+    """utterance id → text of a LibriSpeech ``<speaker>-<chapter>.trans.txt`` (``<id> <WORDS ...>`` lines)."""
+    table: Dict[str, str] = {}
+    for n, line in enumerate(read_utf8_lines(path, "transcript file"), start=1):
+        fields = line.split()
+        if len(fields) == 1:
+            raise DataError(f"{path}:{n}: utterance {fields[0]} has no text: expected '<utterance id> <WORDS ...>'")
+        if fields:
+            table[fields[0]] = " ".join(fields[1:])
+    return table
 
 
 def libri_transcripts(tsv: str) -> List[str]:
@@ -46,11 +55,9 @@ def libri_transcripts(tsv: str) -> List[str]:
             raise DataError(f"{tsv}:{lineno}: {rel} is not in LibriSpeech's <speaker>/<chapter>/ layout")
         trans_path = os.path.join(root, os.path.dirname(rel), f"{parts[-3]}-{parts[-2]}.trans.txt")
         if trans_path not in cache:
-            try:
-                with open(trans_path, encoding="utf-8") as f:
-                    cache[trans_path] = dict(line.rstrip("\r\n").split(" ", 1) for line in f if line.strip())
-            except FileNotFoundError:
+            if not os.path.exists(trans_path):
                 raise DataError(f"{tsv}:{lineno}: transcript file {trans_path} does not exist")
+            cache[trans_path] = read_libri_transcripts(trans_path)
         utt = os.path.basename(rel).split(".")[0]
         if utt not in cache[trans_path]:
             raise DataError(f"{tsv}:{lineno}: utterance {utt} is not in {trans_path}")
@@ -87,18 +94,13 @@ def corpus_transcripts(
     root, entries = manifest_entries(tsv)
     table: Dict[str, str] = {}
     if transcripts is not None:
-        try:
-            with open(transcripts, encoding="utf-8") as f:
-                for n, line in enumerate(f, start=1):
-                    line = line.rstrip("\r\n")
-                    if not line.strip():
-                        continue
-                    key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
-                    if key in table:
-                        raise DataError(f"{transcripts}:{n}: key {key!r} appears twice")
-                    table[key] = text
-        except FileNotFoundError:
-            raise DataError(f"transcript file {transcripts} does not exist")
+        for n, line in enumerate(read_utf8_lines(transcripts, "transcript file"), start=1):
+            if not line.strip():
+                continue
+            key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
+            if key in table:
+                raise DataError(f"{transcripts}:{n}: key {key!r} appears twice")
+            table[key] = text
     texts = []
     for lineno, rel in entries:
         if transcripts is not None:
@@ -109,11 +111,9 @@ def corpus_transcripts(
                 raise DataError(f"{tsv}:{lineno}: no transcript for {rel} in {transcripts} (looked up {', '.join(keys)})")
         else:
             side = os.path.join(root, os.path.splitext(rel)[0] + "." + sidecar_ext.lstrip("."))
-            try:
-                with open(side, encoding="utf-8") as f:
-                    found = f.read()
-            except FileNotFoundError:
+            if not os.path.exists(side):
                 raise DataError(f"{tsv}:{lineno}: transcript file {side} does not exist")
+            found = "\n".join(read_utf8_lines(side, "transcript file"))
         text = normalize(found)
         if WORD_SEPARATOR in text:
             raise DataError(f"{tsv}:{lineno}: the transcript of {rel} contains '|', the word separator of .ltr files")
@@ -124,11 +124,13 @@ def corpus_transcripts(
 
 
 def write_label_files(texts: Iterable[str], output_dir: str, output_name: str) -> Tuple[str, str]:
-    """Write ``{output_name}.wrd`` and ``{output_name}.ltr``; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write ``{output_name}.wrd`` and ``{output_name}.ltr`` (both replace the old files only once complete);
+    returns their paths."""
     wrd_path = os.path.join(output_dir, f"{output_name}.wrd")
     ltr_path = os.path.join(output_dir, f"{output_name}.ltr")
-    with open(wrd_path, "w", encoding="utf-8") as wrd, open(ltr_path, "w", encoding="utf-8") as ltr:
+    with AtomicOutputs() as outputs:
+        wrd = outputs.open(wrd_path, "w", encoding="utf-8")
+        ltr = outputs.open(ltr_path, "w", encoding="utf-8")
         for text in texts:
             print(text, file=wrd)
             print(letters(text), file=ltr)

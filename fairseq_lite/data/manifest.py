@@ -18,6 +18,7 @@ import numpy as np
 
 from fairseq_lite.data.audio import audio_frames, split_byte_range
 from fairseq_lite.errors import DataError
+from fairseq_lite.file_io import AtomicOutputs
 
 
 class PathTable:
@@ -55,6 +56,29 @@ class Manifest:
         return f"{self.path}:{self.line_numbers[i]}"
 
 
+def read_utf8_lines(path: str, what: str) -> List[str]:
+    """The lines of a UTF-8 text file, split at ``\\n`` only (a trailing ``\\r`` dropped), so that names holding
+    other Unicode line breaks survive; a file that is not UTF-8 or cannot be read is a DataError naming it
+    (and the line of the first bad byte). ``what`` names the file's role in messages ("manifest", ...)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{data[e.start]:02x}); convert it, "
+                        f"e.g. iconv -f latin1 -t utf-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def load_manifest(
     path: str,
     min_sample_size: int = 0,
@@ -67,12 +91,9 @@ def load_manifest(
     With ``check_files`` every listed file must exist: a missing one is a DataError naming the line
     and path, or, with ``skip_missing``, is dropped like a short one and counted.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            root = f.readline().rstrip("\r\n")
-            lines = f.read().splitlines()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         raise DataError(f"manifest {path} does not exist: write it with examples/wav2vec/wav2vec_manifest.py")
+    root, *lines = read_utf8_lines(path, "manifest") or [""]
     if not root:
         raise DataError(f"{path}:1: the first line must be the root directory of the audio files")
     names: List[str] = []
@@ -132,10 +153,20 @@ class ScanResult:
 
 
 def find_audio(root: str, ext: str, path_must_contain: Optional[str] = None) -> List[str]:
-    """Files under ``root`` ending in ``.ext``, sorted (fairseq keeps filesystem order, which differs between machines)."""
+    """Files under ``root`` ending in ``.ext``, sorted (fairseq keeps filesystem order, which differs between machines).
+
+    Symbolic links to folders are followed, but each real folder is visited once: a link loop or two links to
+    one folder do not list its files again (fairseq's glob lists them once per path to them)."""
     suffix = "." + ext.lstrip(".").lower()
     found = []
-    for dirpath, _, files in os.walk(root, followlinks=True):
+    visited = set()
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        stat = os.stat(dirpath)
+        if (stat.st_dev, stat.st_ino) in visited:
+            dirnames[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
+        dirnames.sort()  # the first path to a folder is the one listed, on every machine
         for name in files:
             if name.lower().endswith(suffix):
                 full = os.path.join(dirpath, name)
@@ -148,10 +179,25 @@ def find_audio(root: str, ext: str, path_must_contain: Optional[str] = None) -> 
 SCAN_CHUNK = 256
 
 
+def unlistable_name(name: str) -> Optional[str]:
+    """Why a relative path cannot be a manifest line (None when it can): the tsv has no quoting."""
+    if any(c in name for c in "\t\n\r"):
+        return "its name holds a tab or line break, which a .tsv manifest cannot hold: rename the file"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 (manifests are UTF-8): rename the file"
+    return None
+
+
 def _scan_chunk(paths: List[str]) -> List[Any]:
     """(frames, rate) of each file, or the reason it could not be read: one bad file must not stop a scan."""
     results: List[Any] = []
     for path in paths:
+        problem = unlistable_name(path)
+        if problem is not None:
+            results.append(problem)
+            continue
         try:
             results.append(audio_frames(path))
         except Exception as e:
@@ -210,11 +256,12 @@ def scan_folder(
     return ScanResult(root, train, valid, unreadable, seconds)
 
 
-def write_manifest(path: str, root: str, entries: List[Tuple[str, int]]) -> None:
-    """Write a ``{split}.tsv`` (root line, then ``relpath<TAB>frames``) atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(root + "\n")
-        for rel, frames in entries:
-            f.write(f"{rel}\t{frames}\n")
-    os.replace(tmp, path)
+def write_manifest(path: str, root: str, entries: List[Tuple[str, int]],
+                   outputs: Optional[AtomicOutputs] = None) -> None:
+    """Write a ``{split}.tsv`` (root line, then ``relpath<TAB>frames``) to a temporary file that replaces ``path``
+    when ``outputs`` is committed (at once when none is given)."""
+    with contextlib.nullcontext(outputs) if outputs is not None else AtomicOutputs() as out:
+        with out.open(path, "w", encoding="utf-8") as f:
+            f.write(root + "\n")
+            for rel, frames in entries:
+                f.write(f"{rel}\t{frames}\n")
