@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from fairseq_lite.errors import DataError
+from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, conv_output_lengths
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
-from fairseq_lite.modules.masking import compute_mask_indices
+from fairseq_lite.modules.masking import Masker, compute_mask_indices
 from fairseq_lite.modules.multihead_attention import MultiheadAttention
 from fairseq_lite.modules.negatives import sample_negatives
 from fairseq_lite.modules.transformer_encoder import WeightNormConv1d, make_conv_pos
@@ -160,6 +160,29 @@ def test_gumbel_quantizer_training_is_straight_through_one_hot():
     out["x"].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert q.sample_from_codebook(3, 4).shape == (3, 4, 6)
+
+
+def test_masker_applies_time_then_channel_masks_with_the_given_embedding():
+    torch.manual_seed(0)
+    masker = Masker(mask_prob=0.5, mask_length=3, mask_channel_prob=0.3, mask_channel_length=4)
+    x, emb = torch.randn(2, 40, 16), torch.full((16,), 7.0)
+    out, mask = masker(x, None, emb)
+    assert mask.shape == (2, 40) and mask.any()
+    zeroed = (out == 0).all(dim=1)  # channels zeroed over every frame
+    assert zeroed.any()
+    kept = ~zeroed
+    assert torch.equal(out[0][mask[0]][:, kept[0]], emb[kept[0]].expand(int(mask[0].sum()), -1))
+    assert torch.equal(out[0][~mask[0]][:, kept[0]], x[0][~mask[0]][:, kept[0]])
+    given = torch.zeros(2, 40, dtype=torch.bool)
+    given[:, :5] = True
+    _, same = Masker(mask_prob=0.5, mask_length=3)(x, None, emb, mask_indices=given)
+    assert torch.equal(same, given)
+
+
+def test_masker_that_would_zero_every_channel_names_the_channel_settings():
+    masker = Masker(mask_prob=0.0, mask_channel_prob=1.0, mask_channel_length=32)  # one span as wide as x
+    with pytest.raises(ConfigError, match="all 32 channels: lower model.mask_channel_prob / model.mask_channel_length"):
+        masker(torch.zeros(2, 20, 32), None, torch.zeros(32))
 
 
 # -- feature extractor, attention, pos_conv ----------------------------------------------------

@@ -1,7 +1,7 @@
 """Span masking for wav2vec 2.0 (fairseq's ``compute_mask_indices`` in ``data/data_utils.py``).
 
-One vectorised implementation used by the model (time and channel masks), by CTC fine-tuning and by the
-data pipeline (``precompute_mask_indices``). It follows fairseq's current semantics (``num_mask_ver=2``,
+One vectorised implementation, ``compute_mask_indices``, and :class:`Masker`, which holds a model's time and
+channel mask settings and applies both (wav2vec 2.0 pretraining and CTC fine-tuning). It follows fairseq's current semantics (``num_mask_ver=2``,
 ``idc_select_ver=1``): per row, ``int(mask_prob * valid_len / mask_length + U[0,1))`` span starts (at least
 ``min_masks``) drawn without replacement, spans clipped to the valid (unpadded) length and allowed to
 overlap, so p=0.65, L=10 covers about 49% of the frames. ``no_overlap`` places spans that never touch,
@@ -11,6 +11,8 @@ NumPy >= 1.24; this one is a stars-and-bars placement, uniform over valid layout
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -178,3 +180,82 @@ def compute_mask_indices(
         keys = np.where(mask, rng.random(mask.shape), np.inf)
         mask &= ~_pick_smallest(keys, holes)
     return mask
+
+
+@dataclass(frozen=True)
+class Masker:
+    """Time and channel span masking of B×T×C features (fairseq's ``Wav2Vec2Model.apply_mask``).
+
+    The fields are the ``Wav2Vec2Config`` / ``Wav2Vec2AsrConfig`` options of the same names: time spans of
+    ``mask_length`` frames replaced by the model's ``mask_emb`` (at least 2 spans per row, as fairseq), channel
+    spans of ``mask_channel_length`` zeroed for the whole utterance, before or after time masking.
+    """
+
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    mask_selection: str = "static"
+    mask_other: float = 0.0
+    no_mask_overlap: bool = False
+    mask_min_space: int = 1
+    require_same_masks: bool = True
+    mask_dropout: float = 0.0
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 10
+    mask_channel_selection: str = "static"
+    mask_channel_other: float = 0.0
+    no_mask_channel_overlap: bool = False
+    mask_channel_min_space: int = 1
+    mask_channel_before: bool = False
+
+    def channel_mask(self, bsz: int, channels: int, device: torch.device) -> torch.Tensor:
+        """B×1×C boolean channel mask (broadcast over time)."""
+        mask = compute_mask_indices(
+            (bsz, channels), None, self.mask_channel_prob, self.mask_channel_length, self.mask_channel_selection,
+            self.mask_channel_other, no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
+            unit="channels",
+        )
+        return torch.from_numpy(mask).to(device).unsqueeze(1)
+
+    def time_mask(self, bsz: int, frames: int, padding_mask: Optional[torch.Tensor], device: torch.device
+                  ) -> torch.Tensor:
+        """B×T boolean time mask inside each row's unpadded frames."""
+        mask = compute_mask_indices(
+            (bsz, frames), padding_mask, self.mask_prob, self.mask_length, self.mask_selection, self.mask_other,
+            min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
+            require_same_masks=self.require_same_masks, mask_dropout=self.mask_dropout,
+        )
+        return torch.from_numpy(mask).to(device)
+
+    def __call__(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], mask_emb: torch.Tensor,
+                 mask_indices: Optional[torch.Tensor] = None, mask_channel_indices: Optional[torch.Tensor] = None
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(masked x, the B×T time mask or None); given ``mask_indices`` / ``mask_channel_indices`` are used
+        instead of drawing new ones (fairseq's ``mask_indices`` argument)."""
+        bsz, frames, channels = x.shape
+        if self.mask_channel_prob > 0 and self.mask_channel_before:
+            x = x.masked_fill(self.channel_mask(bsz, channels, x.device), 0.0)
+        if self.mask_prob > 0:
+            if mask_indices is None:
+                mask_indices = self.time_mask(bsz, frames, padding_mask, x.device)
+            x = torch.where(mask_indices.unsqueeze(-1), mask_emb.to(x.dtype), x)
+        else:
+            mask_indices = None
+        if self.mask_channel_prob > 0 and not self.mask_channel_before:
+            if mask_channel_indices is None:
+                mask_channel_indices = self.channel_mask(bsz, channels, x.device)
+            elif mask_channel_indices.dim() == 2:
+                mask_channel_indices = mask_channel_indices.unsqueeze(1)
+            x = x.masked_fill(mask_channel_indices, 0.0)
+        return x, mask_indices
+
+
+#: The config options a :class:`Masker` is built from (the same names in pretraining and fine-tuning configs).
+MASKER_SETTINGS = tuple(f.name for f in dataclasses.fields(Masker))
+
+
+def masker_from_config(cfg) -> Masker:
+    """A :class:`Masker` from any config with the ``MASKER_SETTINGS`` fields (choice enums as their names)."""
+    values = {name: getattr(cfg, name) for name in MASKER_SETTINGS}
+    for name in ("mask_selection", "mask_channel_selection"):
+        values[name] = str(values[name])
+    return Masker(**values)

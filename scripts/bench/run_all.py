@@ -71,7 +71,7 @@ def pretraining_steps(preset: str, batch: int, seconds: float, compile_ours: boo
     source = torch.randn(batch, int(seconds * RATE))
     frames = int(ours.feature_extractor.output_lengths(torch.tensor(source.size(1))))
     source = source.to(device())
-    mask = compute_mask_indices((batch, frames), None, ours.mask_prob, ours.mask_length, min_masks=2,
+    mask = compute_mask_indices((batch, frames), None, ours.masker.mask_prob, ours.masker.mask_length, min_masks=2,
                                 rng=np.random.default_rng(0))
     negatives = hf_w2v._sample_negative_indices((batch, frames), ours.n_negatives, mask_time_indices=mask)
     mask_tensor = torch.from_numpy(mask).to(device())

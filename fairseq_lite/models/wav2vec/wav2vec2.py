@@ -23,7 +23,7 @@ from fairseq_lite.models.wav2vec.wav2vec import parse_conv_layers
 from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
-from fairseq_lite.modules.masking import compute_mask_indices
+from fairseq_lite.modules.masking import masker_from_config
 from fairseq_lite.modules.negatives import sample_negatives
 from fairseq_lite.modules.transformer_encoder import TransformerEncoder
 
@@ -201,19 +201,7 @@ class Wav2Vec2Model(BaseFairseqModel):
             if self.embed != cfg.encoder_embed_dim and not cfg.quantize_input else None
         )
         self.crop_seq_to_multiple = cfg.crop_seq_to_multiple
-        self.mask_prob = cfg.mask_prob
-        self.mask_selection = str(cfg.mask_selection)
-        self.mask_other = cfg.mask_other
-        self.mask_length = cfg.mask_length
-        self.no_mask_overlap = cfg.no_mask_overlap
-        self.mask_min_space = cfg.mask_min_space
-        self.mask_channel_prob = cfg.mask_channel_prob
-        self.mask_channel_before = cfg.mask_channel_before
-        self.mask_channel_selection = str(cfg.mask_channel_selection)
-        self.mask_channel_other = cfg.mask_channel_other
-        self.mask_channel_length = cfg.mask_channel_length
-        self.no_mask_channel_overlap = cfg.no_mask_channel_overlap
-        self.mask_channel_min_space = cfg.mask_channel_min_space
+        self.masker = masker_from_config(cfg)
 
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.dropout_features = nn.Dropout(cfg.dropout_features)
@@ -282,41 +270,12 @@ class Wav2Vec2Model(BaseFairseqModel):
 
     # -- masking -----------------------------------------------------------------------------------
 
-    def _channel_mask(self, bsz: int, channels: int, device: torch.device) -> torch.Tensor:
-        mask = compute_mask_indices(
-            (bsz, channels), None, self.mask_channel_prob, self.mask_channel_length,
-            self.mask_channel_selection, self.mask_channel_other,
-            no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space, unit="channels",
-        )
-        return torch.from_numpy(mask).to(device).unsqueeze(1)  # B×1×C, broadcast over time
-
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor],
                    mask_indices: Optional[torch.Tensor] = None,
                    mask_channel_indices: Optional[torch.Tensor] = None
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Zero masked channels (before or after time masking) and replace masked frames by ``mask_emb``."""
-        bsz, tsz, channels = x.shape
-        if self.mask_channel_prob > 0 and self.mask_channel_before:
-            x = x.masked_fill(self._channel_mask(bsz, channels, x.device), 0.0)
-        if self.mask_prob > 0:
-            if mask_indices is None:
-                mask = compute_mask_indices(
-                    (bsz, tsz), padding_mask, self.mask_prob, self.mask_length, self.mask_selection,
-                    self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap,
-                    min_space=self.mask_min_space, require_same_masks=self.cfg.require_same_masks,
-                    mask_dropout=self.cfg.mask_dropout,
-                )
-                mask_indices = torch.from_numpy(mask).to(x.device)
-            x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
-        else:
-            mask_indices = None
-        if self.mask_channel_prob > 0 and not self.mask_channel_before:
-            if mask_channel_indices is None:
-                mask_channel_indices = self._channel_mask(bsz, channels, x.device)
-            elif mask_channel_indices.dim() == 2:
-                mask_channel_indices = mask_channel_indices.unsqueeze(1)
-            x = x.masked_fill(mask_channel_indices, 0.0)
-        return x, mask_indices
+        return self.masker(x, padding_mask, self.mask_emb, mask_indices, mask_channel_indices)
 
     # -- contrastive targets -------------------------------------------------------------------------
 

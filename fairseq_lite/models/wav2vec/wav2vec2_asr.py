@@ -35,6 +35,7 @@ from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import CheckpointError, ConfigError
 from fairseq_lite.models import BaseFairseqModel, build_model, register_model
 from fairseq_lite.models.wav2vec.wav2vec2 import LAYER_TYPE_CHOICES, MASKING_DISTRIBUTION_CHOICES
+from fairseq_lite.modules.masking import MASKER_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -119,27 +120,14 @@ class Wav2Vec2CtcConfig(Wav2Vec2AsrConfig):
     blank_mode: BLANK_MODE_CHOICES = "add"
 
 
-#: Fine-tuning option → the ``Wav2Vec2Config`` field of the pretrained model it overrides.
+#: Fine-tuning option → the ``Wav2Vec2Config`` field of the pretrained model it overrides: the masker's settings
+#: (same names on both sides), dropouts, layerdrop, feature_grad_mult and activation checkpointing.
 W2V_OVERRIDES = {
+    **{name: name for name in MASKER_SETTINGS},
     "dropout": "dropout",
     "activation_dropout": "activation_dropout",
     "dropout_input": "dropout_input",
     "attention_dropout": "attention_dropout",
-    "mask_length": "mask_length",
-    "mask_prob": "mask_prob",
-    "require_same_masks": "require_same_masks",
-    "mask_dropout": "mask_dropout",
-    "mask_selection": "mask_selection",
-    "mask_other": "mask_other",
-    "no_mask_overlap": "no_mask_overlap",
-    "mask_min_space": "mask_min_space",
-    "mask_channel_length": "mask_channel_length",
-    "mask_channel_prob": "mask_channel_prob",
-    "mask_channel_before": "mask_channel_before",
-    "mask_channel_selection": "mask_channel_selection",
-    "mask_channel_other": "mask_channel_other",
-    "no_mask_channel_overlap": "no_mask_channel_overlap",
-    "mask_channel_min_space": "mask_channel_min_space",
     "layerdrop": "encoder_layerdrop",
     "feature_grad_mult": "feature_grad_mult",
     "checkpoint_activations": "checkpoint_activations",
