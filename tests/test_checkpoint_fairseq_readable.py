@@ -11,7 +11,7 @@ import pytest
 import train_toy
 from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
-from fairseq_lite.training.checkpoint import atomic_save
+from fairseq_lite.file_io import atomic_save
 from fairseq_lite.training.meters import MetersGroup
 from fairseq_lite.training.train import main
 

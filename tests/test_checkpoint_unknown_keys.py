@@ -5,7 +5,7 @@ import os
 
 from fairseq_lite import checkpoint_utils
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
-from fairseq_lite.training.checkpoint import atomic_save
+from fairseq_lite.file_io import atomic_save
 
 CTC = os.path.join(os.path.dirname(__file__), "fixtures", "fairseq_lite_written", "w2v2_ctc_base_10m")
 

@@ -21,7 +21,8 @@ from fairseq_lite.data.labels import dictionary_from_labels, letters
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.decoding import edit_distance
 from fairseq_lite.decoding.arpa import estimate, write_arpa
-from fairseq_lite.training.checkpoint import atomic_save, load_checkpoint_file
+from fairseq_lite.file_io import atomic_save
+from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,9 +19,9 @@ import train_toy
 from fairseq_lite.data.iterators import EpochBatchIterator
 from fairseq_lite.data.raw_audio_dataset import FileAudioDataset
 from fairseq_lite.errors import CheckpointError, ConfigError, DataError, FairseqLiteError
+from fairseq_lite.file_io import atomic_copy, atomic_save
 from fairseq_lite.tasks import setup_task
-from fairseq_lite.training import checkpoint
-from fairseq_lite.training.checkpoint import LOCK_NAME, SaveDirLock, atomic_copy, atomic_save
+from fairseq_lite.training.checkpoint import LOCK_NAME, SaveDirLock
 from fairseq_lite.training.train import main
 
 

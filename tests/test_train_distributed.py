@@ -30,7 +30,6 @@ SCRIPT = textwrap.dedent(
 
     def kill_on_save(n):
         # SIGKILL this process in the middle of its n-th checkpoint write
-        import fairseq_lite.training.checkpoint as checkpoint
         real, calls = torch.save, []
         def save(obj, f, *args, **kwargs):
             calls.append(1)
@@ -39,7 +38,7 @@ SCRIPT = textwrap.dedent(
                 f.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(obj, f, *args, **kwargs)
-        checkpoint.torch.save = save
+        torch.save = save
 
     if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, stream=sys.stdout)

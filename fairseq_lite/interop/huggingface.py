@@ -594,7 +594,7 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
     from fairseq_lite.dataclass.initialize import finalize_config
     from fairseq_lite.dataclass.utils import config_to_dict
     from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
-    from fairseq_lite.training.checkpoint import atomic_save
+    from fairseq_lite.file_io import atomic_save
 
     config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
     conformer = config.model_type == "wav2vec2-conformer"

@@ -20,77 +20,16 @@ import logging
 import os
 import random
 import re
-import shutil
 import socket
 import time
-import uuid
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import torch
-
-from fairseq_lite.errors import CheckpointError, ConfigError, FairseqLiteError
+from fairseq_lite.errors import CheckpointError, ConfigError
+from fairseq_lite.file_io import TEMP_NAME, atomic_copy
 
 logger = logging.getLogger("fairseq_lite.checkpoint")
 
 DEFAULT_RESTORE_FILE = "checkpoint_last.pt"
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-#: ``<name>.<pid>.<8 hex>.tmp``: the temporary files checkpoints are written through.
-TEMP_NAME = re.compile(r".+\.(\d+)\.[0-9a-f]{8}\.tmp")
-
-
-def _unique_temp_path(path: str) -> str:
-    """A temporary name beside ``path`` that no other process or thread uses (pid and a random suffix)."""
-    return f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _write_then_rename(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """``write`` into a fresh temporary file beside ``path``, fsync, rename over ``path``.
-
-    An OSError (disk full, quota, permissions) removes the partial temporary file and becomes one
-    FairseqLiteError naming ``path`` and the cause; ``path`` itself is never half written.
-    """
-    tmp = _unique_temp_path(path)
-    try:
-        with open(tmp, "xb") as f:  # "x": created here, mode 0o666 minus the umask, like a plain open
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        cause = exc.strerror or str(exc) or type(exc).__name__
-        raise FairseqLiteError(
-            f"cannot write checkpoint {path}: {cause}; the partial file was removed and the previous "
-            f"{os.path.basename(path)} (if any) is intact: free space in checkpoint.save_dir or point it at another disk"
-        ) from exc
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a unique temporary file, fsync, then rename over ``path`` (never a half-written ``path``).
-    A Dictionary inside is pickled under fairseq's class name, so fairseq reads the file too."""
-    from fairseq_lite.interop import fairseq_pickle
-
-    _write_then_rename(path, lambda f: torch.save(obj, f, pickle_module=fairseq_pickle))
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` through a unique temporary file (as ``atomic_save``)."""
-    with open(src, "rb") as fin:
-        _write_then_rename(dst, lambda fout: shutil.copyfileobj(fin, fout, length=16 << 20))
 
 
 #: The lock file a training holds in ``checkpoint.save_dir`` while it runs.

@@ -489,7 +489,7 @@ class Trainer:
         """Write a checkpoint (tensors moved to the CPU first, which is what ``xm.save`` does on TPU), its ``cfg``
         kept to what fairseq 0.12.2 reads (our other keys go to ``extra_state``)."""
         from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
-        from fairseq_lite.training.checkpoint import atomic_save
+        from fairseq_lite.file_io import atomic_save
 
         if self.device.type != "cpu":
             state = move_to(state, torch.device("cpu"))
