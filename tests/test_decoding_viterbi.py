@@ -5,7 +5,7 @@ import torch
 from decoding_helpers import emissions_for, letter_dictionary
 from fairseq_lite.data.data_utils import post_process
 from fairseq_lite.decoding import ErrorCounter, ViterbiDecoder, build_decoder, word_error_rate, word_spans
-from fairseq_lite.decoding.ctc import blank_index, collapse_path, silence_index
+from fairseq_lite.decoding.hypotheses import blank_index, collapse_path, silence_index
 
 
 def test_greedy_reads_the_confused_letters():
@@ -50,9 +50,9 @@ def test_word_timestamps_follow_units_and_post_process():
     # THA: T at frame 0, A at frame 4 → ends at frame 5; CAT starts after the "|" at frame 6.
     assert (spans[0].start_frame, spans[0].end_frame) == (0, 5)
     assert spans[1].start_frame == 7 and abs(spans[1].start - 0.14) < 1e-9
-    pieces = word_spans(["\u2581HE", "LLO", "\u2581WOR", "LD"], [0, 3, 6, 9], "sentencepiece")
+    pieces = word_spans(["\u2581HE", "LLO", "\u2581WOR", "LD"], [0, 3, 6, 9], "sentencepiece", 0.02)
     assert [(p.word, p.start_frame, p.end_frame) for p in pieces] == [("HELLO", 0, 4), ("WORLD", 6, 10)]
-    bpe = word_spans(["HE@@", "LLO", "WORLD"], [0, 2, 5], "subword_nmt")
+    bpe = word_spans(["HE@@", "LLO", "WORLD"], [0, 2, 5], "subword_nmt", 0.02)
     assert [(p.word, p.start_frame, p.end_frame) for p in bpe] == [("HELLO", 0, 3), ("WORLD", 5, 6)]
 
 

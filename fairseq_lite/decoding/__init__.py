@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairseq_lite.decoding.ctc import Hypothesis, WordSpan, blank_index, silence_index, word_spans
+from fairseq_lite.decoding.hypotheses import Hypothesis, WordSpan, blank_index, silence_index, word_spans
 from fairseq_lite.decoding.viterbi import ViterbiDecoder
 from fairseq_lite.decoding.wer import ErrorCounter, edit_distance, word_error_rate
 from fairseq_lite.errors import ConfigError

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from fairseq_lite.decoding.ctc import Hypothesis, blank_index, collapse_path, silence_index
+from fairseq_lite.decoding.hypotheses import Hypothesis, blank_index, collapse_path, silence_index
 from fairseq_lite.errors import ConfigError, DataError, FairseqLiteError
 
 try:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import torch
 
-from fairseq_lite.decoding.ctc import Hypothesis, blank_index
+from fairseq_lite.decoding.hypotheses import Hypothesis, blank_index
 
 
 class ViterbiDecoder:

@@ -15,10 +15,6 @@ import torch
 
 from fairseq_lite.data.data_utils import CONTINUATION_SYMBOLS, GLUE_SYMBOLS
 
-#: wav2vec 2.0's convolutional feature extractor emits one frame per 320 samples at 16 kHz.
-WAV2VEC2_FRAME_SECONDS = 320 / 16000
-
-
 def blank_index(tgt_dict) -> int:
     """The CTC blank: ``<ctc_blank>`` if present, else bos (fairseq's choice)."""
     return tgt_dict.index("<ctc_blank>") if "<ctc_blank>" in tgt_dict else tgt_dict.bos()
@@ -85,15 +81,15 @@ class _OpenWord:
 def word_spans(
     units: Sequence[str],
     frames: Sequence[int],
-    post_process: Optional[str] = "letter",
-    frame_seconds: float = WAV2VEC2_FRAME_SECONDS,
+    post_process: Optional[str],
+    frame_seconds: float,
 ) -> List[WordSpan]:
     """Group decoded units into words with start/end times, the way ``--post-process`` glues them.
 
     ``letter``/``sentencepiece``/``wordpiece``/``_EOW`` split words at their boundary symbol,
     ``subword_nmt`` joins units that end in ``@@``, anything else makes every unit a word (``silence``
     drops ``<SIL>``). The words are those ``post_process`` gives for the same units; a word ends at the
-    frame after its last unit.
+    frame after its last unit; ``frame_seconds`` is the model's frame stride in seconds (0.02 for wav2vec 2.0).
     """
     spans: List[WordSpan] = []
     current = _OpenWord()
