@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fairseq_lite.dataclass.configs import REGISTRY_GROUPS, TYPED_GROUPS, FairseqConfig, check_config_values
+from fairseq_lite.dataclass.inert import warn_inert_settings
 from fairseq_lite.dataclass.utils import (
     closest_match,
     summarize_keys,
@@ -273,4 +274,5 @@ def finalize_config(cfg: Any, from_checkpoint: bool = False) -> FairseqConfig:
     config = to_dataclass(root)
     if not from_checkpoint:  # a checkpoint's config was checked when it was trained
         check_config_values(config)
+        warn_inert_settings(config)
     return config
