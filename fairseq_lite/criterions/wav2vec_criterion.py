@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,40 +51,54 @@ class Wav2vecCriterion(FairseqCriterion):
         return target.numel() if infonce else int(target.long().sum())
 
     def forward(self, model, sample: Dict[str, Any], reduce: bool = True):
+        """(loss, sample_size, logging_output): the contrastive term plus the weighted extra terms."""
         net_output = model(**sample["net_input"])
         logits = model.get_logits(net_output).float()
         target = model.get_targets(sample, net_output)
+        loss = self.contrastive_loss(model, logits, target, net_output, reduce)
+        sample_size = self._sample_size(sample, target, self.infonce)
+        losses = [loss.detach().clone()]
+        for term in self.extra_loss_terms(model, net_output, sample_size):
+            loss = loss + term
+            losses.append(term.detach())
+        logging_output = self.logging_output(sample, net_output, logits, target, loss, losses, sample_size, reduce)
+        return loss, sample_size, logging_output
+
+    def contrastive_loss(self, model, logits: torch.Tensor, target: torch.Tensor, net_output: Dict[str, Any],
+                         reduce: bool) -> torch.Tensor:
+        """InfoNCE (``infonce``: cross-entropy, the positive at index 0) or binary cross-entropy of the logits
+        against the targets, with the model's target weights when it has them (wav2vec 1.0)."""
         reduction = "sum" if reduce else "none"
         if self.infonce:
-            loss = F.cross_entropy(logits, target, reduction=reduction)
-        else:
-            weights = None
-            if hasattr(model, "get_target_weights"):
-                weights = model.get_target_weights(target, net_output)
-                if torch.is_tensor(weights):
-                    weights = weights.float()
-            loss = F.binary_cross_entropy_with_logits(logits, target.float(), weights, reduction=reduction)
-        sample_size = self._sample_size(sample, target, self.infonce)
+            return F.cross_entropy(logits, target, reduction=reduction)
+        weights = model.get_target_weights(target, net_output) if hasattr(model, "get_target_weights") else None
+        if torch.is_tensor(weights):
+            weights = weights.float()
+        return F.binary_cross_entropy_with_logits(logits, target.float(), weights, reduction=reduction)
 
-        losses = [loss.detach().clone()]
-        if self.loss_weights is not None:
-            extra = model.get_extra_losses(net_output)
-            if torch.is_tensor(extra):
-                extra = [extra]
-            weights = self.loss_weights
-            if len(weights) == 1 and len(extra) != 1:
-                weights = weights * len(extra)
-            if len(weights) != len(extra):
-                raise ConfigError(
-                    f"criterion.loss_weights has {len(weights)} values but the model has {len(extra)} extra "
-                    "losses: give one weight per extra loss (or a single weight for all)"
-                )
-            for term, coef in zip(extra, weights):
-                if coef != 0 and term is not None:
-                    term = coef * term.float() * sample_size
-                    loss = loss + term
-                    losses.append(term.detach())
+    def extra_loss_terms(self, model, net_output: Dict[str, Any], sample_size: int) -> List[torch.Tensor]:
+        """``loss_weights`` × each of the model's extra losses (codebook diversity, feature penalty) × sample_size;
+        one weight may serve every extra loss, a zero weight drops its term."""
+        if self.loss_weights is None:
+            return []
+        extra = model.get_extra_losses(net_output)
+        if torch.is_tensor(extra):
+            extra = [extra]
+        weights = self.loss_weights
+        if len(weights) == 1 and len(extra) != 1:
+            weights = weights * len(extra)
+        if len(weights) != len(extra):
+            raise ConfigError(
+                f"criterion.loss_weights has {len(weights)} values but the model has {len(extra)} extra "
+                "losses: give one weight per extra loss (or a single weight for all)"
+            )
+        return [coef * term.float() * sample_size for term, coef in zip(extra, weights) if coef != 0 and term is not None]
 
+    def logging_output(self, sample: Dict[str, Any], net_output: Dict[str, Any], logits: torch.Tensor,
+                       target: torch.Tensor, loss: torch.Tensor, losses: List[torch.Tensor], sample_size: int,
+                       reduce: bool) -> Dict[str, Any]:
+        """What fairseq logs: loss, sizes, each ``loss_i`` term, the ``log_keys`` of the model's output, and for
+        InfoNCE the number of frames whose positive scored highest (``correct`` of ``count``)."""
         source = sample["net_input"].get("source")
         nsentences = sample["id"].numel() if "id" in sample else (source.size(0) if source is not None else 0)
         logging_output: Dict[str, Any] = {
@@ -94,12 +108,9 @@ class Wav2vecCriterion(FairseqCriterion):
             "sample_size": sample_size,
         }
         for key in self.log_keys:
-            if key == "logits":
+            if key in ("logits", "target"):
                 if not self.training:
-                    logging_output["logits"] = logits.detach().cpu().numpy()
-            elif key == "target":
-                if not self.training:
-                    logging_output["target"] = target.detach().cpu().numpy()
+                    logging_output[key] = (logits if key == "logits" else target).detach().cpu().numpy()
             elif key in net_output:
                 value = net_output[key]
                 logging_output[key] = float(value.detach()) if torch.is_tensor(value) else float(value)
@@ -107,17 +118,18 @@ class Wav2vecCriterion(FairseqCriterion):
             for i, term in enumerate(losses):
                 logging_output[f"loss_{i}"] = term.sum().item()
         if self.infonce:
-            with torch.no_grad():
-                if logits.numel() == 0:
-                    correct, count = 0, 0
-                else:
-                    is_max = logits.argmax(-1) == 0
-                    is_min = logits.argmin(-1) == 0
-                    correct = int(is_max.sum()) - int((is_max & is_min).sum())  # all-equal rows are not correct
-                    count = is_max.numel()
-            logging_output["correct"] = correct
-            logging_output["count"] = count
-        return loss, sample_size, logging_output
+            logging_output["correct"], logging_output["count"] = self.accuracy_counts(logits)
+        return logging_output
+
+    @staticmethod
+    @torch.no_grad()
+    def accuracy_counts(logits: torch.Tensor) -> Tuple[int, int]:
+        """(frames whose positive, at index 0, has the strictly highest logit; frames): all-equal rows miss."""
+        if logits.numel() == 0:
+            return 0, 0
+        is_max = logits.argmax(-1) == 0
+        is_min = logits.argmin(-1) == 0
+        return int(is_max.sum()) - int((is_max & is_min).sum()), is_max.numel()
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
