@@ -322,6 +322,7 @@ def finetune_fixture(name: str, data: str, pretrained: str, work: str, out_dir: 
 def generate(out_dir: str) -> None:
     """Write every fixture of this module into ``out_dir``."""
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)  # as the training runs and the tests: the same float32 summation order
     with tempfile.TemporaryDirectory() as tmp:
         audio = os.path.join(tmp, "audio")
         write_audio_corpus(audio, PRETRAIN_LENGTHS)
