@@ -476,10 +476,7 @@ def decode_batches(itr, emissions_of, decoder, args: argparse.Namespace, context
         ids = sample["id"].tolist()
         started = time.perf_counter()
         emissions, lengths = emissions_of(sample)
-        if args.w2l_decoder == "viterbi":
-            hypos = decoder.decode(emissions, lengths)
-        else:
-            hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
+        hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
         elapsed += time.perf_counter() - started
         for row, i in enumerate(ids):
             target = sample["target"][row, : int(sample["target_lengths"][row])]

@@ -21,10 +21,12 @@ class ViterbiDecoder:
         self.tgt_dict = tgt_dict
         self.blank = blank_index(tgt_dict)
 
-    def decode(self, emissions: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> List[List[Hypothesis]]:
+    def decode(self, emissions: torch.Tensor, lengths: Optional[torch.Tensor] = None, num_workers: int = 1
+               ) -> List[List[Hypothesis]]:
         """One-best hypothesis per utterance; ``lengths`` (B,) gives the valid frames of padded rows.
 
         The score is the sum of the best per-frame emission over the valid frames (fairseq reports 0).
+        ``num_workers`` is the flashlight decoders' argument: the batch runs as one vectorised pass anyway.
         """
         if emissions.dim() != 3:
             raise ValueError(f"emissions must be (batch, frames, units), got shape {tuple(emissions.shape)}")
