@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import FIXTURES, fairseq_dir, hydra_train, recording_all, tone, write_audio_corpus, write_fixture  # noqa: E402
+from common import (FIXTURES, fairseq_dir, hydra_train, recording_all, tone, write_audio_corpus,  # noqa: E402
+                    write_fixture)
 
 #: Every dropout and layerdrop of the pretraining and fine-tuning configs, zeroed for train-mode outputs.
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "dropout_input": 0.0,
