@@ -23,7 +23,7 @@ def main(argv: List[str]) -> Optional[int]:
     parser.add_argument("checkpoint", help="the .pt file to write")
     args = parser.parse_args(argv)
     setup_logging()
-    from fairseq_lite.interop.huggingface import import_checkpoint_from_hf
+    from fairseq_lite.interop.hf_files import import_checkpoint_from_hf
 
     name = import_checkpoint_from_hf(args.hf_dir, args.checkpoint)
     print(f"wrote a {name} checkpoint to {args.checkpoint}")

@@ -29,7 +29,7 @@ def main(argv: List[str]) -> Optional[int]:
                         help="unpickle arbitrary objects in the checkpoint (only for files you trust)")
     args = parser.parse_args(argv)
     setup_logging()
-    from fairseq_lite.interop.huggingface import export_checkpoint_to_hf
+    from fairseq_lite.interop.hf_files import export_checkpoint_to_hf
 
     name = export_checkpoint_to_hf(args.checkpoint, args.out_dir, args.dictionary, args.trust_checkpoint)
     print(f"wrote {name} to {args.out_dir}")
