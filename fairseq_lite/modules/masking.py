@@ -88,6 +88,54 @@ def _non_overlapping_starts(rng, sizes, lengths, min_space):
     return np.where(fits, starts, 0), lengths
 
 
+def _paint_spans(starts: np.ndarray, lengths: np.ndarray, sizes: np.ndarray, all_sz: int) -> np.ndarray:
+    """Boolean B×T of the spans (B×N starts and lengths) clipped to each row's size: a difference array with
+    +1 at each start and -1 after each end, summed along time."""
+    bsz = len(sizes)
+    ends = np.minimum(starts + lengths, sizes[:, None])
+    live = (lengths > 0) & (starts < sizes[:, None])
+    delta = np.zeros((bsz, all_sz + 1), dtype=np.int64)
+    rows = np.broadcast_to(np.arange(bsz)[:, None], starts.shape)
+    np.add.at(delta, (rows[live], np.minimum(starts[live], all_sz)), 1)
+    np.add.at(delta, (rows[live], ends[live]), -1)
+    mask = np.cumsum(delta[:, :all_sz], axis=1) > 0
+    return mask & (np.arange(all_sz)[None, :] < sizes[:, None])
+
+
+def _refuse_full_cover(counts: np.ndarray, sizes: np.ndarray, indices: Optional[Sequence[int]], unit: str) -> None:
+    """A row masked end to end leaves nothing to predict from: an error naming what to lower."""
+    full = np.flatnonzero((counts >= sizes) & (counts > 0))
+    if not len(full):
+        return
+    i = int(full[0])
+    if unit == "channels":
+        raise ConfigError(f"channel masking would cover all {int(sizes[i])} channels: lower "
+                          "model.mask_channel_prob / model.mask_channel_length")
+    where = f" (dataset index {indices[i]})" if indices is not None else ""
+    raise DataError(
+        f"masking would cover the whole sequence of {int(sizes[i])} frames{where}: "
+        "lower mask_prob / mask_length or drop such short inputs (min_sample_size)"
+    )
+
+
+def _equalise_counts(rng: np.random.Generator, mask: np.ndarray, counts: np.ndarray, sizes: np.ndarray,
+                     add_masks: bool) -> np.ndarray:
+    """``require_same_masks``: every row masked the smallest count of the batch (a random subset of its masked
+    positions), or with ``add_masks`` the largest (random extra valid positions)."""
+    bsz, all_sz = mask.shape
+    target = int(counts.max() if add_masks else counts.min())
+    over = counts > target
+    if over.any():
+        keys = np.where(mask, rng.random(mask.shape), np.inf)
+        mask = np.where(over[:, None], _pick_smallest(keys, np.full(bsz, target)), mask)
+    under = counts < target
+    if under.any():
+        valid = np.arange(all_sz)[None, :] < sizes[:, None]
+        keys = np.where(~mask & valid, rng.random(mask.shape), np.inf)
+        mask |= _pick_smallest(keys, np.where(under, target - counts, 0))
+    return mask
+
+
 def compute_mask_indices(
     shape: Tuple[int, int],
     padding_mask: Optional[torch.Tensor | np.ndarray],
@@ -140,40 +188,11 @@ def compute_mask_indices(
     else:
         starts = _overlapping_starts(rng, sizes, num_mask, lengths, active)
 
-    # Paint the spans with a difference array: +1 at each start, -1 after each (clipped) end.
-    ends = np.minimum(starts + lengths, sizes[:, None])
-    live = (lengths > 0) & (starts < sizes[:, None])
-    delta = np.zeros((bsz, all_sz + 1), dtype=np.int64)
-    rows = np.broadcast_to(np.arange(bsz)[:, None], starts.shape)
-    np.add.at(delta, (rows[live], np.minimum(starts[live], all_sz)), 1)
-    np.add.at(delta, (rows[live], ends[live]), -1)
-    mask = np.cumsum(delta[:, :all_sz], axis=1) > 0
-    mask &= np.arange(all_sz)[None, :] < sizes[:, None]
-
+    mask = _paint_spans(starts, lengths, sizes, all_sz)
     counts = mask.sum(axis=1)
-    full = np.flatnonzero((counts >= sizes) & (counts > 0))
-    if len(full):
-        i = int(full[0])
-        where = f" (dataset index {indices[i]})" if indices is not None else ""
-        if unit == "channels":
-            raise ConfigError(f"channel masking would cover all {int(sizes[i])} channels: lower "
-                              "model.mask_channel_prob / model.mask_channel_length")
-        raise DataError(
-            f"masking would cover the whole sequence of {int(sizes[i])} frames{where}: "
-            "lower mask_prob / mask_length or drop such short inputs (min_sample_size)"
-        )
-
+    _refuse_full_cover(counts, sizes, indices, unit)
     if require_same_masks and bsz > 0:
-        target = int(counts.max() if add_masks else counts.min())
-        over = counts > target
-        if over.any():  # keep a random `target` of the masked positions
-            keys = np.where(mask, rng.random(mask.shape), np.inf)
-            mask = np.where(over[:, None], _pick_smallest(keys, np.full(bsz, target)), mask)
-        under = counts < target
-        if under.any():  # mask a random `target - count` more valid positions
-            valid = np.arange(all_sz)[None, :] < sizes[:, None]
-            keys = np.where(~mask & valid, rng.random(mask.shape), np.inf)
-            mask |= _pick_smallest(keys, np.where(under, target - counts, 0))
+        mask = _equalise_counts(rng, mask, counts, sizes, add_masks)
     if mask_dropout > 0:
         counts = mask.sum(axis=1)
         holes = np.rint(counts * mask_dropout).astype(np.int64)
