@@ -304,28 +304,7 @@ class Trainer:
         optimizer.zero_grad()
         step_start = time.perf_counter()
 
-        logging_outputs: List[Dict[str, Any]] = []
-        sample_size = 0.0
-        batch_ids: List[int] = []
-        for i, raw in enumerate(samples):
-            sample, is_dummy = self._prepare_sample(raw)
-            last = i == len(samples) - 1
-            sync = model.no_sync() if self.use_torch_ddp and not last else contextlib.nullcontext()
-            try:
-                with sync:
-                    loss, size, logging_output = self.task.train_step(
-                        sample, model, criterion, optimizer, self.num_updates, ignore_grad=is_dummy
-                    )
-            except OUT_OF_MEMORY as exc:
-                raise self._oom_error(exc) from exc
-            self._mark_step()
-            if is_dummy:
-                continue
-            logging_outputs.append(logging_output)
-            sample_size += float(size)
-            if "id" in sample:
-                batch_ids.extend(int(x) for x in torch.as_tensor(sample["id"]).view(-1).tolist())
-
+        logging_outputs, sample_size, batch_ids = self._forward_backward(samples)
         if self.world_size > 1:
             if not self.use_torch_ddp:
                 self._all_reduce_grads()
@@ -362,6 +341,32 @@ class Trainer:
         self.set_num_updates(self.num_updates + 1)
         stats = self._reduce_stats(logging_outputs, sample_size, float(grad_norm), time.perf_counter() - step_start)
         return stats
+
+    def _forward_backward(self, samples: Sequence[Any]) -> Tuple[List[Dict[str, Any]], float, List[int]]:
+        """Forward and backward of every micro-batch (gradients accumulate; DDP syncs on the last one);
+        returns their logging outputs, summed sample size and example ids (dummy batches count for nothing)."""
+        logging_outputs: List[Dict[str, Any]] = []
+        sample_size = 0.0
+        batch_ids: List[int] = []
+        for i, raw in enumerate(samples):
+            sample, is_dummy = self._prepare_sample(raw)
+            last = i == len(samples) - 1
+            sync = self.model.no_sync() if self.use_torch_ddp and not last else contextlib.nullcontext()
+            try:
+                with sync:
+                    loss, size, logging_output = self.task.train_step(
+                        sample, self.model, self.criterion, self.optimizer, self.num_updates, ignore_grad=is_dummy
+                    )
+            except OUT_OF_MEMORY as exc:
+                raise self._oom_error(exc) from exc
+            self._mark_step()
+            if is_dummy:
+                continue
+            logging_outputs.append(logging_output)
+            sample_size += float(size)
+            if "id" in sample:
+                batch_ids.extend(int(x) for x in torch.as_tensor(sample["id"]).view(-1).tolist())
+        return logging_outputs, sample_size, batch_ids
 
     def _mark_step(self) -> None:
         """On XLA, run the graph built so far (one graph per micro-batch and one per update)."""
