@@ -314,31 +314,8 @@ class Wav2Vec2Model(BaseFairseqModel):
         ``num_vars``/``code_perplexity``/``prob_perplexity``/``temp``. With ``features_only``: ``x`` (B×T×E),
         ``padding_mask``, ``features`` (unmasked CNN features), ``layer_results``.
         """
-        if self.feature_grad_mult > 0:
-            features = self.feature_extractor(source)
-            if self.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = self.feature_extractor(source)
-
-        features_pen = None if features_only else features.float().pow(2).mean()
-        features = self.layer_norm(features.transpose(1, 2))
-        unmasked_features = features  # nothing below writes in place, so no copy is needed
-        padding_mask = self._feature_lengths_mask(padding_mask, features)
-
-        drop = features.size(1) % self.crop_seq_to_multiple
-        if drop:
-            features = features[:, :-drop]
-            unmasked_features = unmasked_features[:, :-drop]
-            if padding_mask is not None:
-                padding_mask = padding_mask[:, :-drop]
-
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)
-        features = self.dropout_input(features)
-        unmasked_features = self.dropout_features(unmasked_features)
-
+        features, unmasked_features, padding_mask, features_pen = self._encode_features(
+            source, padding_mask, features_only)
         result: Dict[str, Any] = {}
         if self.input_quantizer is not None:
             q = self.input_quantizer(features, produce_targets=False)
@@ -370,6 +347,31 @@ class Wav2Vec2Model(BaseFairseqModel):
         result.update({"x": self.compute_preds(x, y, negs), "padding_mask": padding_mask,
                        "features_pen": features_pen})
         return result
+
+    def _encode_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor], features_only: bool
+                         ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """CNN → LayerNorm → (crop to ``crop_seq_to_multiple``) → ``post_extract_proj`` and dropouts: (encoder
+        input B×T×E, unmasked features B×T×C for the targets, the frame padding mask, the feature penalty)."""
+        if self.feature_grad_mult > 0:
+            features = self.feature_extractor(source)
+            if self.feature_grad_mult != 1.0:
+                features = GradMultiply.apply(features, self.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                features = self.feature_extractor(source)
+        features_pen = None if features_only else features.float().pow(2).mean()
+        features = self.layer_norm(features.transpose(1, 2))
+        unmasked_features = features  # nothing below writes in place, so no copy is needed
+        padding_mask = self._feature_lengths_mask(padding_mask, features)
+        drop = features.size(1) % self.crop_seq_to_multiple
+        if drop:
+            features = features[:, :-drop]
+            unmasked_features = unmasked_features[:, :-drop]
+            if padding_mask is not None:
+                padding_mask = padding_mask[:, :-drop]
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        return self.dropout_input(features), self.dropout_features(unmasked_features), padding_mask, features_pen
 
     def _targets_and_negatives(self, y: torch.Tensor, unmasked: torch.Tensor, mask_indices: torch.Tensor,
                                padding_count: Optional[int], result: Dict[str, Any]
