@@ -33,6 +33,29 @@ def _range_max(table: List[np.ndarray], starts: np.ndarray, lengths: np.ndarray)
     return out
 
 
+def _largest_batch_sizes(tokens: np.ndarray, cap: int, max_tokens: Optional[int]) -> np.ndarray:
+    """For every start s, the largest k ≤ cap with k · max(tokens[s:s+k]) ≤ max_tokens (monotone in k, so a
+    binary search over a table of range maxima; direct when the lengths are in descending order)."""
+    n = len(tokens)
+    starts = np.arange(n)
+    hi = np.minimum(cap, n - starts)
+    if max_tokens is None:
+        return hi
+    if np.all(tokens[1:] <= tokens[:-1]):  # longest first (the usual order): each batch's first item is its longest
+        return np.minimum(hi, max_tokens // tokens.astype(np.int64))
+    table = _window_max_table(tokens, int(cap).bit_length())
+    lo = np.ones(n, dtype=np.int64)  # one example always fits (checked by the caller)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        s, a, b = starts[open_], lo[open_], hi[open_]
+        mid = (a + b + 1) // 2
+        fits = mid * _range_max(table, s, mid).astype(np.int64) <= max_tokens
+        lo[open_] = np.where(fits, mid, a)
+        hi[open_] = np.where(fits, b, mid - 1)
+
+
 def batch_by_size(
     indices: np.ndarray,
     num_tokens: np.ndarray,
@@ -72,26 +95,8 @@ def batch_by_size(
     else:
         cap = min(max_sentences, n)
 
-    # size[s]: the largest k ≤ cap with k * max(tokens[s:s+k]) ≤ max_tokens (monotone in k → binary search)
     starts = np.arange(n)
-    hi = np.minimum(cap, n - starts)
-    if max_tokens is None:
-        size = hi
-    elif np.all(tokens[1:] <= tokens[:-1]):  # longest first (the usual order): each batch's first item is its longest
-        size = np.minimum(hi, max_tokens // tokens.astype(np.int64))
-    else:
-        table = _window_max_table(tokens, int(cap).bit_length())
-        lo = np.ones(n, dtype=np.int64)  # one example always fits (checked above)
-        while True:
-            open_ = lo < hi
-            if not open_.any():
-                break
-            s, a, b = starts[open_], lo[open_], hi[open_]
-            mid = (a + b + 1) // 2
-            fits = mid * _range_max(table, s, mid).astype(np.int64) <= max_tokens
-            lo[open_] = np.where(fits, mid, a)
-            hi[open_] = np.where(fits, b, mid - 1)
-        size = lo
+    size = _largest_batch_sizes(tokens, cap, max_tokens)
     # a batch that ends because it is full is cut to a multiple of `mult`; the final batch keeps its size
     full = starts + size < n
     size = np.where(full & (size >= mult), size // mult * mult, size)
