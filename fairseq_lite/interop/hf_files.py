@@ -10,7 +10,7 @@ writes a fairseq-layout checkpoint from such a folder. The key and config maps t
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.interop.huggingface import (
@@ -173,6 +173,37 @@ def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
                           f"unexpected {unexpected[:5]}")
 
 
+def _convertible_kind(hf_dir: str, config: Any) -> Tuple[bool, bool]:
+    """(conformer?, CTC?) of an HF folder's config; anything but a wav2vec2(-conformer) ForCTC/ForPreTraining
+    model is a ConfigError."""
+    if config.model_type not in ("wav2vec2", "wav2vec2-conformer"):
+        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2 or wav2vec2-conformer")
+    architectures = config.architectures or []
+    ctc = any(a.endswith("ForCTC") for a in architectures)
+    if not ctc and not any(a.endswith("ForPreTraining") for a in architectures):
+        raise ConfigError(
+            f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
+            "...ForCTC and ...ForPreTraining folders convert (a bare Wav2Vec2Model has no pretraining heads, and "
+            "HF would fill them with random weights)")
+    return config.model_type == "wav2vec2-conformer", ctc
+
+
+def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: Dict[str, Any],
+                      criterion_name: str) -> Dict[str, Any]:
+    """A fairseq-layout checkpoint dict of a model that has not been trained here (no optimizer state)."""
+    return {
+        "args": None,
+        "cfg": cfg,
+        "model": {k: v.detach().clone().contiguous() for k, v in weights.items()},
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": None,
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "task_state": task_state,
+        "extra_state": {"train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
+                        "val_loss": None, "previous_training_time": 0.0},
+    }
+
+
 def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
     """Write a fairseq-layout checkpoint (``wav2vec2`` or ``wav2vec_ctc``, with the dictionary in ``task_state``)
     for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC`` or their conformer twins. Returns our model name."""
@@ -183,20 +214,11 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
 
     from fairseq_lite.dataclass.initialize import finalize_config
     from fairseq_lite.dataclass.utils import config_to_dict
-    from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
     from fairseq_lite.file_io import atomic_save
+    from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
 
     config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
-    conformer = config.model_type == "wav2vec2-conformer"
-    if config.model_type not in ("wav2vec2", "wav2vec2-conformer"):
-        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2 or wav2vec2-conformer")
-    architectures = config.architectures or []
-    ctc = any(a.endswith("ForCTC") for a in architectures)
-    if not ctc and not any(a.endswith("ForPreTraining") for a in architectures):
-        raise ConfigError(
-            f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
-            "...ForCTC and ...ForPreTraining folders convert (a bare Wav2Vec2Model has no pretraining heads, and "
-            "HF would fill them with random weights)")
+    conformer, ctc = _convertible_kind(hf_dir, config)
     _, model_cls = _hf_classes(conformer, "ctc" if ctc else "pretraining")
     hf_model = model_cls.from_pretrained(hf_dir, local_files_only=True)
     hf_state = hf_model.state_dict()
@@ -230,17 +252,7 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
         weights = (wav2vec2_conformer_from_hf_state_dict if conformer else wav2vec2_from_hf_state_dict)(hf_state)
         task_state = {}
         name, criterion_name = "wav2vec2", "Wav2vecCriterion"
-    state = {
-        "args": None,
-        "cfg": config_to_dict(cfg),
-        "model": {k: v.detach().clone().contiguous() for k, v in weights.items()},
-        "criterion": None,
-        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": None,
-                               "lr_scheduler_state": {}, "num_updates": 0}],
-        "task_state": task_state,
-        "extra_state": {"train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
-                        "val_loss": None, "previous_training_time": 0.0},
-    }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    atomic_save(make_fairseq_readable(state), out_path)
+    atomic_save(make_fairseq_readable(_checkpoint_state(config_to_dict(cfg), weights, task_state, criterion_name)),
+                out_path)
     return name
