@@ -360,6 +360,14 @@ def with_infer_flags(message: str) -> str:
     return _TASK_SETTING.sub(lambda m: ("pass " if m.group(1) else "") + "--" + m.group(2).replace("_", "-"), message)
 
 
+def infer_decoder(args: argparse.Namespace, cfg: Any, tgt_dict: Any) -> Any:
+    """The ``--w2l-decoder`` (viterbi, kenlm, or fairseqlm with its transformer LM from ``--lm-model``)."""
+    lm_model = lm_dict = None
+    if args.w2l_decoder == "fairseqlm":
+        lm_model, lm_dict = load_lm(args.kenlm_model, args.trust_checkpoint)
+    return build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
+
+
 def run(args: argparse.Namespace, cfg: Any) -> int:
     """Decode (or dump the emissions of) the subset; every output file replaces the old one only on success."""
     task, model, task_cfg = load_task_and_model(args, cfg)
@@ -375,12 +383,7 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         None, None)
     if loaded is None and emitter is None:
         raise ConfigError("infer.py needs --path (a checkpoint) or --load-emissions")
-    decoder = None
-    if not args.dump_emissions:
-        lm_model = lm_dict = None
-        if args.w2l_decoder == "fairseqlm":
-            lm_model, lm_dict = load_lm(args.kenlm_model, args.trust_checkpoint)
-        decoder = build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
+    decoder = None if args.dump_emissions else infer_decoder(args, cfg, tgt_dict)
     stride = emitter.stride if emitter is not None else stored_stride
     if stride is None:
         stride = BASE_FRAME_STRIDE
