@@ -42,23 +42,11 @@ class FairseqTask:
         return self.datasets[split]
 
     def get_batch_iterator(
-        self,
-        dataset: Any,
-        max_tokens: Optional[int] = None,
-        max_sentences: Optional[int] = None,
-        max_positions: Optional[Any] = None,
-        ignore_invalid_inputs: bool = False,
-        required_batch_size_multiple: int = 1,
-        seed: int = 1,
-        num_shards: int = 1,
-        shard_id: int = 0,
-        num_workers: int = 0,
-        epoch: int = 1,
-        data_buffer_size: int = 0,
-        disable_iterator_cache: bool = False,
-        skip_remainder_batch: bool = False,
-        grouped_shuffling: bool = False,
-        update_epoch_batch_itr: bool = False,
+        self, dataset: Any, max_tokens: Optional[int] = None, max_sentences: Optional[int] = None,
+        max_positions: Optional[Any] = None, ignore_invalid_inputs: bool = False,
+        required_batch_size_multiple: int = 1, seed: int = 1, num_shards: int = 1, shard_id: int = 0,
+        num_workers: int = 0, epoch: int = 1, data_buffer_size: int = 0, disable_iterator_cache: bool = False,
+        skip_remainder_batch: bool = False, grouped_shuffling: bool = False, update_epoch_batch_itr: bool = False,
     ):
         """An ``EpochBatchIterator`` over ``dataset`` batched by length (fairseq's ``get_batch_iterator``).
 
@@ -75,16 +63,9 @@ class FairseqTask:
         if reuse and dataset in self.dataset_to_epoch_iter:
             return self.dataset_to_epoch_iter[dataset]
 
-        make = partial(
-            self._make_batches,
-            dataset,
-            max_tokens=max_tokens,
-            max_sentences=max_sentences,
-            max_positions=max_positions,
-            ignore_invalid_inputs=ignore_invalid_inputs,
-            required_batch_size_multiple=required_batch_size_multiple,
-            seed=seed,
-        )
+        make = partial(self._make_batches, dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                       max_positions=max_positions, ignore_invalid_inputs=ignore_invalid_inputs,
+                       required_batch_size_multiple=required_batch_size_multiple, seed=seed)
         rebuild = getattr(self.cfg, "rebuild_batches", False)
         epoch_iter = EpochBatchIterator(
             dataset=dataset,
