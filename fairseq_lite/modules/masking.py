@@ -88,6 +88,23 @@ def _non_overlapping_starts(rng, sizes, lengths, min_space):
     return np.where(fits, starts, 0), lengths
 
 
+def _draw_spans(rng: np.random.Generator, sizes: np.ndarray, mask_prob: float, mask_length: int, mask_type: str,
+                mask_other: float, min_masks: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spans per row, B×N span lengths, B×N which spans exist): ``int(mask_prob · size / mask_length + U)`` spans
+    (at least ``min_masks``) with lengths from ``mask_type``; a row whose spans all came out empty gets one."""
+    bsz = len(sizes)
+    num_mask = (mask_prob * sizes / float(mask_length) + rng.random(bsz)).astype(np.int64)
+    num_mask = np.maximum(min_masks, num_mask)
+    n_max = int(num_mask.max(initial=0))
+    active = np.arange(n_max)[None, :] < num_mask[:, None]
+    lengths = np.where(active, _span_lengths(rng, (bsz, n_max), mask_type, mask_length, mask_other), 0)
+    if mask_type != "static":  # as fairseq
+        empty = (lengths.sum(axis=1) == 0) & (num_mask > 0)
+        if n_max:
+            lengths[empty, 0] = np.minimum(mask_length, sizes[empty] - 1)
+    return num_mask, lengths, active
+
+
 def _paint_spans(starts: np.ndarray, lengths: np.ndarray, sizes: np.ndarray, all_sz: int) -> np.ndarray:
     """Boolean B×T of the spans (B×N starts and lengths) clipped to each row's size: a difference array with
     +1 at each start and -1 after each end, summed along time."""
@@ -173,16 +190,7 @@ def compute_mask_indices(
     else:
         sizes = np.full(bsz, all_sz, dtype=np.int64)
 
-    num_mask = (mask_prob * sizes / float(mask_length) + rng.random(bsz)).astype(np.int64)
-    num_mask = np.maximum(min_masks, num_mask)
-    n_max = int(num_mask.max(initial=0))
-    active = np.arange(n_max)[None, :] < num_mask[:, None]
-    lengths = np.where(active, _span_lengths(rng, (bsz, n_max), mask_type, mask_length, mask_other), 0)
-    if mask_type != "static":  # a row whose spans all came out empty gets one span, as fairseq
-        empty = (lengths.sum(axis=1) == 0) & (num_mask > 0)
-        if n_max:
-            lengths[empty, 0] = np.minimum(mask_length, sizes[empty] - 1)
-
+    num_mask, lengths, active = _draw_spans(rng, sizes, mask_prob, mask_length, mask_type, mask_other, min_masks)
     if no_overlap:
         starts, lengths = _non_overlapping_starts(rng, sizes, lengths, int(min_space))
     else:
