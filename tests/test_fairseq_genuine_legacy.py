@@ -15,42 +15,22 @@ how each was made):
 """
 
 import importlib.util
-import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
-from fairseq_lite import checkpoint_utils
 from fairseq_lite.models.wav2vec import wav2vec2 as wav2vec2_module
+from genuine_fixtures import ATOL, FIXTURES, assert_close, fixture, load
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "fixtures", "fairseq")
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples", "wav2vec")
-ATOL = 1e-4
 
 
-def fixture(name):
-    """(folder, inputs, outputs, meta) of one genuine fixture."""
-    folder = os.path.join(FIXTURES, name)
-    with open(os.path.join(folder, "meta.json")) as f:
-        meta = json.load(f)
-    inputs = dict(np.load(os.path.join(folder, "inputs.npz"), allow_pickle=False))
-    outputs = dict(np.load(os.path.join(folder, "outputs.npz"), allow_pickle=False))
-    return folder, {k: torch.from_numpy(v) for k, v in inputs.items()}, outputs, meta
 
 
-def load(folder, **kwargs):
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [os.path.join(folder, "checkpoint.pt")], **kwargs)
-    return models[0].eval(), cfg, task
 
 
-def assert_close(ours, theirs, name):
-    ours = ours.detach().float().numpy() if torch.is_tensor(ours) else np.asarray(ours, dtype=np.float32)
-    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape} vs fairseq's {theirs.shape}"
-    np.testing.assert_allclose(ours, theirs, atol=ATOL, rtol=1e-5, err_msg=name)
 
 
 def criterion_outputs(model, task, cfg, net_input):

@@ -13,7 +13,6 @@ wav2vec2_fixtures.py, run in the genuine-fairseq venv; meta.json says how each w
   gradients with fairseq's time and channel masks, frozen (the recipes' freeze_finetune_updates) and unfrozen.
 """
 
-import json
 import os
 
 import numpy as np
@@ -21,38 +20,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from fairseq_lite import checkpoint_utils
 from fairseq_lite.cli import infer
 from fairseq_lite.models.wav2vec import wav2vec2 as wav2vec2_module
 from fairseq_lite.modules.masking import Masker
+from genuine_fixtures import ATOL, assert_close, fixture, load
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "fixtures", "fairseq")
-ATOL = 1e-4
 PRETRAININGS = ["w2v2_base_pretrain", "w2v2_large_pretrain"]
 FINETUNINGS = ["w2v2_ctc_base_10m", "w2v2_ctc_vox_10h"]
 
 
-def fixture(name):
-    """(folder, inputs as tensors, fairseq's outputs, meta) of one genuine fixture."""
-    folder = os.path.join(FIXTURES, name)
-    with open(os.path.join(folder, "meta.json")) as f:
-        meta = json.load(f)
-    inputs = dict(np.load(os.path.join(folder, "inputs.npz"), allow_pickle=False))
-    outputs = dict(np.load(os.path.join(folder, "outputs.npz"), allow_pickle=False))
-    return folder, {k: torch.from_numpy(v) for k, v in inputs.items()}, outputs, meta
 
 
-def load(folder, arg_overrides=None):
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [os.path.join(folder, "checkpoint.pt")], arg_overrides=arg_overrides)
-    return models[0].eval(), cfg, task
 
 
-def assert_close(ours, theirs, name, atol=ATOL):
-    ours = ours.detach().float().numpy() if torch.is_tensor(ours) else np.asarray(ours, dtype=np.float32)
-    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape} vs fairseq's {theirs.shape}"
-    np.testing.assert_allclose(ours, theirs, atol=atol, rtol=1e-5, err_msg=name)
 
 
 def assert_equal(ours, theirs, name):
