@@ -25,7 +25,6 @@ from fairseq_lite.models.wav2vec import wav2vec2 as wav2vec2_module
 from fairseq_lite.modules.masking import Masker
 from genuine_fixtures import ATOL, assert_close, fixture, load
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAININGS = ["w2v2_base_pretrain", "w2v2_large_pretrain"]
 FINETUNINGS = ["w2v2_ctc_base_10m", "w2v2_ctc_vox_10h"]
 

@@ -8,6 +8,7 @@ fixed input runs through them, and write a fixture folder: the checkpoint fairse
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -15,7 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import numpy as np
 
@@ -177,3 +178,10 @@ def module_outputs(modules: Sequence[Any]) -> Iterator[List[Any]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def generator_main(description: str, generate: Callable[[str], None]) -> None:
+    """A generator script's command line: ``--output-dir`` (default tests/fixtures/fairseq), then ``generate``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output-dir", default=FIXTURES)
+    generate(parser.parse_args().output_dir)

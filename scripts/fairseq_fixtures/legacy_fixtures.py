@@ -29,7 +29,6 @@ loads them with fairseq_lite and compares.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -43,7 +42,7 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (FIXTURES, RATE, fairseq_dir, hydra_train, legacy_train, module_outputs,  # noqa: E402
+from common import (RATE, fairseq_dir, generator_main, hydra_train, legacy_train, module_outputs,  # noqa: E402
                     recording_all, run_fairseq, tone, write_audio_corpus, write_fixture, write_manifest)
 
 TRAIN_LENGTHS = [8000, 9600, 7200, 8800, 8400, 9200]
@@ -343,11 +342,5 @@ def generate(out_dir: str) -> None:
         lm_fixture(os.path.join(tmp, "lm"), out_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=FIXTURES)
-    generate(parser.parse_args().output_dir)
-
-
 if __name__ == "__main__":
-    main()
+    generator_main(__doc__.splitlines()[0], generate)

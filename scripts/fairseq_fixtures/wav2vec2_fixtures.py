@@ -30,7 +30,6 @@ recorded). ``tests/test_fairseq_genuine_wav2vec2.py`` loads them with fairseq_li
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -43,8 +42,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (FIXTURES, fairseq_dir, hydra_train, recording_all, tone, write_audio_corpus,  # noqa: E402
-                    write_fixture)
+from common import (fairseq_dir, generator_main, hydra_train, recording_all, tone,  # noqa: E402
+                    write_audio_corpus, write_fixture)
 
 #: Every dropout and layerdrop of the pretraining and fine-tuning configs, zeroed for train-mode outputs.
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "dropout_input": 0.0,
@@ -334,11 +333,5 @@ def generate(out_dir: str) -> None:
             finetune_fixture(name, labelled, checkpoints[pretrained], os.path.join(tmp, name), out_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=FIXTURES)
-    generate(parser.parse_args().output_dir)
-
-
 if __name__ == "__main__":
-    main()
+    generator_main(__doc__.splitlines()[0], generate)
