@@ -130,3 +130,13 @@ def test_fairseq_wav2vec1_command():
     assert cfg.lr_scheduler.min_lr == 1e-06 and cfg.optimization.stop_min_lr == 1e-09
     assert cfg.lr_scheduler.warmup_updates == 500 and cfg.lr_scheduler.warmup_init_lr == 1e-07
     assert cfg.common.fp16 is True and cfg.dataset.max_tokens == 1500000
+
+
+def test_a_fractional_value_for_a_list_of_ints_names_the_flag():
+    """--update-freq 1.5 was read as [1]; now the flag is named."""
+    with pytest.raises(ConfigError, match=r"--update-freq.*expected one int or a list of them.*'1.5'"):
+        parse_legacy_args(["/data", "--task", "audio_pretraining", "--arch", "wav2vec", "--optimizer", "adam",
+                           "--update-freq", "1.5"])
+    cfg = finalize_config(parse_legacy_args(["/data", "--task", "audio_pretraining", "--arch", "wav2vec",
+                                             "--criterion", "wav2vec", "--optimizer", "adam", "--update-freq", "2.0,4"]))
+    assert cfg.optimization.update_freq == [2, 4]

@@ -118,6 +118,8 @@ def parse_list(text: Any, item_type: type = float) -> list:
         value = text
     if not isinstance(value, (list, tuple)):
         value = [value]
+    if item_type is int and any(isinstance(v, float) and not v.is_integer() for v in value):
+        raise ConfigError(f"expected whole numbers, got {text!r}")  # int(1.5) would silently give 1
     return [item_type(v) if item_type is not None else v for v in value]
 
 
