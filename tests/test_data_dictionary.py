@@ -110,3 +110,21 @@ def test_post_process(symbol, text, expected):
 def test_post_process_unknown():
     with pytest.raises(ConfigError, match="unknown post_process 'lettre'"):
         post_process("a", "lettre")
+
+
+def test_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "dict.ltr.txt"
+    path.write_text("A 5\n")
+    d = Dictionary()
+    d.add_symbol("B")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fairseq_lite.data.dictionary.zip", disk_full, raising=False)  # fails mid-write
+    with pytest.raises(OSError):
+        d.save(str(path))
+    assert path.read_text() == "A 5\n" and [p.name for p in tmp_path.iterdir()] == ["dict.ltr.txt"]
+    monkeypatch.undo()
+    d.save(str(path))
+    assert path.read_text() == "B 1\n"

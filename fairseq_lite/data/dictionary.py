@@ -145,10 +145,11 @@ class Dictionary:
 
     def save(self, f: Union[str, os.PathLike, IO[str]]) -> None:
         """Write the non-special symbols as ``<symbol> <count>`` lines (fairseq's format)."""
-        if isinstance(f, (str, os.PathLike)):
-            os.makedirs(os.path.dirname(os.path.abspath(f)), exist_ok=True)
-            with open(f, "w", encoding="utf-8") as fd:
-                self.save(fd)
+        if isinstance(f, (str, os.PathLike)):  # through a temporary file: a failed write keeps the old one
+            from fairseq_lite.file_io import AtomicOutputs
+
+            with AtomicOutputs() as outputs:
+                self.save(outputs.open(os.fspath(f), "w", encoding="utf-8"))
             return
         for symbol, count in zip(self.symbols[self.nspecial:], self.count[self.nspecial:]):
             f.write(f"{symbol} {count}\n")
