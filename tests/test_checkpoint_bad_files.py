@@ -30,7 +30,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_checkpoint_error(tmp_path, trust
 
 
 def test_a_directory_says_so(tmp_path):
-    with pytest.raises(CheckpointError, match="is a directory: pass the checkpoint file in it"):
+    with pytest.raises(CheckpointError, match=r"is a directory; it must be a checkpoint file \(e\.g\. .*checkpoint_last\.pt\)"):
         load_checkpoint_to_cpu(str(tmp_path))
 
 

@@ -91,12 +91,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def require_checkpoint_file(key: str, path: str, what: str = "a checkpoint file",
+                            example: str = "checkpoint_last.pt") -> None:
+    """A CheckpointError naming the option ``key`` when ``path`` does not exist or is a directory (then saying
+    it must be ``what``, e.g. the ``example`` file in it)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{key} {path} is a directory; it must be {what} (e.g. {os.path.join(path, example)})")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{key} {path} does not exist")
+
+
 def torch_load(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
     """``torch.load`` on CPU with the allow-list; refuses any other pickled global with a clear message."""
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a directory: pass the checkpoint file in it (e.g. {path}/checkpoint_best.pt)")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    require_checkpoint_file("checkpoint", path)
     try:
         if trust_checkpoint or os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes"):
             state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=fairseq_pickle)

@@ -24,8 +24,9 @@ import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from fairseq_lite.errors import CheckpointError, ConfigError
+from fairseq_lite.errors import ConfigError
 from fairseq_lite.file_io import TEMP_NAME, atomic_copy
+from fairseq_lite.interop.fairseq_checkpoint import require_checkpoint_file
 
 logger = logging.getLogger("fairseq_lite.checkpoint")
 
@@ -154,15 +155,6 @@ def checkpoint_paths(directory: str, pattern: str) -> List[str]:
         if match:
             found.append((float(match.group(1)), os.path.join(directory, match.group(0))))
     return [path for _, path in sorted(found, reverse=True)]
-
-
-def require_checkpoint_file(key: str, path: str) -> None:
-    """A CheckpointError naming the option ``key`` when ``path`` is missing or is a directory."""
-    if os.path.isdir(path):
-        raise CheckpointError(f"{key} {path} is a directory; it must be a checkpoint file "
-                              f"(e.g. {os.path.join(path, DEFAULT_RESTORE_FILE)})")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{key} {path} does not exist")
 
 
 class CheckpointManager:

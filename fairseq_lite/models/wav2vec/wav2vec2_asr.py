@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from enum import Enum
 from dataclasses import dataclass, field
@@ -210,13 +209,11 @@ def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Di
 
 def _read_pretraining_checkpoint(path: str) -> Dict[str, Any]:
     """The pretraining checkpoint at ``path``; a fine-tuned one is refused with the way to use it."""
-    from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+    from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu, require_checkpoint_file
 
     if path in (None, "", "???"):
         raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
-    if os.path.isdir(path):
-        raise CheckpointError(f"model.w2v_path {path} is a directory; it must be the pretrained checkpoint file "
-                              f"itself (e.g. {os.path.join(path, 'checkpoint_best.pt')})")
+    require_checkpoint_file("model.w2v_path", path, "the pretrained checkpoint file itself", "checkpoint_best.pt")
     state = load_checkpoint_to_cpu(path)
     kind = checkpoint_kind(state)
     if kind == "wav2vec_ctc":
