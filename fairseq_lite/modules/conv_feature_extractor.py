@@ -18,6 +18,15 @@ from fairseq_lite.modules.transpose_last import TransposeLast
 ConvSpec = Tuple[int, int, int]  # (channels, kernel, stride)
 
 
+def receptive_field(conv_layers: Sequence[ConvSpec]) -> int:
+    """The samples the CNN needs for one output frame: 1 + sum of (kernel - 1) x the product of earlier strides."""
+    size, jump = 1, 1
+    for _, kernel, stride in conv_layers:
+        size += (kernel - 1) * jump
+        jump *= stride
+    return size
+
+
 def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[ConvSpec]) -> torch.Tensor:
     """Frames produced from ``lengths`` samples: floor((L - k) / s + 1) per layer, no padding
     (fairseq's ``_get_feat_extract_output_lengths``)."""

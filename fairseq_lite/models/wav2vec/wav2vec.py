@@ -22,6 +22,7 @@ from torch import nn
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II, safe_eval
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.models import BaseFairseqModel, register_model
+from fairseq_lite.modules.conv_feature_extractor import ConvSpec, receptive_field
 from fairseq_lite.modules.fp32_norm import Fp32GroupNorm
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.kmeans_vector_quantizer import KmeansVectorQuantizer
@@ -33,7 +34,6 @@ PROJECT_FEATURES_CHOICES = ChoiceEnum(["none", "same", "new"])
 ACTIVATION_CHOICES = ChoiceEnum(["relu", "gelu"])
 VQ_TYPE_CHOICES = ChoiceEnum(["none", "gumbel", "kmeans"])
 
-ConvSpec = Tuple[int, int, int]  # (channels, kernel, stride)
 
 
 
@@ -108,11 +108,7 @@ def parse_conv_layers(spec: Any, key: str) -> List[ConvSpec]:
 
 def receptive_field_offset(conv_layers: Sequence[ConvSpec]) -> int:
     """``offset: auto``: ceil(receptive field / total stride) of the feature CNN (3 for the default 8 layers)."""
-    field_size, jump = 1, 1
-    for _, kernel, stride in conv_layers:
-        field_size += (kernel - 1) * jump
-        jump *= stride
-    return math.ceil(field_size / jump)
+    return math.ceil(receptive_field(conv_layers) / math.prod(stride for _, _, stride in conv_layers))
 
 
 def _activation(name: str) -> nn.Module:

@@ -9,7 +9,7 @@ they happen (negatives are drawn relative to the true own frame; whole-sequence 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.modules.activations import ACTIVATION_CHOICES
 from fairseq_lite.models.wav2vec.wav2vec import parse_conv_layers
-from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec
+from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec, receptive_field
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import masker_from_config
@@ -150,15 +150,6 @@ def parse_feature_layers(spec: Any) -> List[ConvSpec]:
         if str(exc).startswith("model.conv_feature_layers"):
             raise
         raise ConfigError(f"model.conv_feature_layers: {exc}") from None  # a syntax error of the literal
-
-
-def receptive_field(conv_layers: Sequence[ConvSpec]) -> int:
-    """The samples the CNN needs for one output frame: 1 + sum of (kernel - 1) x the product of earlier strides."""
-    size, jump = 1, 1
-    for _, kernel, stride in conv_layers:
-        size += (kernel - 1) * jump
-        jump *= stride
-    return size
 
 
 def encoder_arguments(cfg: Any) -> Dict[str, Any]:
