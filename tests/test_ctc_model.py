@@ -133,7 +133,7 @@ def test_wrong_checkpoint_kinds_are_named(tmp_path, pretrained):
     cfg = finetune_cfg(tmp_path, pretrained[0])
     task, model = build(cfg)
     save_finetuned(tmp_path / "ft.pt", cfg, task, model)
-    with pytest.raises(CheckpointError, match="is a fine-tuned wav2vec_ctc checkpoint.*finetune_from_model"):
+    with pytest.raises(CheckpointError, match="is a fine-tuned CTC checkpoint.*finetune_from_model"):
         build(finetune_cfg(tmp_path, tmp_path / "ft.pt"))
     with pytest.raises(CheckpointError, match="pretraining weights"):
         model.load_state_dict(torch.load(pretrained[0])["model"])

@@ -8,7 +8,7 @@ config is finalised (``fairseq_lite.dataclass.initialize.finalize_config``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, List, Optional
 
 from fairseq_lite.dataclass.constants import (
@@ -23,6 +23,18 @@ from fairseq_lite.errors import ConfigError
 def help_text(text: str, **extra) -> dict:
     """A dataclass field's ``metadata``: its ``--help`` text for the legacy CLI (fairseq's ``metadata={"help": ...}``)."""
     return {"help": text, **extra}
+
+
+def field_like(config_class: type, name: str, **changes: Any) -> Any:
+    """A dataclass field with the default and help text of ``config_class``'s field ``name`` (``default=`` in
+    ``changes`` replaces the default): for configs that repeat another's options, as HuBERT's repeats
+    wav2vec 2.0's."""
+    source = config_class.__dataclass_fields__[name]
+    if "default" in changes:
+        return field(default=changes["default"], metadata=dict(source.metadata))
+    if source.default_factory is not MISSING:
+        return field(default_factory=source.default_factory, metadata=dict(source.metadata))
+    return field(default=source.default, metadata=dict(source.metadata))
 
 
 @dataclass

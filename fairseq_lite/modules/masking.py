@@ -281,8 +281,11 @@ MASKER_SETTINGS = tuple(f.name for f in dataclasses.fields(Masker))
 
 
 def masker_from_config(cfg) -> Masker:
-    """A :class:`Masker` from any config with the ``MASKER_SETTINGS`` fields (choice enums as their names)."""
-    values = {name: getattr(cfg, name) for name in MASKER_SETTINGS}
+    """A :class:`Masker` from any config with ``MASKER_SETTINGS`` fields (choice enums as their names); a field
+    the config lacks (HuBERT's has no ``require_same_masks``, ``mask_dropout``, ``mask_channel_before``) keeps the
+    default fairseq uses for it."""
+    defaults = Masker()
+    values = {name: getattr(cfg, name, getattr(defaults, name)) for name in MASKER_SETTINGS}
     for name in ("mask_selection", "mask_channel_selection"):
         values[name] = str(values[name])
     return Masker(**values)

@@ -24,12 +24,12 @@ DEFAULT_OUT = os.path.join(REPO, "fairseq_lite", "interop", "fairseq_0_12_2_sche
 
 #: The names fairseq_lite registers (the JSON holds only these components).
 COMPONENTS = {
-    "task": ["audio_pretraining", "audio_finetuning", "language_modeling"],
-    "model": ["wav2vec", "wav2vec2", "wav2vec_ctc", "transformer_lm", "transformer_lm_big", "transformer_lm_gbw",
+    "task": ["audio_pretraining", "audio_finetuning", "language_modeling", "hubert_pretraining"],
+    "model": ["wav2vec", "wav2vec2", "wav2vec_ctc", "hubert", "hubert_ctc", "transformer_lm", "transformer_lm_big", "transformer_lm_gbw",
               "transformer_lm_baevski_gbw", "transformer_lm_wiki103", "transformer_lm_baevski_wiki103",
               "transformer_lm_gpt", "transformer_lm_gpt2_small", "transformer_lm_gpt2_medium",
               "transformer_lm_gpt2_big"],
-    "criterion": ["wav2vec", "ctc", "cross_entropy"],
+    "criterion": ["wav2vec", "ctc", "cross_entropy", "hubert"],
     "optimizer": ["adam"],
     "lr_scheduler": ["fixed", "polynomial_decay", "tri_stage", "cosine"],
 }

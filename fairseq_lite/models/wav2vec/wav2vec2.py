@@ -154,21 +154,31 @@ def parse_feature_layers(spec: Any) -> List[ConvSpec]:
 
 def encoder_arguments(cfg: Any) -> Dict[str, Any]:
     """``TransformerEncoder``'s arguments from a model config's ``encoder_*`` and position fields (shared by every
-    model with fairseq's wav2vec 2.0 context network)."""
+    model with fairseq's wav2vec 2.0 context network; HuBERT's config has no ``pos_conv_depth``: 1, as fairseq)."""
     return dict(
         embed_dim=cfg.encoder_embed_dim, num_layers=cfg.encoder_layers, ffn_dim=cfg.encoder_ffn_embed_dim,
         num_heads=cfg.encoder_attention_heads, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout, activation_fn=str(cfg.activation_fn),
         layer_norm_first=cfg.layer_norm_first, layerdrop=cfg.encoder_layerdrop, conv_pos=cfg.conv_pos,
-        conv_pos_groups=cfg.conv_pos_groups, pos_conv_depth=cfg.pos_conv_depth,
+        conv_pos_groups=cfg.conv_pos_groups, pos_conv_depth=getattr(cfg, "pos_conv_depth", 1),
         required_seq_len_multiple=cfg.required_seq_len_multiple, checkpoint_activations=cfg.checkpoint_activations,
     )
 
 
 def conformer_arguments(cfg: Any) -> Dict[str, Any]:
-    """``ConformerEncoder``'s own arguments (``layer_type=conformer``)."""
+    """``ConformerEncoder``'s own arguments (``layer_type=conformer``; without ``max_positions`` in the config,
+    as HuBERT's, wav2vec 2.0's default)."""
     return dict(depthwise_conv_kernel_size=cfg.depthwise_conv_kernel_size, attn_type=str(cfg.attn_type),
-                pos_enc_type=str(cfg.pos_enc_type), max_positions=cfg.max_positions)
+                pos_enc_type=str(cfg.pos_enc_type), max_positions=getattr(cfg, "max_positions", 100000))
+
+
+def build_context_encoder(cfg: Any) -> nn.Module:
+    """The transformer or conformer context network a model config's ``layer_type`` selects."""
+    if str(cfg.layer_type) == "conformer":
+        from fairseq_lite.modules.conformer_encoder import ConformerEncoder
+
+        return ConformerEncoder(**encoder_arguments(cfg), **conformer_arguments(cfg))
+    return TransformerEncoder(**encoder_arguments(cfg))
 
 
 @register_model("wav2vec2", dataclass=Wav2Vec2Config)
@@ -224,7 +234,7 @@ class Wav2Vec2Model(BaseFairseqModel):
             self.project_inp = nn.Linear(vq_dim, cfg.encoder_embed_dim)
 
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
-        self.encoder = self._build_encoder(cfg)
+        self.encoder = build_context_encoder(cfg)
         self.layer_norm = nn.LayerNorm(self.embed)
         self.target_glu = nn.Sequential(nn.Linear(final_dim, final_dim * 2), nn.GLU()) if cfg.target_glu else None
         self.final_proj = nn.Linear(cfg.encoder_embed_dim, final_dim)
@@ -235,14 +245,6 @@ class Wav2Vec2Model(BaseFairseqModel):
             combine_groups=False, vq_dim=vq_dim, time_first=True, weight_proj_depth=cfg.quantizer_depth,
             weight_proj_factor=cfg.quantizer_factor,
         )
-
-    @staticmethod
-    def _build_encoder(cfg: Wav2Vec2Config) -> nn.Module:
-        if str(cfg.layer_type) == "conformer":
-            from fairseq_lite.modules.conformer_encoder import ConformerEncoder
-
-            return ConformerEncoder(**encoder_arguments(cfg), **conformer_arguments(cfg))
-        return TransformerEncoder(**encoder_arguments(cfg))
 
     @classmethod
     def build_model(cls, cfg: Wav2Vec2Config, task: Any = None) -> "Wav2Vec2Model":

@@ -136,13 +136,21 @@ W2V_OVERRIDES = {
 _PRETRAINING_ONLY_PREFIXES = ("_ema", "target_proj", "decoder")
 
 
-def _check_supported(cfg: Wav2Vec2AsrConfig) -> None:
+#: The fine-tuning model and task for each kind of pretraining checkpoint, named when the wrong one is given.
+FINE_TUNING_RECIPES = {
+    "wav2vec2": "model._name=wav2vec_ctc with task._name=audio_finetuning (config/finetuning/base_10h.yaml)",
+    "hubert": "model._name=hubert_ctc with task._name=hubert_pretraining task.fine_tuning=true "
+              "(examples/hubert/config/finetune/base_10h.yaml)",
+}
+
+
+def _check_supported(cfg: Any) -> None:
     unsupported = {
-        "drop_path": cfg.drop_path != 0,
-        "zero_mask": cfg.zero_mask,
-        "load_ema": cfg.load_ema,
-        "layer_decay": cfg.layer_decay != 1,
-        "adp_num": cfg.adp_num != -1 or str(cfg.layer_type) == "trf_adp",
+        "drop_path": getattr(cfg, "drop_path", 0) != 0,
+        "zero_mask": getattr(cfg, "zero_mask", False),
+        "load_ema": getattr(cfg, "load_ema", False),
+        "layer_decay": getattr(cfg, "layer_decay", 1) != 1,
+        "adp_num": getattr(cfg, "adp_num", -1) != -1 or str(getattr(cfg, "layer_type", "")) == "trf_adp",
     }
     for key, is_set in unsupported.items():
         if is_set:
@@ -151,11 +159,12 @@ def _check_supported(cfg: Wav2Vec2AsrConfig) -> None:
 
 
 def checkpoint_kind(state: Dict[str, Any]) -> str:
-    """What a checkpoint holds, from its config and keys: ``wav2vec_ctc``, ``wav2vec2``, or another model name."""
+    """What a checkpoint holds, from its config and keys: ``wav2vec_ctc``, ``hubert_ctc``, ``wav2vec2``,
+    ``hubert``, or another model name (CTC weights under another name count as ``wav2vec_ctc``)."""
     model_cfg = (state.get("cfg") or {}).get("model") or {}
     name = str(model_cfg.get("_name") or "unknown") if isinstance(model_cfg, dict) else "unknown"
     if any(k.startswith("w2v_encoder.") for k in state.get("model") or {}):
-        return "wav2vec_ctc"
+        return name if name == "hubert_ctc" else "wav2vec_ctc"
     return name
 
 
@@ -166,16 +175,18 @@ def pretraining_config_from(w2v_args: Any) -> Dict[str, Any]:
     return w2v_args
 
 
-def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
+def load_pretrained(cfg: Any, pretrained_model: str = "wav2vec2"
+                    ) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
     """The pretraining config (``w2v_args``) with the fine-tuning overrides applied, and the pretrained weights.
 
     Reads ``model.w2v_path`` unless the config already holds ``w2v_args`` (a fine-tuned checkpoint being loaded);
-    the weights are None then, and with ``no_pretrained_weights``. Checks that the file is a wav2vec 2.0
-    pretraining checkpoint and that ``normalize`` and ``layer_type`` agree with it.
+    the weights are None then, and with ``no_pretrained_weights``. Checks that the file is a pretraining
+    checkpoint of ``pretrained_model`` (``wav2vec2`` or ``hubert``) and that ``normalize`` and ``layer_type``
+    agree with it. Only the overrides the fine-tuning config has are applied (HuBERT's has fewer).
     """
     state = None
     if cfg.w2v_args is None:
-        state = _read_pretraining_checkpoint(cfg.w2v_path)
+        state = _read_pretraining_checkpoint(cfg.w2v_path, pretrained_model)
         w2v_args = state["cfg"]
         w2v_args["criterion"] = None
         w2v_args["lr_scheduler"] = None
@@ -183,9 +194,10 @@ def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Di
         w2v_args = pretraining_config_from(cfg.w2v_args)
     task_cfg = w2v_args.get("task") or {}
     model_cfg = w2v_args.get("model")
-    if not isinstance(model_cfg, dict) or model_cfg.get("_name", model_cfg.get("arch")) != "wav2vec2":
+    if not isinstance(model_cfg, dict) or model_cfg.get("_name", model_cfg.get("arch")) != pretrained_model:
         found = model_cfg.get("_name") if isinstance(model_cfg, dict) else None
-        raise CheckpointError(f"model.w2v_path must be a wav2vec 2.0 pretraining checkpoint; its model is '{found}'")
+        raise CheckpointError(f"model.w2v_path must be a {pretrained_model} pretraining checkpoint; its model is "
+                              f"'{found}'")
     if isinstance(cfg.normalize, bool) and cfg.normalize != bool(task_cfg.get("normalize", False)):
         pretrained = bool(task_cfg.get("normalize", False))
         raise ConfigError(
@@ -193,10 +205,11 @@ def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Di
             f"fine-tuning works best when data normalization is the same: set task.normalize={pretrained}"
         )
     for ours, theirs in W2V_OVERRIDES.items():
-        value = getattr(cfg, ours)
-        model_cfg[theirs] = value.value if isinstance(value, Enum) else value
+        if hasattr(cfg, ours):
+            value = getattr(cfg, ours)
+            model_cfg[theirs] = value.value if isinstance(value, Enum) else value
     pretrained_type = str(model_cfg.get("layer_type", "transformer"))
-    if str(cfg.layer_type) not in ("transformer", pretrained_type):
+    if str(getattr(cfg, "layer_type", "transformer")) not in ("transformer", pretrained_type):
         raise ConfigError(f"model.layer_type={cfg.layer_type} but the pretrained model is a {pretrained_type}: "
                           "remove model.layer_type (it is read from the pretraining config)")
     task_cfg["data"] = cfg.data
@@ -207,24 +220,26 @@ def load_pretrained(cfg: Wav2Vec2AsrConfig) -> Tuple[Dict[str, Any], Optional[Di
     return w2v_args, weights
 
 
-def _read_pretraining_checkpoint(path: str) -> Dict[str, Any]:
-    """The pretraining checkpoint at ``path``; a fine-tuned one is refused with the way to use it."""
+def _read_pretraining_checkpoint(path: str, pretrained_model: str) -> Dict[str, Any]:
+    """The ``pretrained_model`` pretraining checkpoint at ``path``; a fine-tuned one, or one of the other model
+    family (a HuBERT file given to wav2vec_ctc, fairseq#3864, or the reverse), is refused with the way to use it."""
     from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu, require_checkpoint_file
 
     if path in (None, "", "???"):
-        raise ConfigError("model.w2v_path is mandatory: set it to the pretrained wav2vec 2.0 checkpoint")
+        raise ConfigError(f"model.w2v_path is mandatory: set it to the pretrained {pretrained_model} checkpoint")
     require_checkpoint_file("model.w2v_path", path, "the pretrained checkpoint file itself", "checkpoint_best.pt")
     state = load_checkpoint_to_cpu(path)
     kind = checkpoint_kind(state)
-    if kind == "wav2vec_ctc":
+    if kind in ("wav2vec_ctc", "hubert_ctc"):
         raise CheckpointError(
-            f"model.w2v_path {path} is a fine-tuned wav2vec_ctc checkpoint, not a pretrained one: to fine-tune "
+            f"model.w2v_path {path} is a fine-tuned CTC checkpoint, not a pretrained one: to fine-tune "
             f"it further, set checkpoint.finetune_from_model={path} and model.w2v_path to the pretrained model "
             "it was fine-tuned from"
         )
-    if kind != "wav2vec2":
-        raise CheckpointError(f"model.w2v_path {path} holds a '{kind}' model; expected a wav2vec2 pretraining "
-                              "checkpoint")
+    if kind != pretrained_model:
+        hint = f": fine-tune it with {FINE_TUNING_RECIPES[kind]}" if kind in FINE_TUNING_RECIPES else ""
+        raise CheckpointError(f"model.w2v_path {path} holds a '{kind}' pretraining model, not a {pretrained_model} "
+                              f"one{hint}")
     return state
 
 
@@ -260,13 +275,16 @@ class Wav2VecEncoder(nn.Module):
                     param.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, cfg: Wav2Vec2AsrConfig, output_size: Optional[int] = None) -> "Wav2VecEncoder":
-        """Load the pretrained model (``load_pretrained``) and build the encoder; ``cfg.w2v_args`` and
-        ``cfg.layer_type`` are set to what was loaded, so a saved fine-tuned checkpoint carries them."""
+    def from_config(cls, cfg: Any, output_size: Optional[int] = None, pretrained_model: str = "wav2vec2"
+                    ) -> "Wav2VecEncoder":
+        """Load the pretrained ``pretrained_model`` (``load_pretrained``) and build the encoder; ``cfg.w2v_args``
+        (and ``cfg.layer_type`` where the config has it) are set to what was loaded, so a saved fine-tuned
+        checkpoint carries them."""
         _check_supported(cfg)
-        w2v_args, weights = load_pretrained(cfg)
+        w2v_args, weights = load_pretrained(cfg, pretrained_model)
         cfg.w2v_args = w2v_args
-        cfg.layer_type = str(w2v_args["model"].get("layer_type", "transformer"))  # fairseq copies it back too
+        if hasattr(cfg, "layer_type"):
+            cfg.layer_type = str(w2v_args["model"].get("layer_type", "transformer"))  # fairseq copies it back too
         model = build_model(w2v_args["model"], from_checkpoint=True)
         model.remove_pretraining_modules()
         if weights is not None:
@@ -282,7 +300,8 @@ class Wav2VecEncoder(nn.Module):
         """``encoder_out`` T×B×V (or T×B×E without ``proj``), ``padding_mask`` B×T (True = padding or None)."""
         frozen = self.num_updates < self.freeze_finetune_updates
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            res = self.w2v_model.extract_features(source, padding_mask, mask=self.apply_mask and self.training)
+            res = self.w2v_model(source=source, padding_mask=padding_mask, mask=self.apply_mask and self.training,
+                                 features_only=True)
             x = res["x"].transpose(0, 1)
         x = self.final_dropout(x)
         if self.proj is not None:
@@ -299,16 +318,20 @@ class Wav2VecCtc(BaseFairseqModel):
         super().__init__()
         self.cfg = cfg
         self.w2v_encoder = w2v_encoder
-        self.blank_weight = cfg.blank_weight
-        self.blank_mode = str(cfg.blank_mode)
+        self.blank_weight = getattr(cfg, "blank_weight", 0)  # hubert_ctc has no blank options: fairseq's defaults
+        self.blank_mode = str(getattr(cfg, "blank_mode", "add"))
+
+    #: The pretraining model ``w2v_path`` must hold, and the task that gives the target dictionary.
+    pretrained_model = "wav2vec2"
+    fine_tuning_task = "task._name=audio_finetuning with task.labels (e.g. ltr)"
 
     @classmethod
     def build_model(cls, cfg: Wav2Vec2CtcConfig, task: Any = None) -> "Wav2VecCtc":
         dictionary = getattr(task, "target_dictionary", None)
         if dictionary is None:
-            raise ConfigError("wav2vec_ctc needs a task with a target dictionary: use task._name=audio_finetuning "
-                              "with task.labels (e.g. ltr) and dict.ltr.txt in task.data")
-        return cls(cfg, Wav2VecEncoder.from_config(cfg, len(dictionary)))
+            raise ConfigError(f"{cfg._name or 'the CTC model'} needs a task with a target dictionary: use "
+                              f"{cls.fine_tuning_task} and dict.ltr.txt in task.data")
+        return cls(cfg, Wav2VecEncoder.from_config(cfg, len(dictionary), cls.pretrained_model))
 
     def forward(self, **kwargs: Any) -> Dict[str, Any]:
         return self.w2v_encoder(**kwargs)
