@@ -13,6 +13,7 @@ sample-to-frame reshaping fairseq uses, so masks and losses agree with fairseq's
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,9 +32,8 @@ from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.masking import masker_from_config
 
 
-def _w2v(name: str, **changes: Any) -> Any:
-    """The field of ``Wav2Vec2Config`` named ``name`` (HuBERT repeats most of wav2vec 2.0's options)."""
-    return field_like(Wav2Vec2Config, name, **changes)
+#: The field of ``Wav2Vec2Config`` named ``name`` (HuBERT repeats most of wav2vec 2.0's options).
+_w2v = functools.partial(field_like, Wav2Vec2Config)
 
 
 @dataclass

@@ -9,6 +9,7 @@ checkpoint given as ``w2v_path`` is refused with the model to use; the pretraini
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -20,9 +21,8 @@ from fairseq_lite.models.wav2vec.wav2vec2 import MASKING_DISTRIBUTION_CHOICES
 from fairseq_lite.models.wav2vec.wav2vec2_asr import Wav2Vec2AsrConfig, Wav2VecCtc
 
 
-def _asr(name: str, **changes: Any) -> Any:
-    """The field of ``Wav2Vec2AsrConfig`` named ``name`` (HuBERT's fine-tuning options are a subset of it)."""
-    return field_like(Wav2Vec2AsrConfig, name, **changes)
+#: The field of ``Wav2Vec2AsrConfig`` named ``name`` (HuBERT's fine-tuning options are a subset of it).
+_asr = functools.partial(field_like, Wav2Vec2AsrConfig)
 
 
 @dataclass
