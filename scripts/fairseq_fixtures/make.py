@@ -3,7 +3,8 @@
 Both directions, each with the interpreter it needs:
 
 - in the genuine fairseq 0.12.2 venv: ``schema.py`` (fairseq's config keys, package data) and the generators
-  of files fairseq writes (``wav2vec2_fixtures.py``, ``legacy_fixtures.py`` → ``tests/fixtures/fairseq/``);
+  of files fairseq writes (``wav2vec2_fixtures.py``, ``hubert_fixtures.py``, ``legacy_fixtures.py`` →
+  ``tests/fixtures/fairseq/``);
 - in the project venv: ``write_ours.py`` (files fairseq_lite writes → ``tests/fixtures/fairseq_lite_written/``),
   then ``read_ours.py`` in the genuine venv (what fairseq computes on them).
 
@@ -22,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_FAIRSEQ_PYTHON = os.path.expanduser("~/.cache/fairseq_lite/fairseq-0.12.2-venv/bin/python")
 
 #: (script, which interpreter) in the order they must run.
-STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("legacy_fixtures.py", "fairseq"),
-         ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
+STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("hubert_fixtures.py", "fairseq"),
+         ("legacy_fixtures.py", "fairseq"), ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
 
 
 def main() -> None:

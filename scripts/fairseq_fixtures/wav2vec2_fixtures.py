@@ -89,13 +89,15 @@ def load(checkpoint: str, arg_overrides: Optional[Dict[str, Any]] = None) -> Tup
     return models[0].eval(), cfg, task
 
 
-def command(kind: str, recipe: str, overrides: Sequence[str]) -> str:
-    """The ``fairseq-hydra-train`` command line of a run, its temporary paths shown as placeholders."""
+def command(kind: str, recipe: str, overrides: Sequence[str], family: str = "wav2vec") -> str:
+    """The ``fairseq-hydra-train`` command line of a run (recipe in ``examples/<family>/config/<kind>``), its
+    temporary paths shown as placeholders."""
     shown = []
     for override in overrides:
         key = override.split("=")[0]
-        shown.append(f"{key}=<{key.split('.')[-1]}>" if key in ("task.data", "model.w2v_path") else override)
-    return shlex.join(["fairseq-hydra-train", "--config-dir", f"fairseq/examples/wav2vec/config/{kind}",
+        hidden = key in ("task.data", "task.label_dir", "model.w2v_path")
+        shown.append(f"{key}=<{key.split('.')[-1]}>" if hidden else override)
+    return shlex.join(["fairseq-hydra-train", "--config-dir", f"fairseq/examples/{family}/config/{kind}",
                        "--config-name", recipe, *shown])
 
 
