@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Convert a local Hugging Face wav2vec 2.0 folder into a checkpoint with fairseq's layout.
+"""Convert a local Hugging Face wav2vec 2.0 or HuBERT folder into a checkpoint with fairseq's layout.
 
     python scripts/convert_from_hf.py hf_model/ wav2vec_ctc.pt
 
 ``Wav2Vec2ForCTC`` / ``Wav2Vec2ConformerForCTC`` folders become ``wav2vec_ctc`` checkpoints (the pretraining
 config under ``cfg.model.w2v_args``, the letter dictionary from vocab.json in ``task_state``), so they load with
 ``checkpoint_utils.load_model_ensemble_and_task`` and decode with infer.py; ``...ForPreTraining`` folders become
-``wav2vec2`` checkpoints to fine-tune from (``model.w2v_path``). Nothing is downloaded: the folder must be local.
+``wav2vec2`` checkpoints to fine-tune from (``model.w2v_path``). ``HubertForCTC`` becomes ``hubert_ctc``; HF has
+no HuBERT pretraining head, so ``HubertModel`` becomes a ``hubert`` backbone (no ``final_proj`` /
+``label_embs_concat``) to fine-tune from with ``model.w2v_path`` or extract features from. Nothing is
+downloaded: the folder must be local.
 """
 
 from __future__ import annotations

@@ -56,12 +56,17 @@ def hf_ctc_folder(folder, layout):
     with torch.no_grad():
         model.lm_head.bias[1:4] = -50.0
         model.lm_head.weight.mul_(20.0)  # confident letters, so that greedy text is not all blank
+    save_hf_ctc_folder(folder, model, do_normalize=True)
+    return model
+
+
+def save_hf_ctc_folder(folder, model, do_normalize):
+    """``model`` saved by HF with VOCAB's vocab.json, a CTC tokenizer and a feature extractor."""
     model.save_pretrained(folder)
     (folder / "vocab.json").write_text(json.dumps(VOCAB))
     tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
-    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=do_normalize, return_attention_mask=True)
     transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
-    return model
 
 
 def padded_batch():
@@ -179,7 +184,7 @@ def run_script(name, *args):
 def test_convert_to_hf_cli_refuses_a_non_wav2vec2_checkpoint_in_one_line(tmp_path):
     torch.save({"args": None, "cfg": {"model": {"_name": "transformer_lm"}}, "model": {}}, tmp_path / "lm.pt")
     assert run_script("convert_to_hf.py", tmp_path / "lm.pt", tmp_path / "out") == (2, [
-        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2 and wav2vec_ctc convert to HF"])
+        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2, wav2vec_ctc, hubert and hubert_ctc convert to HF"])
 
 
 def test_convert_to_hf_cli_names_weights_that_do_not_fit_the_stored_config_in_one_line(tmp_path):
@@ -198,6 +203,6 @@ def test_convert_from_hf_cli_refuses_a_bare_wav2vec2_model_in_one_line(tmp_path)
     config_cls, _, extra = LAYOUTS["group_norm_post_ln"]
     transformers.Wav2Vec2Model(config_cls(**SMALL, **extra)).save_pretrained(tmp_path / "hf")
     assert run_script("convert_from_hf.py", tmp_path / "hf", tmp_path / "out.pt") == (2, [
-        f"error: {tmp_path / 'hf'} holds a Wav2Vec2Model: only ...ForCTC and ...ForPreTraining folders convert (a "
+        f"error: {tmp_path / 'hf'} holds a Wav2Vec2Model: only ...ForCTC, ...ForPreTraining and HubertModel folders convert (a "
         "bare Wav2Vec2Model has no pretraining heads, and HF would fill them with random weights)"])
     assert not (tmp_path / "out.pt").exists()

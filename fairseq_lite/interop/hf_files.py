@@ -14,13 +14,19 @@ from typing import Any, Dict, Optional, Tuple
 
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.interop.huggingface import (
+    CTC_BACKBONE_PREFIX,
     ctc_from_hf_state_dict,
     ctc_to_hf_state_dict,
     dictionary_from_hf_vocab,
     hf_config_kwargs,
     hf_conformer_config_kwargs,
+    HF_CONFORMER_PREFIX,
+    HF_HUBERT_PREFIX,
+    hf_hubert_config_kwargs,
     HF_LM_HEAD_PREFIX,
     hf_vocab,
+    hubert_config_from_hf,
+    HUBERT_DEFAULT_LABEL_RATE,
     is_conformer_config,
     StateDict,
     wav2vec2_config_from_hf,
@@ -34,72 +40,98 @@ from fairseq_lite.interop.huggingface import (
 logger = logging.getLogger(__name__)
 
 
-#: HF's class names by head: (transformer, conformer).
+#: HF's class names by family and head; the families are wav2vec2, conformer and hubert.
 _HF_CLASS_NAMES = {
-    "ctc": ("Wav2Vec2ForCTC", "Wav2Vec2ConformerForCTC"),
-    "pretraining": ("Wav2Vec2ForPreTraining", "Wav2Vec2ConformerForPreTraining"),
-    "backbone": ("Wav2Vec2Model", "Wav2Vec2ConformerModel"),
+    "wav2vec2": {"ctc": "Wav2Vec2ForCTC", "pretraining": "Wav2Vec2ForPreTraining", "backbone": "Wav2Vec2Model"},
+    "conformer": {"ctc": "Wav2Vec2ConformerForCTC", "pretraining": "Wav2Vec2ConformerForPreTraining",
+                  "backbone": "Wav2Vec2ConformerModel"},
+    "hubert": {"ctc": "HubertForCTC", "backbone": "HubertModel"},
 }
-#: The pretraining heads of our Wav2Vec2Model: not part of HF's bare ``Wav2Vec2Model``.
-_PRETRAINING_HEADS = ("quantizer.", "project_q.", "final_proj.", "target_glu.")
+_HF_CONFIG_NAMES = {"wav2vec2": "Wav2Vec2Config", "conformer": "Wav2Vec2ConformerConfig", "hubert": "HubertConfig"}
+#: HF's backbone prefix in each family's CTC model.
+_HF_CTC_PREFIXES = {"wav2vec2": "wav2vec2.", "conformer": HF_CONFORMER_PREFIX, "hubert": HF_HUBERT_PREFIX}
+#: The pretraining heads of our Wav2Vec2Model and HubertModel: not part of HF's bare ``...Model``.
+_PRETRAINING_HEADS = ("quantizer.", "project_q.", "final_proj.", "target_glu.", "label_embs")
+_EXPORTABLE_KINDS = ("wav2vec2", "wav2vec_ctc", "hubert", "hubert_ctc")
 
 
-def _hf_classes(conformer: bool, head: str):
-    """(config class, model class) of transformers for ``head`` ('ctc', 'pretraining' or 'backbone')."""
+def _hf_classes(family: str, head: str):
+    """(config class, model class) of transformers for ``family`` and ``head`` ('ctc', 'pretraining', 'backbone')."""
     import transformers
 
-    config_cls = transformers.Wav2Vec2ConformerConfig if conformer else transformers.Wav2Vec2Config
-    return config_cls, getattr(transformers, _HF_CLASS_NAMES[head][int(conformer)])
+    return getattr(transformers, _HF_CONFIG_NAMES[family]), getattr(transformers, _HF_CLASS_NAMES[family][head])
+
+
+def _hf_config_kwargs(family: str, cfg: Any) -> Dict[str, Any]:
+    """The HF config's keyword arguments for our backbone config ``cfg``."""
+    maps = {"wav2vec2": hf_config_kwargs, "conformer": hf_conformer_config_kwargs, "hubert": hf_hubert_config_kwargs}
+    return maps[family](cfg)
 
 
 def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path: Optional[str] = None,
                             trust_checkpoint: bool = False) -> str:
-    """Write an HF folder for a fairseq/fairseq_lite ``wav2vec2`` or ``wav2vec_ctc`` checkpoint; returns the HF class.
+    """Write an HF folder for a fairseq/fairseq_lite ``wav2vec2``, ``wav2vec_ctc``, ``hubert`` or ``hubert_ctc``
+    checkpoint; returns the HF class.
 
-    ``wav2vec_ctc`` becomes ``Wav2Vec2ForCTC`` with vocab.json, the tokenizer and the feature extractor, so
-    ``pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it; ``wav2vec2`` becomes
-    ``Wav2Vec2ForPreTraining``, or ``Wav2Vec2Model`` when it was pretrained on continuous targets
+    CTC models become ``Wav2Vec2ForCTC`` / ``HubertForCTC`` with vocab.json, the tokenizer and the feature
+    extractor, so ``pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it; ``wav2vec2``
+    becomes ``Wav2Vec2ForPreTraining``, or ``Wav2Vec2Model`` when it was pretrained on continuous targets
     (``quantize_targets=false``: HF's pretraining head always quantizes, so ``final_proj``/``project_q`` are left
-    out). Conformers get the ``Wav2Vec2Conformer*`` twins. ``dictionary_path`` (a dict.ltr.txt) is needed only
-    when a CTC checkpoint stores no dictionary."""
+    out); ``hubert`` becomes ``HubertModel`` (HF has no HuBERT pretraining head: ``final_proj`` and
+    ``label_embs_concat`` are left out). Conformers get the ``Wav2Vec2Conformer*`` twins. ``dictionary_path``
+    (a dict.ltr.txt) is needed only when a CTC checkpoint stores no dictionary."""
     from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
     from fairseq_lite.models import MODEL_REGISTRY
     from fairseq_lite.models.wav2vec.wav2vec2_asr import checkpoint_kind, pretraining_config_from
 
     state = load_checkpoint_to_cpu(checkpoint_path, trust_checkpoint=trust_checkpoint)
     kind = checkpoint_kind(state)
-    if kind not in ("wav2vec2", "wav2vec_ctc"):
-        raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only wav2vec2 and wav2vec_ctc convert to HF")
+    if kind not in _EXPORTABLE_KINDS:
+        raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only wav2vec2, wav2vec_ctc, hubert and "
+                          "hubert_ctc convert to HF")
     model_cfg = state["cfg"]["model"]
-    ctc = kind == "wav2vec_ctc"
+    ctc = kind.endswith("_ctc")
     w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"] if ctc else model_cfg
     cfg = MODEL_REGISTRY.build_config(w2v_model_cfg, from_checkpoint=True)
-    conformer = is_conformer_config(cfg)
-    kwargs = hf_conformer_config_kwargs(cfg) if conformer else hf_config_kwargs(cfg)
-    backbone_to_hf = wav2vec2_conformer_to_hf_state_dict if conformer else wav2vec2_to_hf_state_dict
+    family = "hubert" if kind.startswith("hubert") else ("conformer" if is_conformer_config(cfg) else "wav2vec2")
+    kwargs = _hf_config_kwargs(family, cfg)
     if ctc:
         head = "ctc"
         dictionary = _ctc_dictionary(state, checkpoint_path, dictionary_path)
-        weights = _ctc_weights_to_hf(state["model"], model_cfg, len(dictionary), conformer)
+        weights = _ctc_weights_to_hf(state["model"], model_cfg, len(dictionary), family)
         kwargs.update(vocab_size=len(dictionary), pad_token_id=0, bos_token_id=1, eos_token_id=2,
                       ctc_loss_reduction="sum", ctc_zero_infinity=True,
                       final_dropout=model_cfg.get("final_dropout", 0.0))
-    elif cfg.quantize_targets:
-        head, weights = "pretraining", backbone_to_hf(state["model"])
     else:
-        head = "backbone"
-        weights = backbone_to_hf({k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_HEADS)},
-                                 hf_prefix="")
-        logger.warning("%s was pretrained with model.quantize_targets=false, which HF's ...ForPreTraining models cannot "
-                       "compute: writing the network without its pretraining heads (final_proj, project_q)",
-                       checkpoint_path)
-    config_cls, model_cls = _hf_classes(conformer, head)
+        head, weights = _pretraining_weights_to_hf(state["model"], cfg, family, checkpoint_path)
+    config_cls, model_cls = _hf_classes(family, head)
     hf_model = model_cls(config_cls(**kwargs))
     _load_hf_strict(hf_model, weights)
     hf_model.save_pretrained(out_dir)
     if ctc:
         save_hf_processor(out_dir, dictionary, state["cfg"].get("task") or {})
+    elif family == "hubert":  # HuBERT's HF folders carry the feature extractor (task.normalize) as HF's do
+        hf_feature_extractor(state["cfg"].get("task") or {}).save_pretrained(out_dir)
     return model_cls.__name__
+
+
+def _pretraining_weights_to_hf(state_dict: StateDict, cfg: Any, family: str, checkpoint_path: str
+                               ) -> Tuple[str, StateDict]:
+    """(HF head, HF weights) of a pretraining checkpoint: ``...ForPreTraining`` for quantized wav2vec 2.0, else
+    the bare backbone without the pretraining heads (one warning line)."""
+    if family != "hubert" and cfg.quantize_targets:
+        to_hf = wav2vec2_conformer_to_hf_state_dict if family == "conformer" else wav2vec2_to_hf_state_dict
+        return "pretraining", to_hf(state_dict)
+    if family == "hubert":
+        logger.warning("%s: Hugging Face has no HuBERT pretraining head, writing the HubertModel backbone without "
+                       "final_proj and label_embs_concat", checkpoint_path)
+    else:
+        logger.warning("%s was pretrained with model.quantize_targets=false, which HF's ...ForPreTraining models "
+                       "cannot compute: writing the network without its pretraining heads (final_proj, project_q)",
+                       checkpoint_path)
+    backbone = {k: v for k, v in state_dict.items() if not k.startswith(_PRETRAINING_HEADS)}
+    to_hf = wav2vec2_conformer_to_hf_state_dict if family == "conformer" else wav2vec2_to_hf_state_dict
+    return "backbone", to_hf(backbone, hf_prefix="")
 
 
 def _ctc_dictionary(state: Dict[str, Any], checkpoint_path: str, dictionary_path: Optional[str]) -> Any:
@@ -114,9 +146,12 @@ def _ctc_dictionary(state: Dict[str, Any], checkpoint_path: str, dictionary_path
     return dictionary
 
 
-def _ctc_weights_to_hf(state_dict: StateDict, model_cfg: Dict[str, Any], vocab_size: int, conformer: bool) -> StateDict:
-    """A ``wav2vec_ctc`` state dict with HF names; ``blank_weight`` (blank_mode add) folded into the blank's bias."""
-    weights = ctc_to_hf_state_dict(state_dict, conformer)
+def _ctc_weights_to_hf(state_dict: StateDict, model_cfg: Dict[str, Any], vocab_size: int, family: str) -> StateDict:
+    """A ``wav2vec_ctc`` / ``hubert_ctc`` state dict with HF names; ``blank_weight`` (blank_mode add) folded into the
+    blank's bias. The frozen, unused ``label_embs_concat`` fairseq keeps in fine-tuned HuBERT files is left out."""
+    unused = CTC_BACKBONE_PREFIX + "label_embs"
+    weights = ctc_to_hf_state_dict({k: v for k, v in state_dict.items() if not k.startswith(unused)},
+                                   family == "conformer", _HF_CTC_PREFIXES[family])
     outputs = weights[HF_LM_HEAD_PREFIX + "weight"].shape[0]
     if outputs != vocab_size:
         raise ConfigError(f"the dictionary has {vocab_size} symbols but the output layer {outputs}: pass the "
@@ -150,12 +185,19 @@ def save_hf_processor(out_dir: str, dictionary: Any, task_cfg: Dict[str, Any]) -
         json.dump(hf_vocab(dictionary), f, ensure_ascii=False)
     tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_file, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                                   eos_token="</s>", word_delimiter_token="|")
-    extractor = transformers.Wav2Vec2FeatureExtractor(
+    extractor = hf_feature_extractor(task_cfg)
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    extractor.save_pretrained(out_dir)  # preprocessor_config.json: transformers 5 keeps it inside processor_config.json
+
+
+def hf_feature_extractor(task_cfg: Dict[str, Any]) -> Any:
+    """A ``Wav2Vec2FeatureExtractor`` with ``do_normalize`` = ``task.normalize`` and the task's sample rate."""
+    import transformers
+
+    return transformers.Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=int(task_cfg.get("sample_rate", 16000)), padding_value=0.0,
         do_normalize=bool(task_cfg.get("normalize", False)), return_attention_mask=True,
     )
-    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
-    extractor.save_pretrained(out_dir)  # preprocessor_config.json: transformers 5 keeps it inside processor_config.json
 
 
 def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
@@ -173,19 +215,26 @@ def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
                           f"unexpected {unexpected[:5]}")
 
 
-def _convertible_kind(hf_dir: str, config: Any) -> Tuple[bool, bool]:
-    """(conformer?, CTC?) of an HF folder's config; anything but a wav2vec2(-conformer) ForCTC/ForPreTraining
-    model is a ConfigError."""
-    if config.model_type not in ("wav2vec2", "wav2vec2-conformer"):
-        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2 or wav2vec2-conformer")
-    architectures = config.architectures or []
-    ctc = any(a.endswith("ForCTC") for a in architectures)
-    if not ctc and not any(a.endswith("ForPreTraining") for a in architectures):
-        raise ConfigError(
-            f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
-            "...ForCTC and ...ForPreTraining folders convert (a bare Wav2Vec2Model has no pretraining heads, and "
-            "HF would fill them with random weights)")
-    return config.model_type == "wav2vec2-conformer", ctc
+_FAMILIES = {"wav2vec2": "wav2vec2", "wav2vec2-conformer": "conformer", "hubert": "hubert"}
+
+
+def _convertible_kind(hf_dir: str, config: Any) -> Tuple[str, str]:
+    """(family, head) of an HF folder's config: wav2vec2(-conformer) ForCTC/ForPreTraining, HubertForCTC or the bare
+    HubertModel (HF has no HuBERT pretraining head); anything else is a ConfigError."""
+    if config.model_type not in _FAMILIES:
+        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2, wav2vec2-conformer or "
+                          "hubert")
+    family, architectures = _FAMILIES[config.model_type], config.architectures or []
+    if any(a.endswith("ForCTC") for a in architectures):
+        return family, "ctc"
+    if family == "hubert" and "HubertModel" in architectures:
+        return family, "backbone"
+    if family != "hubert" and any(a.endswith("ForPreTraining") for a in architectures):
+        return family, "pretraining"
+    raise ConfigError(
+        f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
+        "...ForCTC, ...ForPreTraining and HubertModel folders convert (a bare Wav2Vec2Model has no pretraining "
+        "heads, and HF would fill them with random weights)")
 
 
 def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: Dict[str, Any],
@@ -205,54 +254,106 @@ def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: 
 
 
 def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
-    """Write a fairseq-layout checkpoint (``wav2vec2`` or ``wav2vec_ctc``, with the dictionary in ``task_state``)
-    for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC`` or their conformer twins. Returns our model name."""
-    import json
+    """Write a fairseq-layout checkpoint (``wav2vec2``, ``hubert``, ``wav2vec_ctc`` or ``hubert_ctc``, with the
+    dictionary in ``task_state``) for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC``, their conformer
+    twins, ``HubertModel`` or ``HubertForCTC``. Returns our model name."""
     import os
 
     import transformers
 
-    from fairseq_lite.dataclass.initialize import finalize_config
-    from fairseq_lite.dataclass.utils import config_to_dict
     from fairseq_lite.file_io import atomic_save
     from fairseq_lite.interop.fairseq_schema import make_fairseq_readable
 
     config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
-    conformer, ctc = _convertible_kind(hf_dir, config)
-    _, model_cls = _hf_classes(conformer, "ctc" if ctc else "pretraining")
-    hf_model = model_cls.from_pretrained(hf_dir, local_files_only=True)
-    hf_state = hf_model.state_dict()
-    pretrain_model = wav2vec2_conformer_config_from_hf(config) if conformer else wav2vec2_config_from_hf(config)
-    try:  # task.normalize is the feature extractor's do_normalize (saved with the processor)
-        extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(hf_dir, local_files_only=True)
-        normalize = bool(extractor.do_normalize)
-    except OSError:
-        normalize = not conformer and config.feat_extract_norm == "layer"  # what HF's converter writes
-        logger.warning("%s has no feature extractor config: assuming task.normalize=%s", hf_dir, normalize)
-    pretrain_task = {"_name": "audio_pretraining", "data": hf_dir, "normalize": normalize}
-    data = os.path.abspath(hf_dir)
-    if ctc:
-        with open(os.path.join(hf_dir, "vocab.json"), encoding="utf-8") as f:
-            dictionary = dictionary_from_hf_vocab(json.load(f))
-        pretraining = config_to_dict(finalize_config({"task": pretrain_task, "model": pretrain_model},
-                                                     from_checkpoint=True))
-        pretraining["criterion"] = pretraining["lr_scheduler"] = None
-        cfg = finalize_config({
-            "task": {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize},
-            "model": {"_name": "wav2vec_ctc", "w2v_path": data, "w2v_args": pretraining,
-                      "final_dropout": getattr(config, "final_dropout", 0.0)},
-            "criterion": {"_name": "ctc", "zero_infinity": True},
-        }, from_checkpoint=True)
-        weights = ctc_from_hf_state_dict(hf_state, conformer)
-        task_state = {"target_dictionary": dictionary}
-        name, criterion_name = "wav2vec_ctc", "CtcCriterion"
+    family, head = _convertible_kind(hf_dir, config)
+    hf_state = _hf_classes(family, head)[1].from_pretrained(hf_dir, local_files_only=True).state_dict()
+    config_from_hf = {"wav2vec2": wav2vec2_config_from_hf, "conformer": wav2vec2_conformer_config_from_hf,
+                      "hubert": hubert_config_from_hf}[family]
+    pretrain_model, data = config_from_hf(config), os.path.abspath(hf_dir)
+    pretrain_task = _pretraining_task(family, data, _hf_normalize(hf_dir, config, family))
+    if head == "ctc":
+        cfg, weights, task_state = _ctc_checkpoint_parts(hf_dir, config, hf_state, family, pretrain_task,
+                                                         pretrain_model)
+        name, criterion_name = cfg["model"]["_name"], "CtcCriterion"
+    elif family == "hubert":
+        logger.warning("%s: Hugging Face's HubertModel has no pretraining head (final_proj, label_embs_concat): the "
+                       "hubert checkpoint is a backbone for fine-tuning (model.w2v_path) and feature extraction",
+                       hf_dir)
+        cfg = _finalize({"task": pretrain_task, "model": pretrain_model, "criterion": {"_name": "hubert"}})
+        weights, task_state = wav2vec2_from_hf_state_dict(hf_state, hf_prefix=""), {}
+        name, criterion_name = "hubert", "HubertCriterion"
     else:
-        cfg = finalize_config({"task": {**pretrain_task, "data": data}, "model": pretrain_model,
-                               "criterion": {"_name": "wav2vec", "infonce": True}}, from_checkpoint=True)
-        weights = (wav2vec2_conformer_from_hf_state_dict if conformer else wav2vec2_from_hf_state_dict)(hf_state)
-        task_state = {}
-        name, criterion_name = "wav2vec2", "Wav2vecCriterion"
+        cfg = _finalize({"task": pretrain_task, "model": pretrain_model,
+                         "criterion": {"_name": "wav2vec", "infonce": True}})
+        weights = (wav2vec2_conformer_from_hf_state_dict if family == "conformer" else wav2vec2_from_hf_state_dict)(
+            hf_state)
+        task_state, name, criterion_name = {}, "wav2vec2", "Wav2vecCriterion"
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    atomic_save(make_fairseq_readable(_checkpoint_state(config_to_dict(cfg), weights, task_state, criterion_name)),
+    atomic_save(make_fairseq_readable(_checkpoint_state(cfg, weights, task_state, criterion_name)),
                 out_path)
     return name
+
+
+def _finalize(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The resolved config dict to store. A HuBERT task is stored as given (the fields of fairseq's yamls) and only
+    the model and criterion are resolved, so the file is written whether or not ``hubert_pretraining`` is loaded."""
+    from fairseq_lite.dataclass.initialize import finalize_config
+    from fairseq_lite.dataclass.utils import config_to_dict
+    from fairseq_lite.models import MODEL_REGISTRY
+
+    task = cfg["task"]
+    if task["_name"] != "hubert_pretraining":
+        return config_to_dict(finalize_config(cfg, from_checkpoint=True))
+    model = dict(cfg["model"])
+    if model["_name"] == "hubert_ctc":
+        model.update(normalize=task["normalize"], data=task["data"])
+    return {**config_to_dict(finalize_config({"criterion": cfg.get("criterion")}, from_checkpoint=True)),
+            "task": dict(task), "model": config_to_dict(MODEL_REGISTRY.build_config(model, from_checkpoint=True))}
+
+
+def _hf_normalize(hf_dir: str, config: Any, family: str) -> bool:
+    """``task.normalize``: the feature extractor's ``do_normalize`` (saved with the processor), else what HF's
+    converters write (true for layer-norm CNNs, with a warning)."""
+    import transformers
+
+    try:
+        extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(hf_dir, local_files_only=True)
+        return bool(extractor.do_normalize)
+    except OSError:
+        normalize = family != "conformer" and config.feat_extract_norm == "layer"
+        logger.warning("%s has no feature extractor config: assuming task.normalize=%s", hf_dir, normalize)
+        return normalize
+
+
+def _pretraining_task(family: str, data: str, normalize: bool) -> Dict[str, Any]:
+    """The pretraining task config stored with an imported model (HuBERT's label rate is not in HF's config)."""
+    if family == "hubert":
+        return {"_name": "hubert_pretraining", "data": data, "label_dir": data, "labels": ["km"],
+                "label_rate": HUBERT_DEFAULT_LABEL_RATE, "normalize": normalize}
+    return {"_name": "audio_pretraining", "data": data, "normalize": normalize}
+
+
+def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family: str, pretrain_task: Dict[str, Any],
+                          pretrain_model: Dict[str, Any]) -> Tuple[Any, StateDict, Dict[str, Any]]:
+    """(config, weights, task_state) of the ``wav2vec_ctc`` / ``hubert_ctc`` checkpoint for an HF CTC folder."""
+    import json
+    import os
+
+    with open(os.path.join(hf_dir, "vocab.json"), encoding="utf-8") as f:
+        dictionary = dictionary_from_hf_vocab(json.load(f))
+    pretraining = _finalize({"task": pretrain_task, "model": pretrain_model})
+    pretraining["criterion"] = pretraining["lr_scheduler"] = None
+    data, normalize = pretrain_task["data"], pretrain_task["normalize"]
+    if family == "hubert":
+        task = {"_name": "hubert_pretraining", "data": data, "label_dir": data, "labels": ["ltr"],
+                "fine_tuning": True, "single_target": True, "normalize": normalize}
+    else:
+        task = {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize}
+    cfg = _finalize({
+        "task": task,
+        "model": {"_name": "hubert_ctc" if family == "hubert" else "wav2vec_ctc", "w2v_path": data,
+                  "w2v_args": pretraining, "final_dropout": getattr(config, "final_dropout", 0.0)},
+        "criterion": {"_name": "ctc", "zero_infinity": True},
+    })
+    weights = ctc_from_hf_state_dict(hf_state, family == "conformer", _HF_CTC_PREFIXES[family])
+    return cfg, weights, {"target_dictionary": dictionary}

@@ -144,8 +144,8 @@ def wav2vec2_from_hf_state_dict(hf_state_dict: StateDict, hf_prefix: Optional[st
     feature projection must be the identity (it becomes no ``post_extract_proj``)."""
     if hf_prefix is None:
         hf_prefix = "wav2vec2." if any(k.startswith("wav2vec2.") for k in hf_state_dict) else ""
-    layer_norm_mode = any(re.match(r"^(?:wav2vec2\.)?feature_extractor\.conv_layers\.1\.layer_norm\.", k)
-                          for k in hf_state_dict)
+    second_conv_norm = hf_prefix + "feature_extractor.conv_layers.1.layer_norm."
+    layer_norm_mode = any(k.startswith(second_conv_norm) for k in hf_state_dict)
     inverse = [(theirs.format(P=hf_prefix), ours) for ours, theirs in _TOP_LEVEL_RENAMES]
     out: StateDict = {}
     for key, value in hf_state_dict.items():
@@ -178,8 +178,22 @@ def _key_from_hf(key: str, prefix: str, inverse, layer_norm_mode: bool, layer_ke
 def hf_config_kwargs(cfg: Any) -> Dict[str, Any]:
     """Keyword arguments for ``transformers.Wav2Vec2Config`` describing the same network as our
     ``Wav2Vec2Config`` ``cfg`` (architecture, dropouts, masking and contrastive settings)."""
-    layers = safe_eval(cfg.conv_feature_layers)
     final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
+    return dict(
+        _backbone_config_kwargs(cfg),
+        feat_quantizer_dropout=cfg.dropout_features,
+        num_codevectors_per_group=cfg.latent_vars,
+        num_codevector_groups=cfg.latent_groups,
+        codevector_dim=cfg.latent_dim if cfg.latent_dim > 0 else final_dim,
+        proj_codevector_dim=final_dim,
+        contrastive_logits_temperature=cfg.logit_temp,
+        num_negatives=cfg.num_negatives,
+    )
+
+
+def _backbone_config_kwargs(cfg: Any) -> Dict[str, Any]:
+    """The HF config keyword arguments of the CNN + transformer (shared by HF's wav2vec2 and HuBERT configs)."""
+    layers = safe_eval(cfg.conv_feature_layers)
     return dict(
         hidden_size=cfg.encoder_embed_dim,
         num_hidden_layers=cfg.encoder_layers,
@@ -190,7 +204,6 @@ def hf_config_kwargs(cfg: Any) -> Dict[str, Any]:
         attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout,
         feat_proj_dropout=cfg.dropout_input,
-        feat_quantizer_dropout=cfg.dropout_features,
         layerdrop=cfg.encoder_layerdrop,
         layer_norm_eps=1e-5,
         feat_extract_norm="layer" if str(cfg.extractor_mode) == "layer_norm" else "group",
@@ -206,21 +219,30 @@ def hf_config_kwargs(cfg: Any) -> Dict[str, Any]:
         mask_time_length=cfg.mask_length,
         mask_feature_prob=cfg.mask_channel_prob,
         mask_feature_length=cfg.mask_channel_length,
-        num_codevectors_per_group=cfg.latent_vars,
-        num_codevector_groups=cfg.latent_groups,
-        codevector_dim=cfg.latent_dim if cfg.latent_dim > 0 else final_dim,
-        proj_codevector_dim=final_dim,
-        contrastive_logits_temperature=cfg.logit_temp,
-        num_negatives=cfg.num_negatives,
     )
 
 
 def wav2vec2_config_from_hf(hf_config: Any) -> Dict[str, Any]:
     """Our ``wav2vec2`` model config (a dict with ``_name``) for a ``transformers.Wav2Vec2Config``."""
+    return {
+        "_name": "wav2vec2",
+        **_backbone_config_from_hf(hf_config),
+        "dropout_features": hf_config.feat_quantizer_dropout,
+        "final_dim": hf_config.proj_codevector_dim,
+        "logit_temp": hf_config.contrastive_logits_temperature,
+        "quantize_targets": True,
+        "latent_vars": hf_config.num_codevectors_per_group,
+        "latent_groups": hf_config.num_codevector_groups,
+        "latent_dim": hf_config.codevector_dim,
+        "num_negatives": hf_config.num_negatives,
+    }
+
+
+def _backbone_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """The model-config fields of the CNN + transformer that HF's wav2vec2 and HuBERT configs share."""
     layers = [(int(c), int(k), int(s)) for c, k, s in zip(hf_config.conv_dim, hf_config.conv_kernel,
                                                             hf_config.conv_stride)]
     return {
-        "_name": "wav2vec2",
         "extractor_mode": "layer_norm" if hf_config.feat_extract_norm == "layer" else "default",
         "encoder_layers": hf_config.num_hidden_layers,
         "encoder_embed_dim": hf_config.hidden_size,
@@ -232,24 +254,41 @@ def wav2vec2_config_from_hf(hf_config: Any) -> Dict[str, Any]:
         "activation_dropout": hf_config.activation_dropout,
         "encoder_layerdrop": hf_config.layerdrop,
         "dropout_input": hf_config.feat_proj_dropout,
-        "dropout_features": hf_config.feat_quantizer_dropout,
-        "final_dim": hf_config.proj_codevector_dim,
         "layer_norm_first": hf_config.do_stable_layer_norm,
         "conv_feature_layers": repr(layers),
         "conv_bias": hf_config.conv_bias,
-        "logit_temp": hf_config.contrastive_logits_temperature,
-        "quantize_targets": True,
-        "latent_vars": hf_config.num_codevectors_per_group,
-        "latent_groups": hf_config.num_codevector_groups,
-        "latent_dim": hf_config.codevector_dim,
         "mask_prob": hf_config.mask_time_prob,
         "mask_length": hf_config.mask_time_length,
         "mask_channel_prob": hf_config.mask_feature_prob,
         "mask_channel_length": hf_config.mask_feature_length,
-        "num_negatives": hf_config.num_negatives,
         "conv_pos": hf_config.num_conv_pos_embeddings,
         "conv_pos_groups": hf_config.num_conv_pos_embedding_groups,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# HuBERT <-> HF HubertModel / HubertForCTC: the wav2vec 2.0 backbone map under HF's ``hubert.`` prefix (none in
+# the bare HubertModel). HF has no quantizer and no pretraining head (final_proj, label_embs_concat).
+
+HF_HUBERT_PREFIX = "hubert."
+#: HF's config has no label rate; HuBERT Base/Large were pretrained on 50 Hz labels.
+HUBERT_DEFAULT_LABEL_RATE = 50.0
+
+
+def hf_hubert_config_kwargs(cfg: Any) -> Dict[str, Any]:
+    """Keyword arguments for ``transformers.HubertConfig`` describing our ``HubertConfig`` ``cfg`` (fairseq's
+    HuBERT always layer-norms the CNN features: ``feat_proj_layer_norm=True``). HF's HuBERT has no conformer."""
+    if str(getattr(cfg, "layer_type", "transformer")) != "transformer":
+        raise ConfigError(f"Hugging Face's HubertModel has transformer layers only (model.layer_type={cfg.layer_type})")
+    return dict(_backbone_config_kwargs(cfg), feat_proj_layer_norm=True)
+
+
+def hubert_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """Our ``hubert`` model config (a dict with ``_name``) for a ``transformers.HubertConfig``."""
+    if not getattr(hf_config, "feat_proj_layer_norm", True):
+        raise ConfigError("the Hugging Face config has feat_proj_layer_norm=false: fairseq's HuBERT always applies "
+                          "its layer_norm to the CNN features, so this model cannot be represented")
+    return {"_name": "hubert", **_backbone_config_from_hf(hf_config), "label_rate": HUBERT_DEFAULT_LABEL_RATE}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,13 +433,14 @@ def is_conformer_config(cfg: Any) -> bool:
     return str(getattr(cfg, "layer_type", "transformer")) == "conformer"
 
 
-def ctc_to_hf_state_dict(state_dict: StateDict, conformer: bool = False) -> StateDict:
-    """Our ``wav2vec_ctc`` state dict -> HF ``Wav2Vec2ForCTC`` (or ``Wav2Vec2ConformerForCTC``) names."""
+def ctc_to_hf_state_dict(state_dict: StateDict, conformer: bool = False, hf_prefix: str = "wav2vec2.") -> StateDict:
+    """Our ``wav2vec_ctc`` state dict -> HF ``Wav2Vec2ForCTC`` (or ``Wav2Vec2ConformerForCTC``) names;
+    ``hubert_ctc`` -> ``HubertForCTC`` with ``hf_prefix="hubert."``."""
     backbone = {k[len(CTC_BACKBONE_PREFIX):]: v for k, v in state_dict.items() if k.startswith(CTC_BACKBONE_PREFIX)}
     if conformer:
         out = wav2vec2_conformer_to_hf_state_dict(backbone)
     else:
-        out = wav2vec2_to_hf_state_dict(backbone)
+        out = wav2vec2_to_hf_state_dict(backbone, hf_prefix)
     for key, value in state_dict.items():
         if key.startswith(CTC_PROJ_PREFIX):
             out[HF_LM_HEAD_PREFIX + key[len(CTC_PROJ_PREFIX):]] = value
@@ -409,14 +449,16 @@ def ctc_to_hf_state_dict(state_dict: StateDict, conformer: bool = False) -> Stat
     return out
 
 
-def ctc_from_hf_state_dict(hf_state_dict: StateDict, conformer: bool = False) -> StateDict:
-    """HF ``Wav2Vec2ForCTC`` / ``Wav2Vec2ConformerForCTC`` state dict -> our ``wav2vec_ctc`` names."""
+def ctc_from_hf_state_dict(hf_state_dict: StateDict, conformer: bool = False,
+                           hf_prefix: str = "wav2vec2.") -> StateDict:
+    """HF ``Wav2Vec2ForCTC`` / ``Wav2Vec2ConformerForCTC`` (``HubertForCTC`` with ``hf_prefix="hubert."``) state
+    dict -> our ``wav2vec_ctc`` / ``hubert_ctc`` names."""
     heads = {k: v for k, v in hf_state_dict.items() if k.startswith(HF_LM_HEAD_PREFIX)}
     backbone = {k: v for k, v in hf_state_dict.items() if k not in heads}
     if conformer:
         mapped = wav2vec2_conformer_from_hf_state_dict(backbone)
     else:
-        mapped = wav2vec2_from_hf_state_dict(backbone, hf_prefix="wav2vec2.")
+        mapped = wav2vec2_from_hf_state_dict(backbone, hf_prefix=hf_prefix)
     out = {CTC_BACKBONE_PREFIX + k: v for k, v in mapped.items()}
     out.update({CTC_PROJ_PREFIX + k[len(HF_LM_HEAD_PREFIX):]: v for k, v in heads.items()})
     return out
