@@ -17,7 +17,7 @@ from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
 from fairseq_lite.interop.huggingface import hf_conformer_config_kwargs, wav2vec2_conformer_to_hf_state_dict
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
-from common import NO_DROPOUT, alternate
+from common import NO_DROPOUT, compare_backbones, timing_arguments
 
 
 def build_pair(pos_enc_type: str):
@@ -35,43 +35,16 @@ def build_pair(pos_enc_type: str):
     return ours.train(), theirs.train()
 
 
-def step_ours(model, source):
-    out = model(source, mask=False, features_only=True)["x"]
-    out.float().pow(2).mean().backward()
-
-
-def step_hf(model, source):
-    out = model(source).last_hidden_state
-    out.float().pow(2).mean().backward()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pos-enc-type", choices=["rel_pos", "rope"], default="rel_pos")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    timing_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours, theirs = build_pair(args.pos_enc_type)
-    source = torch.randn(args.batch, int(args.seconds * 16000))
-
-    def run(model, step):
-        def once():
-            step(model, source)
-            model.zero_grad(set_to_none=True)
-        return once
-
-    times = alternate({"fairseq_lite": run(ours, step_ours), "transformers": run(theirs, step_hf)}, args.repeats)
-    medians = {name: t["wall"] for name, t in times.items()}
-    print(f"conformer {args.pos_enc_type}, batch {args.batch} x {args.seconds:g} s, fp32, {args.threads} threads, "
-          f"median of {args.repeats} forward+backward")
-    for name, median in medians.items():
-        print(f"  {name:13s} {median:.3f} s")
-    print(f"  speed-up vs transformers: {medians['transformers'] / medians['fairseq_lite']:.2f}x")
-
+    compare_backbones(f"conformer {args.pos_enc_type}", ours, theirs, args.batch, args.seconds, args.repeats,
+                      args.threads)
 
 if __name__ == "__main__":
     main()

@@ -15,16 +15,13 @@ import argparse
 import torch
 import transformers
 
-from common import PRESETS, alternate, backbone_pair, markdown_table
+from common import PRESETS, alternate, backbone_pair, markdown_table, timing_arguments
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(PRESETS), default="base")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    timing_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ours, theirs = backbone_pair(args.model)

@@ -142,6 +142,36 @@ def alternate(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int =
     return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])} for name in runs}
 
 
+def timing_arguments(parser) -> None:
+    """The batch, clip length, repeats and threads flags every backbone benchmark takes."""
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def compare_backbones(label: str, ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, seconds: float,
+                      repeats: int, threads: int) -> None:
+    """Time forward+backward of our backbone (``features_only``, no masking) against an HF bare model on the same
+    random batch, alternating, and print the medians and their ratio (> 1: we are faster)."""
+    source = torch.randn(batch, int(seconds * RATE))
+
+    def ours_step():
+        ours(source=source, mask=False, features_only=True)["x"].float().pow(2).mean().backward()
+        ours.zero_grad(set_to_none=True)
+
+    def hf_step():
+        theirs(source).last_hidden_state.float().pow(2).mean().backward()
+        theirs.zero_grad(set_to_none=True)
+
+    times = alternate({"fairseq_lite": ours_step, "transformers": hf_step}, repeats)
+    medians = {name: t["wall"] for name, t in times.items()}
+    print(f"{label}, batch {batch} x {seconds:g} s, fp32, {threads} threads, median of {repeats} forward+backward")
+    for name, median in medians.items():
+        print(f"  {name:13s} {median:.3f} s")
+    print(f"  speed-up vs transformers: {medians['transformers'] / medians['fairseq_lite']:.2f}x")
+
+
 def gemm_rate(m: int, k: int, n: int, repeats: int = 10) -> float:
     """Median fp32 GFLOP/s of an (m×k)·(k×n) matmul on the suite's device."""
     a, b = torch.randn(m, k, device=_DEVICE), torch.randn(k, n, device=_DEVICE)

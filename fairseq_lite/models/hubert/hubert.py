@@ -173,8 +173,11 @@ class HubertModel(BaseFairseqModel):
                                                   requires_grad=False)
 
     def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, model_cfg: Any = None):
-        """Load weights (``label_embs`` renamed; label embeddings adopted by a fine-tuning model)."""
+        """Load weights (``label_embs`` renamed; label embeddings adopted by a fine-tuning model); a backbone file
+        without ``final_proj`` (imported from HF, which has no pretraining head) drops the pretraining heads."""
         self.adopt_label_embeddings(state_dict.get("label_embs_concat", state_dict.get("label_embs")))
+        if "final_proj.weight" not in state_dict and self.label_embs_concat is None:
+            self.remove_pretraining_modules()
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
