@@ -23,7 +23,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,decode,hf,bench]"
+	$(PY) -m pip install -q -e ".[dev,decode,hf,bench,hubert]"
 	touch $(STAMP)
 
 # The main job on the bundled corpus (scripts/run_demo.py; DEMO_ARGS e.g. --pretrain-updates 1500).
@@ -54,6 +54,7 @@ FAIRSEQ_VENV ?= $(HOME)/.cache/fairseq_lite/fairseq-0.12.2-venv
 SHARED_TOOLS ?= ../shared/tools
 fairseq-fixtures: $(STAMP)
 	FAIRSEQ_VENV=$(FAIRSEQ_VENV) bash $(SHARED_TOOLS)/setup_fairseq_venv.sh
+	$(FAIRSEQ_VENV)/bin/pip install -q scikit-learn joblib npy-append-array  # fairseq's simple_kmeans scripts
 	$(PY) scripts/fairseq_fixtures/make.py --fairseq-python $(FAIRSEQ_VENV)/bin/python
 
 clean-venv:

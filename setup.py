@@ -27,7 +27,9 @@ setup(
         "xla": ["torch-xla"],
         "audio": ["av>=12"],
         "bench": ["pyctcdecode>=0.5"],
-        "dev": ["av>=12", "tensorboard>=2.10", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3", "jiwer>=3", "scipy>=1.10", "matplotlib>=3.7"],
+        "hubert": ["scikit-learn>=1.2", "joblib>=1.2"],  # k-means labels (examples/hubert/simple_kmeans)
+        "dev": ["av>=12", "tensorboard>=2.10", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3", "jiwer>=3", "scipy>=1.10", "matplotlib>=3.7",
+                "kaldi-native-fbank>=1.18"],
     },
     entry_points={
         "console_scripts": [
