@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Extract wav2vec 2.0 representations (pretrained or CTC fine-tuned checkpoints) to .npy or HDF5 files.
+"""Extract wav2vec 2.0 or HuBERT representations (pretrained or CTC fine-tuned checkpoints) to .npy or HDF5 files.
 
     python scripts/extract_features.py --checkpoint wav2vec_small.pt --output feats/ train.tsv
     python scripts/extract_features.py --checkpoint model.pt --layers 3 7 --format h5 --output feats/ waves/
@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
 from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.audio import audio_frames, read_audio
 from fairseq_lite.data.manifest import load_manifest
-from fairseq_lite.errors import CheckpointError, ConfigError, DataError
+from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.file_io import AtomicOutputs
+from fairseq_lite.layer_features import encoder_outputs, load_encoder
 
 logger = logging.getLogger("extract_features")
 
@@ -46,7 +46,8 @@ SAMPLE_RATE = 16000
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="manifest .tsv files, audio files or folders")
-    parser.add_argument("--checkpoint", required=True, help="wav2vec 2.0 (wav2vec2 / wav2vec_ctc) checkpoint")
+    parser.add_argument("--checkpoint", required=True,
+                        help="wav2vec 2.0 or HuBERT checkpoint (wav2vec2, wav2vec_ctc, hubert, hubert_ctc)")
     parser.add_argument("--output", required=True, help="output folder (created)")
     parser.add_argument("--layers", nargs="+", default=None,
                         help="0-based transformer layers (negative counts from the end) or 'all'; default: final output")
@@ -79,20 +80,6 @@ def list_audio(inputs: Sequence[str], ext: str) -> List[Tuple[str, str]]:
     if len(set(names)) != len(names):
         raise DataError("two inputs map to the same output name: extract them in separate runs")
     return [(name, path) for name, (_, path) in zip(names, files)]
-
-
-def load_encoder(path: str, device: torch.device) -> Tuple[torch.nn.Module, bool]:
-    """The wav2vec 2.0 model inside a pretrained or CTC checkpoint (eval mode) and whether inputs are
-    normalised (``task.normalize``)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    models, cfg, _ = load_model_ensemble_and_task([path])
-    model = models[0]
-    encoder = getattr(getattr(model, "w2v_encoder", None), "w2v_model", model)  # wav2vec_ctc wraps the model
-    if not hasattr(encoder, "extract_features") or not hasattr(encoder, "encoder"):
-        raise CheckpointError(f"{path} holds a {type(model).__name__}: this script reads wav2vec 2.0 models; use "
-                              "examples/wav2vec/wav2vec_featurize.py for wav2vec 1.0")
-    return encoder.eval().to(device), bool(getattr(cfg.task, "normalize", False))
 
 
 def resolve_layers(spec: Optional[Sequence[str]], num_layers: int) -> Optional[List[int]]:
@@ -152,8 +139,7 @@ def extract(model: torch.nn.Module, batch: List[Tuple[str, str]], layers: Option
         source[i, : len(wav)] = F.layer_norm(wav, wav.shape) if normalize else wav
     padding_mask = torch.arange(source.size(1)).unsqueeze(0) >= lengths.unsqueeze(1)
     last = None if layers is None else max(layers)
-    out = model.extract_features(source.to(device), padding_mask.to(device) if len(batch) > 1 else None,
-                                 layer=last)
+    out = encoder_outputs(model, source.to(device), padding_mask.to(device) if len(batch) > 1 else None, last)
     if layers is None:
         stacked = out["x"].unsqueeze(0)
     else:
@@ -172,7 +158,7 @@ def main(argv) -> int:
     check_output_dir(args.output, "--output")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     files = list_audio(args.inputs, args.ext)
-    model, normalize = load_encoder(args.checkpoint, device)
+    model, normalize, _ = load_encoder(args.checkpoint, device)
     layers = resolve_layers(args.layers, len(model.encoder.layers))
     with AtomicOutputs() as h5_output:  # features.h5 replaces an earlier one only when complete
         h5 = None

@@ -24,7 +24,8 @@ DEFAULT_FAIRSEQ_PYTHON = os.path.expanduser("~/.cache/fairseq_lite/fairseq-0.12.
 
 #: (script, which interpreter) in the order they must run.
 STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("hubert_fixtures.py", "fairseq"),
-         ("legacy_fixtures.py", "fairseq"), ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
+         ("legacy_fixtures.py", "fairseq"), ("hubert_units_fixtures.py", "fairseq"), ("write_ours.py", "project"),
+         ("read_ours.py", "fairseq")]
 
 
 def main() -> None:
@@ -42,7 +43,9 @@ def main() -> None:
         if args.only and script not in args.only:
             continue
         print(f"== {script} ({which} venv)", flush=True)
-        subprocess.run([interpreters[which], os.path.join(HERE, script)], cwd=REPO, check=True)
+        # hubert_units_fixtures.py also runs fairseq_lite's learn_kmeans.py, with the project's python
+        env = dict(os.environ, FAIRSEQ_LITE_PYTHON=args.project_python)
+        subprocess.run([interpreters[which], os.path.join(HERE, script)], cwd=REPO, check=True, env=env)
 
 
 if __name__ == "__main__":
