@@ -85,8 +85,9 @@ def load_manifest(
     check_files: bool = True,
     skip_missing: bool = False,
     on_skip: Optional[Callable[[str], None]] = None,
+    max_keep_size: Optional[int] = None,
 ) -> Manifest:
-    """Read ``path``; drop entries shorter than ``min_sample_size`` (fairseq's ``skipped_indices``).
+    """Read ``path``; entries shorter than ``min_sample_size`` or longer than ``max_keep_size`` are ``skipped_indices``.
 
     With ``check_files`` every listed file must exist: a missing one is a DataError naming the line
     and path, or, with ``skip_missing``, is dropped like a short one and counted.
@@ -106,7 +107,7 @@ def load_manifest(
         if len(fields) != 2 or not fields[1].strip().isdigit():
             raise DataError(f"{path}:{i + 2}: expected 'relative/path<TAB>num_samples', got {line!r}")
         size = int(fields[1])
-        if min_sample_size and size < min_sample_size:
+        if (min_sample_size and size < min_sample_size) or (max_keep_size is not None and size > max_keep_size):
             skipped.append(i)
             continue
         if check_files and not os.path.exists(split_byte_range(os.path.join(root, fields[0]))[0]):
@@ -127,8 +128,8 @@ def load_manifest(
         on_skip(f"{path}: skipped {len(missing)} listed files that do not exist (first: line {missing[0][0] + 2})")
     if not names:
         raise DataError(
-            f"{path}: no usable entries ({len(lines)} lines, {len(skipped)} dropped by min_sample_size or missing "
-            "files); check the manifest and task.min_sample_size"
+            f"{path}: no usable entries ({len(lines)} lines, {len(skipped)} dropped by size or missing files); "
+            "check the manifest and task.min_sample_size (and task.max_keep_size)"
         )
     return Manifest(
         path=path,

@@ -64,7 +64,8 @@ class FileAudioDataset(torch.utils.data.Dataset):
     ``min_sample_size`` (shorter manifest entries are dropped and remembered in ``skipped_indices``),
     ``pad``, ``normalize`` (zero mean, unit variance per utterance), ``num_buckets``; and ours:
     ``strict_sample_rate`` (raise on another rate instead of resampling), ``skip_invalid`` (drop missing,
-    corrupt or empty files, counted, instead of raising), ``augment``, ``seed``.
+    corrupt or empty files, counted, instead of raising), ``augment``, ``seed``, ``max_keep_size`` (drop longer
+    manifest entries, HuBERT's option).
     """
 
     def __init__(
@@ -81,9 +82,11 @@ class FileAudioDataset(torch.utils.data.Dataset):
         skip_invalid: bool = False,
         augment: Optional[AudioAugmentation] = None,
         seed: int = 1,
+        max_keep_size: Optional[int] = None,
     ):
         self.manifest = load_manifest(
-            manifest_path, min_sample_size or 0, skip_missing=skip_invalid, on_skip=logger.warning
+            manifest_path, min_sample_size or 0, skip_missing=skip_invalid, on_skip=logger.warning,
+            max_keep_size=max_keep_size,
         )
         self.sample_rate = sample_rate
         self.max_sample_size = max_sample_size if max_sample_size is not None else sys.maxsize

@@ -113,7 +113,13 @@ class AudioPretrainingTask(FairseqTask):
     def build_model(self, cfg: Any, from_checkpoint: bool = False):
         """Build the model and copy its resolved ``w2v_args`` back into ``cfg`` (saved in fine-tuned checkpoints)."""
         model = super().build_model(cfg, from_checkpoint)
-        built_cfg = getattr(model, "cfg", None)
-        if built_cfg is not None and hasattr(built_cfg, "w2v_args") and hasattr(cfg, "w2v_args"):
-            cfg.w2v_args = built_cfg.w2v_args
+        store_resolved_w2v_args(cfg, model)
         return model
+
+
+def store_resolved_w2v_args(cfg: Any, model: Any) -> None:
+    """Copy a fine-tuning model's resolved pretraining config (``model.cfg.w2v_args``) into ``cfg``, so that its
+    checkpoints hold it and load without ``w2v_path``."""
+    built_cfg = getattr(model, "cfg", None)
+    if built_cfg is not None and hasattr(built_cfg, "w2v_args") and hasattr(cfg, "w2v_args"):
+        cfg.w2v_args = built_cfg.w2v_args
