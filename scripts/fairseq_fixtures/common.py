@@ -126,9 +126,13 @@ def write_fixture(folder: str, checkpoint: str, inputs: Dict[str, Any], outputs:
     shutil.copyfile(checkpoint, os.path.join(folder, "checkpoint.pt"))
     save_npz(os.path.join(folder, "inputs.npz"), inputs)
     save_npz(os.path.join(folder, "outputs.npz"), outputs)
-    info = {**versions(), **meta, "inputs": sorted(inputs), "outputs": sorted(outputs)}
+    write_meta(folder, {**meta, "inputs": sorted(inputs), "outputs": sorted(outputs)})
+
+
+def write_meta(folder: str, meta: Dict[str, Any]) -> None:
+    """``folder/meta.json``: the versions, then ``meta``; says the fixture folder is written."""
     with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump(info, f, indent=1)
+        json.dump({**versions(), **meta}, f, indent=1)
         f.write("\n")
     print(f"wrote {folder}", flush=True)
 

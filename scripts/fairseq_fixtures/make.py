@@ -24,8 +24,8 @@ DEFAULT_FAIRSEQ_PYTHON = os.path.expanduser("~/.cache/fairseq_lite/fairseq-0.12.
 
 #: (script, which interpreter) in the order they must run.
 STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("hubert_fixtures.py", "fairseq"),
-         ("legacy_fixtures.py", "fairseq"), ("hubert_units_fixtures.py", "fairseq"), ("write_ours.py", "project"),
-         ("read_ours.py", "fairseq")]
+         ("legacy_fixtures.py", "fairseq"), ("hubert_units_fixtures.py", "fairseq"),
+         ("hubert_dataset_fixtures.py", "fairseq"), ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
 
 
 def main() -> None:
