@@ -49,9 +49,14 @@ def _registry(group: str):
     return REGISTRIES.get(group)
 
 
-def _schema_field(path: Sequence[str]) -> Optional[dataclasses.Field]:
+def typed_groups(schema: type = FairseqConfig) -> dict:
+    """name → dataclass of the schema's fixed-type groups (FairseqConfig's TYPED_GROUPS; infer's adds ``decoding``)."""
+    return {f.name: f.default_factory for f in dataclasses.fields(schema) if isinstance(f.default_factory, type)}
+
+
+def _schema_field(path: Sequence[str], schema: type = FairseqConfig) -> Optional[dataclasses.Field]:
     """The typed-schema field that ``path`` (e.g. ["optimization", "lr"]) names, or None."""
-    cls: Any = FairseqConfig
+    cls: Any = schema
     found = None
     for part in path:
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
@@ -69,7 +74,7 @@ def _is_list_field(field: dataclasses.Field) -> bool:
     return str(field.type).startswith(("List", "typing.List", "list", "Optional[List"))
 
 
-def normalize_override(override: str) -> str:
+def normalize_override(override: str, schema: type = FairseqConfig) -> str:
     """Rewrite one command-line override so that every spelling fairseq users type works in Hydra 1.3.
 
     - ``key=v``, ``+key=v`` and ``++key=v`` all set an existing key of a typed group (fairseq's README uses
@@ -77,6 +82,8 @@ def normalize_override(override: str) -> str:
     - keys under the untyped groups (task, model, criterion, ...) may be new in the yaml: they are added,
       and checked against the selected component's dataclass when the config is finalised;
     - a key unknown to a typed group is a ConfigError naming the closest valid key;
+    - ``task=audio_finetuning`` (a registered name, as fairseq's ConfigStore offers it) selects the component and
+      keeps the group's other keys, before or after it on the line;
     - a value such as ``(0.9,0.98)`` (fairseq's string tuples) is quoted for Hydra's grammar.
     """
     match = _OVERRIDE.match(override)
@@ -89,30 +96,32 @@ def normalize_override(override: str) -> str:
         value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     path = key.split(".")
     group = path[0]
+    if len(path) == 1 and group in REGISTRY_GROUPS and value in _registry(group):
+        return f"++{group}._name={value}"
     if len(path) == 1 or group == "hydra" or "/" in group or "@" in key:
         return f"{prefix}{key}={value}"
     if group in UNTYPED_GROUPS:
         return f"++{key}={value}"
-    if group in TYPED_GROUPS:
-        field = _schema_field(path)
+    typed = typed_groups(schema)
+    if group in typed:
+        field = _schema_field(path, schema)
         if field is None:
-            cls = {f.name: f.default_factory for f in dataclasses.fields(FairseqConfig)}[group]
-            raise ConfigError(unknown_key_message(group, path[1], field_names(cls)) + f" (in override '{override}')")
+            raise ConfigError(unknown_key_message(group, path[1], field_names(typed[group])) + f" (in override '{override}')")
         if _is_list_field(field) and len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]  # update_freq="'[4]'": a quoted list literal still means the list
         return f"{key}={value}"
-    groups = [f.name for f in dataclasses.fields(FairseqConfig) if not f.name.startswith("_")]
+    groups = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
     close = closest_match(group, groups)
     hint = f"did you mean '{close}'? " if close else ""
     raise ConfigError(f"unknown config group '{group}' in override '{override}': {hint}groups are {', '.join(groups)}")
 
 
-def _store_schema(config_name: Optional[str]) -> None:
+def _store_schema(config_name: Optional[str], schema: type) -> None:
     """Register the schema and a root config that puts the user's yaml at the global package."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name=SCHEMA_NAME, node=FairseqConfig)
+    cs.store(name=SCHEMA_NAME, node=schema)
     defaults: List[Any] = [SCHEMA_NAME]
     if config_name:
         defaults.append(f"{config_name}@_global_")
@@ -121,9 +130,11 @@ def _store_schema(config_name: Optional[str]) -> None:
 
 
 def compose_config(
-    config_dir: Optional[str], config_name: Optional[str], overrides: Iterable[str] = ()
+    config_dir: Optional[str], config_name: Optional[str], overrides: Iterable[str] = (),
+    schema: type = FairseqConfig, with_hydra: bool = False,
 ) -> DictConfig:
-    """Compose ``config_dir/config_name.yaml`` on the FairseqConfig schema with ``overrides`` (real Hydra)."""
+    """Compose ``config_dir/config_name.yaml`` on the ``schema`` (FairseqConfig, or a subclass such as infer's
+    InferConfig) with ``overrides`` (real Hydra); ``with_hydra`` keeps the ``hydra`` node (run/sweep dirs)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -135,22 +146,68 @@ def compose_config(
     if config_name and not os.path.isfile(os.path.join(config_dir, config_name + ".yaml")):
         raise ConfigError(f"config '{config_name}.yaml' not found in {config_dir} (check --config-dir and --config-name)")
     # fairseq's model presets (model=wav2vec2/wav2vec2_base ...) live in the package, as in fairseq/config
-    overrides = ["hydra.searchpath=[pkg://fairseq_lite.config]"] + [normalize_override(o) for o in overrides]
-    _store_schema(config_name)
+    overrides = ["hydra.searchpath=[pkg://fairseq_lite.config]"] + [normalize_override(o, schema) for o in overrides]
+    _store_schema(config_name, schema)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base=None, job_name="fairseq_lite"):
-            cfg = compose(config_name=ROOT_NAME, overrides=overrides)
+            cfg = compose(config_name=ROOT_NAME, overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaError) as exc:
-        raise ConfigError(describe_hydra_error(exc)) from exc
+        raise ConfigError(describe_hydra_error(exc, schema)) from exc
     finally:
         GlobalHydra.instance().clear()
     if "defaults" in cfg:
         raise ConfigError("the composed config has a 'defaults' key it could not apply")
+    if config_name:
+        restore_mandatory(cfg, os.path.join(config_dir, config_name + ".yaml"), schema, overrides)
     return cfg
 
 
-def describe_hydra_error(exc: BaseException) -> str:
+def _mandatory_keys(node: Any, prefix: str = "") -> List[str]:
+    """The dotted keys whose value is ``???`` in a plain yaml tree (mappings only)."""
+    keys = []
+    for key, value in (node.items() if isinstance(node, dict) else ()):
+        if value == "???":
+            keys.append(prefix + str(key))
+        elif isinstance(value, dict):
+            keys += _mandatory_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+_ABSENT = object()
+
+
+def _raw_value(node: Any, key: str) -> Any:
+    """The unresolved value at dotted ``key`` of a DictConfig (``???`` as the string), or _ABSENT."""
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return _ABSENT
+        node = node._get_node(part)
+    return _ABSENT if isinstance(node, DictConfig) else node._value()
+
+
+def restore_mandatory(cfg: DictConfig, yaml_path: str, schema: type, overrides: Iterable[str]) -> None:
+    """Mark the yaml's ``???`` keys missing again where the schema's default replaced them.
+
+    fairseq's OmegaConf 2.0 lets a yaml's ``???`` replace a typed group's default, so the key must be given
+    (``dataset.gen_subset: ???``, ``checkpoint.save_dir: ???``); OmegaConf 2.1+ keeps the default when merging,
+    which would decode the default subset or save into the default folder without a word. A key that still holds
+    exactly the schema's default and that no override sets gets its ``???`` back (a value another config file
+    of the defaults list sets, such as HuBERT's ``+data=iter1``, stays)."""
+    import yaml
+
+    with open(yaml_path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    given = {m["key"] for m in map(_OVERRIDE.match, overrides) if m and m["prefix"] != "~"}
+    defaults = OmegaConf.structured(schema)
+    for key in _mandatory_keys(raw):
+        default = _raw_value(defaults, key)
+        if key not in given and default not in (_ABSENT, "???") and _raw_value(cfg, key) == default:
+            parent_key, _, leaf = key.rpartition(".")
+            OmegaConf.select(cfg, parent_key)[leaf] = "???"
+
+
+def describe_hydra_error(exc: BaseException, schema: type = FairseqConfig) -> str:
     """One line for a Hydra composition error: what Hydra was doing, and the innermost reason."""
     from hydra.errors import OverrideParseException
 
@@ -171,9 +228,9 @@ def describe_hydra_error(exc: BaseException) -> str:
     if isinstance(inner, OmegaConfBaseException):
         key = str(getattr(inner, "full_key", "") or "")
         parts = key.split(".")
-        if type(inner).__name__ == "ConfigKeyError" and len(parts) >= 2 and parts[0] in TYPED_GROUPS:
-            cls = {f.name: f.default_factory for f in dataclasses.fields(FairseqConfig)}[parts[0]]
-            return unknown_key_message(parts[0], parts[-1], field_names(cls))
+        typed = typed_groups(schema)
+        if type(inner).__name__ == "ConfigKeyError" and len(parts) >= 2 and parts[0] in typed:
+            return unknown_key_message(parts[0], parts[-1], field_names(typed[parts[0]]))
         reason = describe_omegaconf_error(inner)
         return reason if inner is exc else f"{outer}: {reason}"
     return " ".join(str(exc).split())
