@@ -36,6 +36,7 @@ setup(
             "fairseq-hydra-train = fairseq_lite.cli.hydra_train:cli_main",
             "fairseq-train = fairseq_lite.cli.train:cli_main",
             "fairseq-infer = fairseq_lite.cli.infer:cli_main",
+            "fairseq-hydra-infer = fairseq_lite.cli.hydra_infer:cli_main",
         ]
     },
 )

@@ -123,7 +123,7 @@ def _translate_legacy_flags(cfg, legacy: List[Tuple[str, str]]) -> List[str]:
     return translated
 
 
-def _write_run_dir(run_dir: str, cfg, overrides: List[str]) -> None:
+def write_run_dir(run_dir: str, cfg, overrides: List[str]) -> None:
     """Hydra's ``.hydra/config.yaml`` and ``overrides.yaml``, written only when hydra.run.dir is asked for."""
     hydra_dir = os.path.join(run_dir, ".hydra")
     os.makedirs(hydra_dir, exist_ok=True)
@@ -185,7 +185,7 @@ def main(argv: List[str]) -> Optional[int]:
         return 0
     cfg = finalize_config(composed)
     if run_dir:
-        _write_run_dir(run_dir, cfg, kept)
+        write_run_dir(run_dir, cfg, kept)
     launch_training(cfg)
     return 0
 

@@ -24,6 +24,9 @@ when the run succeeds: a rerun that fails leaves the earlier results as they wer
 padding forced to blank; fairseq dumps log-softmax instead, which its decoders do not use) and stops;
 ``--load-emissions FILE`` decodes from such a file. The file is a numpy ``.npz`` (no pickle), unlike
 fairseq's pickled object array, which is refused.
+
+The decoding functions here (``open_subset``, ``make_decoder``, ``decode_batches``, ``report``, ``ResultWriter``) are
+also those of fairseq's Hydra front end ``examples/speech_recognition/new/infer.py`` (``cli/hydra_infer.py``).
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ RESULT_PREFIXES = {"hypo.words": "hypo.word", "hypo.units": "hypo.units", "ref.w
 #: Input samples per output frame of wav2vec 2.0's CNN (20 ms at 16 kHz)
 BASE_FRAME_STRIDE = 320
 #: Registered models whose checkpoints infer.py decodes (they emit CTC frames over the target dictionary).
-CTC_MODELS = ("wav2vec_ctc",)
+CTC_MODELS = ("wav2vec_ctc", "hubert_ctc")
 DEFAULT_MAX_TOKENS = 4_000_000  # fairseq's infer.py default when neither --max-tokens nor --batch-size is set
+DEFAULT_DECODE_WORKERS = min(4, os.cpu_count() or 1)
+#: How each utterance is logged when not quiet: (hypothesis line, reference line, separator), fairseq's infer.py
+LEGACY_ECHO = ("HYPO:%s", "TARGET:%s", "___________________")
 
 
 def decoding_parser() -> argparse.ArgumentParser:
@@ -89,7 +95,7 @@ def decoding_parser() -> argparse.ArgumentParser:
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="fully unpickle --path/--lm-model files that hold objects beyond fairseq's allow-list "
                             "(only for files you trust: unpickling can run code)")
-    group.add_argument("--decode-workers", type=int, default=min(4, os.cpu_count() or 1),
+    group.add_argument("--decode-workers", type=int, default=DEFAULT_DECODE_WORKERS,
                        help="threads decoding utterances in parallel (kenlm)")
     return parser
 
@@ -104,8 +110,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, Any]:
     task = cfg_dict.get("task")
     if not task:
         raise ConfigError("infer.py needs --task audio_finetuning and the data folder as the first argument")
-    if task.get("_name") == "audio_pretraining":  # older fairseq docs; the labels live in audio_finetuning now
-        task["_name"] = "audio_finetuning"
+    as_finetuning_task(task)
     cfg = finalize_config(cfg_dict)
     if not cfg.common_eval.path and not args.load_emissions:
         raise ConfigError("infer.py needs --path /path/to/checkpoint.pt")
@@ -176,6 +181,10 @@ class EmissionModel:
         else:
             lengths = (~out_padding).sum(dim=1).cpu()
         return emissions, lengths
+
+    def of_batch(self, sample: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Emissions and frame counts of a batch from the task's collater (its ``net_input``)."""
+        return self(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
 
     def chunked(self, wav: torch.Tensor, window: int, overlap: int, max_tokens: Optional[int]) -> torch.Tensor:
         """(T, V) emissions of one long waveform from overlapping windows (``--chunk-seconds/--chunk-overlap``).
@@ -263,33 +272,49 @@ def pad_emissions(rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]
 
 
 class ResultWriter:
-    """fairseq's four result files plus the CTM timestamps and the JSON-lines file, written through ``outputs``
-    (temporary files that replace the results of an earlier run only when decoding succeeds)."""
+    """fairseq's four result files (``texts``: hypo.words/hypo.units/ref.words/ref.units → path), and optionally
+    the CTM timestamps and the JSON-lines file, written through ``outputs`` (temporary files that replace the
+    results of an earlier run only when decoding succeeds)."""
 
-    def __init__(self, outputs: AtomicOutputs, folder: str, checkpoint: str, subset: str, shard_prefix: str):
-        name = f"{os.path.basename(checkpoint)}-{subset}"
+    def __init__(self, outputs: AtomicOutputs, texts: Dict[str, str], ctm: Optional[str] = None,
+                 jsonl: Optional[str] = None):
+        def result_file(path: Optional[str]):
+            return outputs.open(path, "w", encoding="utf-8") if path else None
 
-        def result_file(file_name: str):
-            return outputs.open(os.path.join(folder, shard_prefix + file_name), "w", encoding="utf-8")
-
-        self.files = {key: result_file(f"{prefix}-{name}.txt") for key, prefix in RESULT_PREFIXES.items()}
-        self.ctm = result_file(f"timestamps-{name}.ctm")
-        self.jsonl = result_file(f"results-{name}.jsonl")
+        self.files = {key: result_file(path) for key, path in texts.items()}
+        self.ctm = result_file(ctm)
+        self.jsonl = result_file(jsonl)
 
     def write(self, utt: str, texts: Dict[str, str], spans, record: Dict[str, Any]) -> None:
         for key, text in texts.items():
             print(f"{text} ({utt})", file=self.files[key])
-        for span in spans:
-            print(f"{utt} 1 {span.start:.3f} {span.end - span.start:.3f} {span.word}", file=self.ctm)
-        print(json.dumps(record, ensure_ascii=False), file=self.jsonl)
+        if self.ctm is not None:
+            for span in spans:
+                print(f"{utt} 1 {span.start:.3f} {span.end - span.start:.3f} {span.word}", file=self.ctm)
+        if self.jsonl is not None:
+            print(json.dumps(record, ensure_ascii=False), file=self.jsonl)
+
+
+def legacy_result_writer(outputs: AtomicOutputs, folder: str, checkpoint: str, subset: str,
+                         shard_prefix: str) -> ResultWriter:
+    """infer.py's files: ``{hypo.word,hypo.units,ref.word,ref.units}-{checkpoint}-{subset}.txt``,
+    ``timestamps-….ctm`` and ``results-….jsonl`` in ``folder`` (``shard_prefix`` first when sharded)."""
+    name = f"{os.path.basename(checkpoint)}-{subset}"
+
+    def path(file_name: str) -> str:
+        return os.path.join(folder, shard_prefix + file_name)
+
+    return ResultWriter(outputs, {key: path(f"{prefix}-{name}.txt") for key, prefix in RESULT_PREFIXES.items()},
+                        ctm=path(f"timestamps-{name}.ctm"), jsonl=path(f"results-{name}.jsonl"))
 
 
 # -- main ---------------------------------------------------------------------------------------
 
 
-def load_model(cfg: Any, task: Any, trust_checkpoint: bool = False):
-    """The first checkpoint of ``--path`` (``\\``-separated as in fairseq) with ``--model-overrides``; it must
-    hold a model that emits CTC frames (``wav2vec_ctc``), not a pretraining or language model."""
+def read_ctc_checkpoint(cfg: Any, trust_checkpoint: bool = False) -> Tuple[str, Dict[str, Any]]:
+    """(path, contents) of the first checkpoint of ``common_eval.path`` (``--path``, ``\\``-separated as in fairseq)
+    with ``model_overrides``; it must hold a model that emits CTC frames (``wav2vec_ctc``, ``hubert_ctc``), not a
+    pretraining or language model."""
     from fairseq_lite import checkpoint_utils
 
     paths = cfg.common_eval.path.split("\\")
@@ -311,19 +336,18 @@ def load_model(cfg: Any, task: Any, trust_checkpoint: bool = False):
         raise CheckpointError(
             f"{path} holds a {kind!r} model, not a fine-tuned CTC model ({', '.join(CTC_MODELS)}): "
             "infer.py decodes CTC emissions; fine-tune it first (config/finetuning, model.w2v_path=<it>)")
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [path], task=task, state=state)
-    return models[0], saved_cfg, task
+    return path, state
 
 
-def load_lm(path: Optional[str], trust_checkpoint: bool = False):
-    """The fairseq LM checkpoint of ``--lm-model`` and its dictionary (``dict.txt`` beside it, or its own)."""
+def load_lm(path: Optional[str], trust_checkpoint: bool = False, key: str = "--lm-model"):
+    """The fairseq LM checkpoint ``path`` (``key`` names the option in messages) and its dictionary (``dict.txt``
+    beside it, or its own)."""
     from fairseq_lite import checkpoint_utils
 
     if not path:
-        raise ConfigError("--w2l-decoder fairseqlm needs --lm-model <LM checkpoint>")
+        raise ConfigError(f"the fairseqlm decoder needs {key} <LM checkpoint>")
     if not os.path.isfile(path):
-        raise CheckpointError(f"LM checkpoint {path} does not exist (--lm-model)")
+        raise CheckpointError(f"LM checkpoint {path} does not exist ({key})")
     models, _, lm_task = checkpoint_utils.load_model_ensemble_and_task(
         [path], arg_overrides={"data": os.path.dirname(os.path.abspath(path))}, trust_checkpoint=trust_checkpoint)
     return models[0].eval(), lm_task.target_dictionary
@@ -360,30 +384,27 @@ def with_infer_flags(message: str) -> str:
     return _TASK_SETTING.sub(lambda m: ("pass " if m.group(1) else "") + "--" + m.group(2).replace("_", "-"), message)
 
 
-def infer_decoder(args: argparse.Namespace, cfg: Any, tgt_dict: Any) -> Any:
-    """The ``--w2l-decoder`` (viterbi, kenlm, or fairseqlm with its transformer LM from ``--lm-model``)."""
+def make_decoder(kind: str, tgt_dict: Any, decoder_cfg: Any, lm_path: Optional[str], trust_checkpoint: bool = False,
+                 lm_key: str = "--lm-model") -> Any:
+    """The CTC decoder ``kind`` (viterbi, kenlm, or fairseqlm with its transformer LM loaded from ``lm_path``) over
+    ``tgt_dict``; ``decoder_cfg`` is a flashlight.DecoderConfig (None for viterbi)."""
     lm_model = lm_dict = None
-    if args.w2l_decoder == "fairseqlm":
-        lm_model, lm_dict = load_lm(args.kenlm_model, args.trust_checkpoint)
-    return build_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg), lm_model, lm_dict)
+    if kind == "fairseqlm":
+        lm_model, lm_dict = load_lm(lm_path, trust_checkpoint, lm_key)
+    return build_decoder(kind, tgt_dict, decoder_cfg, lm_model, lm_dict)
 
 
 def run(args: argparse.Namespace, cfg: Any) -> int:
     """Decode (or dump the emissions of) the subset; every output file replaces the old one only on success."""
-    task, model, task_cfg = load_task_and_model(args, cfg)
+    task, dataset, task_cfg, emitter = open_subset(cfg, args.trust_checkpoint)
     tgt_dict = task.target_dictionary
     subset = cfg.dataset.gen_subset
-    task.load_dataset(subset, task_cfg=task_cfg)
-    dataset = task.dataset(subset)
-    logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
-    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-    emitter = EmissionModel(model, torch.device("cuda" if use_cuda else "cpu"),
-                            cfg.common.fp16 and use_cuda) if model is not None else None
     loaded, stored_stride = load_emission_file(args.load_emissions, len(tgt_dict)) if args.load_emissions else (
         None, None)
     if loaded is None and emitter is None:
         raise ConfigError("infer.py needs --path (a checkpoint) or --load-emissions")
-    decoder = None if args.dump_emissions else infer_decoder(args, cfg, tgt_dict)
+    decoder = None if args.dump_emissions else make_decoder(args.w2l_decoder, tgt_dict, decoder_config(args, cfg),
+                                                            args.kenlm_model, args.trust_checkpoint)
     stride = emitter.stride if emitter is not None else stored_stride
     if stride is None:
         stride = BASE_FRAME_STRIDE
@@ -397,14 +418,14 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
             rate = task_cfg.sample_rate
             window, overlap = int(args.chunk_seconds * rate), int(args.chunk_overlap * rate)
             return pad_emissions(chunk_rows(emitter, sample, window, overlap, cfg.dataset.max_tokens))
-        return emitter(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
+        return emitter.of_batch(sample)
 
     with AtomicOutputs() as outputs:
         writer = None
         if cfg.common_eval.results_path and not args.dump_emissions:
             shard = f"{cfg.dataset.shard_id}_" if cfg.dataset.num_shards > 1 else ""
-            writer = ResultWriter(outputs, cfg.common_eval.results_path, cfg.common_eval.path or args.load_emissions,
-                                  subset, shard)
+            writer = legacy_result_writer(outputs, cfg.common_eval.results_path,
+                                          cfg.common_eval.path or args.load_emissions, subset, shard)
         progress = tqdm(total=len(dataset), desc="infer", unit="utt", disable=cfg.common.no_progress_bar)
         with progress:
             if args.dump_emissions:
@@ -412,8 +433,8 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
                 save_emission_file(outputs, args.dump_emissions, dumped, emitter.stride)
             else:
                 context = ReportContext(tgt_dict, cfg, ErrorCounter(), writer, stride / task_cfg.sample_rate, dataset)
-                stats = decode_batches(batch_iterator(task, dataset, cfg), emissions_of, decoder, args, context,
-                                       progress)
+                stats = decode_batches(batch_iterator(task, dataset, cfg), emissions_of, decoder, args.decode_workers,
+                                       context, progress)
     if args.dump_emissions:
         logger.info("wrote the emissions of %d utterances to %s", len(dumped), args.dump_emissions)
         return 0
@@ -426,17 +447,49 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def load_task_and_model(args: argparse.Namespace, cfg: Any) -> Tuple[Any, Optional[torch.nn.Module], Any]:
-    """(task, CTC model or None without --path, the task config the subset is read with)."""
+def as_finetuning_task(task: Any) -> Any:
+    """A task config (dict or DictConfig) that names ``audio_pretraining``, as older fairseq docs do for CTC
+    decoding, renamed ``audio_finetuning`` in place (the labels live there now); returned for chaining."""
+    if task.get("_name") == "audio_pretraining":
+        task["_name"] = "audio_finetuning"
+    return task
+
+
+def load_task_and_model(cfg: Any, trust_checkpoint: bool = False,
+                        checkpoint: Optional[Tuple[str, Dict[str, Any]]] = None
+                        ) -> Tuple[Any, Optional[torch.nn.Module], Any]:
+    """(task, CTC model or None without ``common_eval.path``, the task config the subset is read with).
+
+    The task is ``cfg.task``'s, the model is built on it (fairseq's ``load_model_ensemble(task=...)``);
+    ``checkpoint`` is the ``read_ctc_checkpoint`` result when the caller has read it already."""
+    from fairseq_lite import checkpoint_utils
     from fairseq_lite.tasks import setup_task
 
     task = setup_task(cfg.task)
     model = saved_cfg = None
     if cfg.common_eval.path:
-        model, saved_cfg, task = load_model(cfg, task, args.trust_checkpoint)
+        path, state = checkpoint or read_ctc_checkpoint(cfg, trust_checkpoint)
+        models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
+        model = models[0]
     if task.target_dictionary is None:
-        raise ConfigError("no target dictionary: pass --labels ltr with dict.ltr.txt in the data folder")
+        raise ConfigError("no target dictionary: set the task's labels (--labels ltr, task.labels=ltr) with "
+                          "dict.ltr.txt in the data folder")
     return task, model, dataset_task_cfg(task.cfg, saved_cfg)
+
+
+def open_subset(cfg: Any, trust_checkpoint: bool = False, checkpoint: Optional[Tuple[str, Dict[str, Any]]] = None
+                ) -> Tuple[Any, Any, Any, Optional[EmissionModel]]:
+    """(task, dataset of ``dataset.gen_subset``, its task config, the model's EmissionModel or None): what both
+    front ends (infer.py and new/infer.py) decode from. The model runs on CUDA unless ``common.cpu``."""
+    task, model, task_cfg = load_task_and_model(cfg, trust_checkpoint, checkpoint)
+    subset = cfg.dataset.gen_subset
+    task.load_dataset(subset, task_cfg=task_cfg)
+    dataset = task.dataset(subset)
+    logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
+    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+    emitter = EmissionModel(model, torch.device("cuda" if use_cuda else "cpu"),
+                            cfg.common.fp16 and use_cuda) if model is not None else None
+    return task, dataset, task_cfg, emitter
 
 
 def batch_iterator(task: Any, dataset: Any, cfg: Any):
@@ -468,7 +521,7 @@ def dump_batches(itr, emissions_of, progress) -> Dict[int, torch.Tensor]:
     return dumped
 
 
-def decode_batches(itr, emissions_of, decoder, args: argparse.Namespace, context: "ReportContext",
+def decode_batches(itr, emissions_of, decoder, num_workers: int, context: "ReportContext",
                    progress) -> Tuple[int, int, float]:
     """Decode, score and write every utterance; returns (sentences, hypothesis tokens, model + decoder seconds)."""
     num_sentences = num_tokens = 0
@@ -479,7 +532,7 @@ def decode_batches(itr, emissions_of, decoder, args: argparse.Namespace, context
         ids = sample["id"].tolist()
         started = time.perf_counter()
         emissions, lengths = emissions_of(sample)
-        hypos = decoder.decode(emissions, lengths, num_workers=args.decode_workers)
+        hypos = decoder.decode(emissions, lengths, num_workers=num_workers)
         elapsed += time.perf_counter() - started
         for row, i in enumerate(ids):
             target = sample["target"][row, : int(sample["target_lengths"][row])]
@@ -531,6 +584,7 @@ class ReportContext:
     writer: Optional[ResultWriter]
     frame_seconds: float
     dataset: Any
+    echo: Tuple[str, str, str] = LEGACY_ECHO
 
 
 def report(utt_id: int, hypos, target: torch.Tensor, context: ReportContext) -> None:
@@ -543,9 +597,10 @@ def report(utt_id: int, hypos, target: torch.Tensor, context: ReportContext) -> 
     ref_words = post_process(ref_units, cfg.common_eval.post_process)
     counter.add(ref_words, hyp_words, ref_units.split(), hyp_units.split())
     if not cfg.common_eval.quiet:
-        logger.info("HYPO:%s", hyp_words)
-        logger.info("TARGET:%s", ref_words)
-        logger.info("___________________")
+        hypo_line, ref_line, separator = context.echo
+        logger.info(hypo_line, hyp_words)
+        logger.info(ref_line, ref_words)
+        logger.info(separator)
     if writer is None:
         return
     shown = [(tgt_dict[t], step) for t, step in zip(best.tokens.tolist(), best.timesteps)

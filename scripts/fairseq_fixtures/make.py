@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_FAIRSEQ_PYTHON = os.path.expanduser("~/.cache/fairseq_lite/fairseq-0.12.2-venv/bin/python")
 
 #: (script, which interpreter) in the order they must run.
-STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("hubert_fixtures.py", "fairseq"),
+STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("new_infer_fixtures.py", "fairseq"),
+         ("hubert_fixtures.py", "fairseq"),
          ("legacy_fixtures.py", "fairseq"), ("hubert_units_fixtures.py", "fairseq"),
          ("hubert_dataset_fixtures.py", "fairseq"), ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
 
