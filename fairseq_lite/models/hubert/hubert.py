@@ -14,6 +14,7 @@ sample-to-frame reshaping fairseq uses, so masks and losses agree with fairseq's
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -122,9 +123,7 @@ class HubertModel(BaseFairseqModel):
         self.embed = feature_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(
             feature_layers, dropout=0.0, mode=str(cfg.extractor_mode), conv_bias=cfg.conv_bias)
-        stride = 1
-        for _, _, layer_stride in feature_layers:
-            stride *= layer_stride
+        stride = math.prod(layer_stride for _, _, layer_stride in feature_layers)
         self.feat2tar_ratio = cfg.label_rate * stride / sample_rate
         self.post_extract_proj = (
             nn.Linear(self.embed, cfg.encoder_embed_dim) if self.embed != cfg.encoder_embed_dim else None)
