@@ -20,6 +20,7 @@ from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.data.hubert_dataset import HubertDataset
 from fairseq_lite.dataclass import FairseqDataclass, field_like, help_text
 from fairseq_lite.errors import DataError
+from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
 from fairseq_lite.tasks import register_task
 from fairseq_lite.tasks.audio_pretraining import AudioPretrainingConfig, store_resolved_w2v_args
 from fairseq_lite.tasks.fairseq_task import FairseqTask
@@ -147,7 +148,15 @@ class HubertPretrainingTask(FairseqTask):
 
     def build_model(self, cfg: Any, from_checkpoint: bool = False):
         """Build the model; a fine-tuning model's resolved ``w2v_args`` go into ``cfg`` (fairseq leaves them out of
-        hubert_ctc checkpoints, which then need ``w2v_path`` to load)."""
+        hubert_ctc checkpoints, which then need ``w2v_path`` to load), and the pretraining ``dictionaries`` read
+        from ``w2v_path`` into the task state: saved in ``task_state``, they let genuine fairseq's HubertEncoder
+        (which hands this task's state to the pretraining task) build the model without the pretraining
+        ``label_dir``."""
+        w2v_path = getattr(cfg, "w2v_path", None) if getattr(cfg, "w2v_args", None) is None else None
         model = super().build_model(cfg, from_checkpoint)
         store_resolved_w2v_args(cfg, model)
+        if self.fine_tuning and w2v_path and "dictionaries" not in self.state:
+            pretraining_state = load_checkpoint_to_cpu(w2v_path).get("task_state") or {}
+            if pretraining_state.get("dictionaries"):
+                self.state["dictionaries"] = pretraining_state["dictionaries"]
         return model
