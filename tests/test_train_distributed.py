@@ -13,6 +13,10 @@ import pytest
 import torch
 
 import train_toy
+from omegaconf import OmegaConf
+from test_train_wav2vec2 import _config as wav2vec2_config
+from test_train_wav2vec2 import corpus  # noqa: F401 (the fixture)
+from fairseq_lite.dataclass.utils import config_to_dict
 from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.train import main
 
@@ -66,6 +70,22 @@ def _run(tmp_path, save_dir, **groups):
     return out
 
 
+def _torchrun(args, nproc=2):
+    """``torchrun --standalone --nproc_per_node N args...`` (a free port): the ranks come from the environment."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def _assert_logged_once(out, world=2):
+    """Rank 0 logs the run; every other rank only its own "initialized rank" line."""
+    assert out.count("num. model params") == 1, out[-3000:]
+    for rank in range(world):
+        assert out.count(f"initialized rank {rank} of {world}") == 1, out[-3000:]
+
+
 def _run_here(save_dir, **groups):
     """The same training in this process (single thread, as the scripts): one torch import fewer."""
     main(train_toy.toy_config(save_dir, **groups))
@@ -90,17 +110,29 @@ def _losses(save_dir):
 
 
 def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
-    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends.
+    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends:
+    legacy_ddp in processes forked by distributed_world_size=2, pytorch_ddp under torchrun, stopped after 5
+    updates and resumed by a second torchrun (both ranks read checkpoint_last.pt).
 
     15 batches per epoch: the 8th update is one batch alone, so rank 1 runs the dummy batch (loss × 0).
     """
     common = dict(task={"num_examples": 60}, model={"freeze_first": True})
     _run_here(tmp_path / "single", optimization={"max_update": 8, "update_freq": [2]}, **common)
     reference = _model(tmp_path / "single")
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
     for backend in ("legacy_ddp", "pytorch_ddp"):
         save_dir = tmp_path / backend
-        _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
-             distributed_training={"distributed_world_size": 2, "ddp_backend": backend}, **common)
+        if backend == "legacy_ddp":
+            _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
+                 distributed_training={"distributed_world_size": 2, "ddp_backend": backend}, **common)
+        else:
+            for max_update in (5, 8):
+                groups = dict(optimization={"max_update": max_update}, distributed_training={"ddp_backend": backend},
+                              **common)
+                out = _torchrun([str(script), str(save_dir), json.dumps(groups)])
+                _assert_logged_once(out)
+            assert "loaded checkpoint" in out and "@ 5 updates" in out
         params = _model(save_dir)
         for key, value in reference.items():
             torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{backend} {key}")
@@ -158,3 +190,25 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     state = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 12
     assert not list(save_dir.glob("*.tmp")) and not (save_dir / "train.lock").exists()
+
+
+def test_torchrun_wav2vec2_two_ranks_equal_update_freq_two(corpus, tmp_path):
+    """A tiny wav2vec 2.0 (dropout, gumbel quantizer, masks, negatives) launched by torchrun through
+    fairseq-hydra-train equals one process with update_freq 2: common.seed_per_batch gives every micro-batch
+    the same draws wherever it runs."""
+    cfg = wav2vec2_config(corpus, tmp_path / "single", 4)
+    cfg.common.seed_per_batch = True
+    cfg.dataset.disable_validation = True
+    main(cfg)
+    cfg.optimization.update_freq = [1]
+    cfg.checkpoint.save_dir = str(tmp_path / "torchrun")
+    cfg.distributed_training.ddp_backend = "pytorch_ddp"
+    OmegaConf.save(OmegaConf.create(config_to_dict(cfg)), tmp_path / "tiny.yaml")
+    entry = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
+    out = _torchrun([entry, "--config-dir", str(tmp_path), "--config-name", "tiny"])
+    _assert_logged_once(out)
+    reference, params = _model(tmp_path / "single"), _model(tmp_path / "torchrun")
+    assert reference.keys() == params.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=key)
+    assert _losses(tmp_path / "torchrun")[4] == pytest.approx(_losses(tmp_path / "single")[4], rel=1e-5)

@@ -93,6 +93,10 @@ class CommonConfig(FairseqDataclass):
     plasma_path: Optional[str] = field(default="/tmp/plasma", metadata=help_text("path to run plasma_store"))
     compile: bool = field(default=False, metadata=help_text(
         "fairseq_lite: torch.compile the model's tensor code in place for training (same results and keys)"))
+    seed_per_batch: bool = field(default=False, metadata=help_text(
+        "fairseq_lite: seed the random draws of each micro-batch (masks, negatives, dropout, layerdrop) from "
+        "(seed, update, the batch's example ids) instead of once per update, so that N ranks train exactly as "
+        "one process with update_freq N on the same batches"))
 
 
 @dataclass

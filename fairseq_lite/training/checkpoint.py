@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from fairseq_lite.errors import ConfigError
+from fairseq_lite.errors import CheckpointError, ConfigError
 from fairseq_lite.file_io import TEMP_NAME, atomic_copy
 from fairseq_lite.interop.fairseq_checkpoint import require_checkpoint_file
 
@@ -155,6 +155,28 @@ def checkpoint_paths(directory: str, pattern: str) -> List[str]:
         if match:
             found.append((float(match.group(1)), os.path.join(directory, match.group(0))))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def _restored(state: Tuple[bool, int]) -> str:
+    return f"update {state[1]}" if state[0] else "no checkpoint"
+
+
+def _check_ranks_restored_alike(trainer: Any, path: Optional[str]) -> None:
+    """Every rank must resume from the same checkpoint: a rank that found another file (or none) means
+    ``checkpoint.save_dir`` is not one folder shared by all nodes."""
+    if trainer.world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    gathered: List[Any] = [None] * trainer.world_size
+    dist.all_gather_object(gathered, (path is not None, trainer.get_num_updates()))
+    for rank, theirs in enumerate(gathered):
+        if tuple(theirs) != tuple(gathered[0]):
+            raise CheckpointError(
+                f"rank {rank} resumed from {_restored(theirs)} but rank 0 from {_restored(gathered[0])}: every rank "
+                f"reads {trainer.cfg.checkpoint.save_dir}/{DEFAULT_RESTORE_FILE}, so checkpoint.save_dir must be a "
+                "folder that every node sees (a shared filesystem)"
+            )
 
 
 class CheckpointManager:
@@ -328,6 +350,7 @@ class CheckpointManager:
                 self.patience_best = extra_state.get("patience_best")
                 self.runs_without_improvement = int(extra_state.get("runs_without_improvement", 0))
 
+        _check_ranks_restored_alike(trainer, path)
         iterator_state = extra_state.get("train_iterator")
         if iterator_state is not None and not reset_dataloader:
             epoch_itr = trainer.get_train_iterator(epoch=iterator_state["epoch"])

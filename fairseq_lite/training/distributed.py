@@ -67,9 +67,11 @@ def check_world_size(cfg: Any) -> None:
 
 
 def _setup_rank_logging(rank: int) -> None:
+    """Rank 0 logs everything; the other ranks log warnings and errors, and their one "initialized rank" line."""
     if not logging.getLogger().handlers:
         logging.basicConfig(format=_LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stdout)
     logging.getLogger().setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.setLevel(logging.INFO)
 
 
 def _run_rank(cfg: Any, main: Callable, rank: int, world: int, init_method: str, kwargs: dict) -> Any:
@@ -112,6 +114,7 @@ def call_main(cfg: Any, main: Callable, **kwargs: Any) -> Any:
         dt.device_id = int(os.environ.get("LOCAL_RANK", dt.device_id))
         if env_world == 1:
             return main(cfg, **kwargs)
+        _setup_rank_logging(int(os.environ["RANK"]))
         return _run_rank(cfg, main, int(os.environ["RANK"]), env_world, "env://", kwargs)
 
     world = dt.distributed_world_size

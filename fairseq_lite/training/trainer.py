@@ -83,6 +83,13 @@ def may_leave_parameters_unused(model: torch.nn.Module) -> bool:
     )
 
 
+def batch_seed(seed: int, num_updates: int, ids: Sequence[int]) -> int:
+    """``common.seed_per_batch``: the torch seed of one micro-batch, from the run's seed, the update it belongs to
+    and its example ids, so that its draws do not depend on the rank or on its place among ``update_freq``."""
+    words = [int(seed), int(num_updates), *(int(i) for i in ids)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+
+
 def rng_state() -> Dict[str, Any]:
     """torch, CUDA, numpy and Python RNG states in types ``torch.load(weights_only=True)`` accepts."""
     np_state = np.random.get_state()
@@ -352,6 +359,8 @@ class Trainer:
             sample, is_dummy = self._prepare_sample(raw)
             last = i == len(samples) - 1
             sync = self.model.no_sync() if self.use_torch_ddp and not last else contextlib.nullcontext()
+            if self.cfg.common.seed_per_batch and not is_dummy:
+                self._seed_batch(sample)
             try:
                 with sync:
                     loss, size, logging_output = self.task.train_step(
@@ -367,6 +376,13 @@ class Trainer:
             if "id" in sample:
                 batch_ids.extend(int(x) for x in torch.as_tensor(sample["id"]).view(-1).tolist())
         return logging_outputs, sample_size, batch_ids
+
+    def _seed_batch(self, sample: Dict[str, Any]) -> None:
+        if "id" not in sample:
+            raise FairseqLiteError("common.seed_per_batch needs batches with example ids ('id'): this task's "
+                                   "batches have none; set common.seed_per_batch=false")
+        ids = torch.as_tensor(sample["id"]).view(-1).tolist()
+        torch.manual_seed(batch_seed(self.cfg.common.seed, self.num_updates, ids))
 
     def _mark_step(self) -> None:
         """On XLA, run the graph built so far (one graph per micro-batch and one per update)."""
