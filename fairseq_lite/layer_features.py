@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
 from fairseq_lite.errors import CheckpointError, ConfigError
+from fairseq_lite.inference_precision import autocast
 from fairseq_lite.models.hubert.hubert import HubertModel
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq_lite.modules.conv_feature_extractor import receptive_field
@@ -70,10 +71,11 @@ def chunk_starts(num_samples: int, max_chunk: int, min_chunk: int) -> List[int]:
 
 @torch.inference_mode()
 def layer_features(model: torch.nn.Module, wav: np.ndarray, layer: int, normalize: bool,
-                   max_chunk: int = 1_600_000) -> torch.Tensor:
+                   max_chunk: int = 1_600_000, precision: str = "fp32") -> torch.Tensor:
     """T×D output of 1-based ``layer`` for one waveform, as fairseq's dump_hubert_feature.py computes it: the
     whole waveform layer-normed when the task normalises, then cut into pieces of at most ``max_chunk`` samples
-    run one by one (bounded memory for long audio) and their frames concatenated. On the model's device."""
+    run one by one (bounded memory for long audio) and their frames concatenated. On the model's device, at
+    ``precision`` (fp32, or fp16/bf16 autocast)."""
     if max_chunk < 1:
         raise ConfigError(f"--max_chunk must be ≥ 1 sample, got {max_chunk}")
     device = next(model.parameters()).device
@@ -83,5 +85,6 @@ def layer_features(model: torch.nn.Module, wav: np.ndarray, layer: int, normaliz
     x = x.view(1, -1)
     starts = chunk_starts(x.size(1), max_chunk, min_input_samples(model))
     ends = starts[1:] + [x.size(1)]
-    pieces = [encoder_outputs(model, x[:, start:end], None, layer - 1)["x"] for start, end in zip(starts, ends)]
+    with autocast(device, precision):
+        pieces = [encoder_outputs(model, x[:, start:end], None, layer - 1)["x"] for start, end in zip(starts, ends)]
     return torch.cat(pieces, dim=1).squeeze(0)

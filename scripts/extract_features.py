@@ -36,6 +36,7 @@ from fairseq_lite.data.audio import audio_frames, read_audio
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.file_io import AtomicOutputs
+from fairseq_lite.inference_precision import add_precision_arguments, autocast, inference_device, inference_precision
 from fairseq_lite.layer_features import encoder_outputs, load_encoder
 
 logger = logging.getLogger("extract_features")
@@ -56,6 +57,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=1_600_000,
                         help="samples per batch (0: one file per batch, no padding)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_precision_arguments(parser)
     return parser
 
 
@@ -130,8 +132,9 @@ def audio_header(path: str) -> Tuple[int, int]:
 
 @torch.inference_mode()
 def extract(model: torch.nn.Module, batch: List[Tuple[str, str]], layers: Optional[List[int]],
-            normalize: bool, device: torch.device) -> List[np.ndarray]:
-    """Per file: T×C (final output or one layer) or L×T×C (several layers), trimmed to its own frames."""
+            normalize: bool, device: torch.device, precision: str = "fp32") -> List[np.ndarray]:
+    """Per file: T×C (final output or one layer) or L×T×C (several layers), trimmed to its own frames, computed
+    at ``precision`` (fp32, or fp16/bf16 autocast) and written as float32."""
     waves = [torch.from_numpy(read_audio(path, SAMPLE_RATE)) for _, path in batch]
     lengths = torch.tensor([len(wav) for wav in waves])
     source = torch.zeros(len(batch), int(lengths.max()))
@@ -139,7 +142,8 @@ def extract(model: torch.nn.Module, batch: List[Tuple[str, str]], layers: Option
         source[i, : len(wav)] = F.layer_norm(wav, wav.shape) if normalize else wav
     padding_mask = torch.arange(source.size(1)).unsqueeze(0) >= lengths.unsqueeze(1)
     last = None if layers is None else max(layers)
-    out = encoder_outputs(model, source.to(device), padding_mask.to(device) if len(batch) > 1 else None, last)
+    with autocast(device, precision):
+        out = encoder_outputs(model, source.to(device), padding_mask.to(device) if len(batch) > 1 else None, last)
     if layers is None:
         stacked = out["x"].unsqueeze(0)
     else:
@@ -156,7 +160,8 @@ def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
     check_output_dir(args.output, "--output")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = inference_device(args.cpu, args.device)
+    precision = inference_precision(args.fp16, args.bf16, device)
     files = list_audio(args.inputs, args.ext)
     model, normalize, _ = load_encoder(args.checkpoint, device)
     layers = resolve_layers(args.layers, len(model.encoder.layers))
@@ -170,7 +175,8 @@ def main(argv) -> int:
         try:
             with tqdm(total=len(files), unit="file", file=sys.stderr) as progress:
                 for batch in batches(files, args.max_tokens):
-                    for (name, _), features in zip(batch, extract(model, batch, layers, normalize, device)):
+                    for (name, _), features in zip(batch, extract(model, batch, layers, normalize, device,
+                                                                            precision)):
                         if h5 is not None:
                             h5.create_dataset(name, data=features)
                         else:

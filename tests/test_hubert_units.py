@@ -337,3 +337,25 @@ def test_extract_features_script_reads_hubert_checkpoints_through_the_same_loade
     wav, _ = sf.read(DEMO[0], dtype="float32")
     written = np.load(tmp_path / "out" / os.path.relpath(DEMO[0], REPO).replace(".flac", ".npy"))
     np.testing.assert_allclose(written, layer_features(model, wav, 1, normalize).numpy(), atol=1e-6, rtol=0)
+
+
+def test_feature_tools_run_under_bf16_autocast_and_write_float32(tmp_path):
+    """``--bf16`` (CPU autocast) in dump_hubert_feature.py and scripts/extract_features.py: float32 files within
+    bf16's resolution of the fp32 ones, and really computed in bf16; ``--fp16`` on the CPU is refused."""
+    write_tsv(tmp_path, "one", REPO, [DEMO[0]])
+    checkpoint = os.path.join(REPO, "tests", "fixtures", "fairseq", META["layer_checkpoints"]["hubert_layer1"])
+    dump, extract = tool("dump_hubert_feature"), tool("extract_features", os.path.join(REPO, "scripts"))
+    written = {}
+    for precision, flags in (("fp32", []), ("bf16", ["--bf16"])):
+        dump.main([str(tmp_path), "one", checkpoint, "2", "1", "0", str(tmp_path / precision), "--cpu", *flags])
+        extract.main(["--checkpoint", checkpoint, "--output", str(tmp_path / f"x{precision}"), "--layers", "1",
+                      "--cpu", *flags, str(tmp_path / "one.tsv")])
+        [npy] = (tmp_path / f"x{precision}").rglob("*.npy")
+        written[precision] = (np.load(tmp_path / precision / "one_0_1.npy"), np.load(npy))
+    for fp32, bf16 in zip(*written.values()):
+        assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+        assert 0 < np.abs(bf16 - fp32).max() < 0.1 * np.abs(fp32).max()
+    np.testing.assert_allclose(written["bf16"][0], written["bf16"][1], atol=0.1 * np.abs(written["fp32"][0]).max())
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--fp16 needs a CUDA GPU"):
+            dump.main([str(tmp_path), "one", checkpoint, "2", "1", "0", str(tmp_path / "fp16"), "--fp16"])

@@ -15,12 +15,14 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from fairseq_lite.cli import infer
 from fairseq_lite.data.labels import dictionary_from_labels, letters
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.decoding import edit_distance
 from fairseq_lite.decoding.arpa import estimate, write_arpa
+from fairseq_lite.errors import ConfigError
 from fairseq_lite.file_io import atomic_save
 from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.train import main as train_main
@@ -307,3 +309,28 @@ def test_pretraining_checkpoint_is_refused_and_untrusted_globals_need_trust(setu
     assert (tmp_path / "out" / "hypo.word-odd.pt-dev.txt").is_file()
     monkeypatch.setenv("FAIRSEQ_LITE_TRUST_CHECKPOINT", "1")  # the same for every command, e.g. model.w2v_path
     infer.main(odd)
+
+
+def test_bf16_autocast_on_cpu_emits_close_to_fp32_and_fp16_needs_a_gpu(setup, tmp_path):
+    """``--bf16`` runs the forward under CPU bf16 autocast (emissions differ from fp32 at bf16's resolution and
+    decode the same); ``--fp16`` without CUDA is a one-line error, not fairseq's CPU ``.half()``."""
+    root, path = setup
+    dumps = {}
+    for precision in ("fp32", "bf16"):
+        dumps[precision] = tmp_path / f"{precision}.npz"
+        flags = ["--bf16"] if precision == "bf16" else []
+        assert infer.main(command(root, path, tmp_path / "unused", "--cpu", *flags, "--w2l-decoder", "viterbi",
+                                  "--dump-emissions", str(dumps[precision]))) == 0
+    fp32, bf16 = (np.load(dumps[p])["emissions"] for p in ("fp32", "bf16"))
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    gap = np.abs(bf16 - fp32).max()
+    assert 0 < gap < 0.05 * np.abs(fp32).max()  # bf16 really ran, and stayed close
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).mean() > 0.95
+    for results, flags in ((tmp_path / "fp32", []), (tmp_path / "bf16", ["--bf16"])):
+        assert infer.main(command(root, path, results, "--cpu", *flags, "--w2l-decoder", "viterbi")) == 0
+    hypos = {p: read_results(tmp_path / p, path)["hypo.units"] for p in ("fp32", "bf16")}
+    edits = sum(edit_distance(hypos["bf16"][i].split(), hypos["fp32"][i].split()) for i in hypos["fp32"])
+    assert edits <= 0.1 * sum(len(h.split()) for h in hypos["fp32"].values())  # an untrained model: near ties
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--fp16 needs a CUDA GPU.*use --bf16"):
+            infer.main(command(root, path, tmp_path / "fp16", "--fp16", "--w2l-decoder", "viterbi"))

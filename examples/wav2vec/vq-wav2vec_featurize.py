@@ -30,6 +30,7 @@ from fairseq_lite.data.audio import read_audio
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import CheckpointError, ConfigError, DataError
 from fairseq_lite.file_io import AtomicOutputs
+from fairseq_lite.inference_precision import add_precision_arguments, autocast, inference_device, inference_precision
 
 logger = logging.getLogger("vq-wav2vec_featurize")
 
@@ -52,6 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-size", type=int, default=1300000, help="longer audio is coded in equal chunks")
     parser.add_argument("--log-format", default="tqdm", choices=["json", "none", "simple", "tqdm"],
                         help="tqdm shows a progress bar; the others log a summary only")
+    add_precision_arguments(parser)
     return parser
 
 
@@ -139,11 +141,13 @@ def main(argv) -> int:
     if args.max_size < 1:
         raise ConfigError(f"--max-size must be positive, got {args.max_size}")
     check_output_dir(args.output_dir, "--output-dir")
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = inference_device(args.cpu)
+    precision = inference_precision(args.fp16, args.bf16, device)
     model = load_vq_model(args.checkpoint, device)
     os.makedirs(args.output_dir, exist_ok=True)
     for split in args.splits:
-        count = code_split(model, args, split, device)
+        with autocast(device, precision):
+            count = code_split(model, args, split, device)
         logger.info("%s: wrote the codes of %d files to %s", split, count, args.output_dir)
     return 0
 

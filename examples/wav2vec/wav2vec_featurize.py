@@ -29,6 +29,7 @@ from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.audio import read_audio
 from fairseq_lite.errors import CheckpointError, DataError
 from fairseq_lite.file_io import AtomicOutputs
+from fairseq_lite.inference_precision import add_precision_arguments, autocast, inference_device, inference_precision
 
 logger = logging.getLogger("wav2vec_featurize")
 
@@ -48,6 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-feat", action="store_true",
                         help="write the CNN features z instead of the aggregator output c")
     parser.add_argument("--gpu", type=int, default=0, help="CUDA device index (the CPU is used when there is no GPU)")
+    add_precision_arguments(parser)
     return parser
 
 
@@ -105,10 +107,12 @@ def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
     check_output_dir(args.output, "--output")
-    device = torch.device(f"cuda:{args.gpu}") if torch.cuda.is_available() else torch.device("cpu")
+    device = inference_device(args.cpu, f"cuda:{args.gpu}" if torch.cuda.is_available() and not args.cpu else None)
+    precision = inference_precision(args.fp16, args.bf16, device)
     model = load_wav2vec(args.model, device)
     for split in args.split:
-        count = featurize_split(model, args, split, device)
+        with autocast(device, precision):
+            count = featurize_split(model, args, split, device)
         logger.info("%s: wrote %d .h5context files to %s", split, count, os.path.join(args.output, split))
     return 0
 

@@ -6,8 +6,8 @@
         --sil-weight 0 --criterion ctc --labels ltr --max-tokens 4000000 --post-process letter
 
 The generic flags (task, ``--path``, ``--gen-subset``, ``--results-path``, ``--max-tokens``, ``--beam``,
-``--nbest``, ``--lm-weight``, ``--post-process``, ``--model-overrides``, ``--cpu`` …) come from the same
-dataclasses as ``fairseq-train``'s; the decoding flags are fairseq's infer.py ones plus ``--chunk-seconds``
+``--nbest``, ``--lm-weight``, ``--post-process``, ``--model-overrides``, ``--cpu``, ``--fp16``, ``--bf16`` …) come
+from the same dataclasses as ``fairseq-train``'s; the decoding flags are fairseq's infer.py ones plus ``--chunk-seconds``
 / ``--chunk-overlap`` (long audio) and ``--decode-workers``. The task is built from the command line (so
 CTC checkpoints saved under ``audio_pretraining`` load) and its target dictionary is the checkpoint's when it
 stores one, else ``dict.{labels}.txt`` in the data folder.
@@ -53,6 +53,7 @@ from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
 from fairseq_lite.decoding import W2L_DECODER_CHOICES, ErrorCounter, build_decoder, edit_distance, word_spans
 from fairseq_lite.errors import CheckpointError, ConfigError, DataError, FairseqLiteError
 from fairseq_lite.file_io import AtomicOutputs
+from fairseq_lite.inference_precision import autocast, inference_device, inference_precision
 
 logger = logging.getLogger("fairseq_lite.infer")
 
@@ -153,27 +154,23 @@ def frame_stride(model: torch.nn.Module) -> int:
 class EmissionModel:
     """The CTC model on its device: batches (or long waveforms in windows) → (B, T, V) emissions + lengths."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool):
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32"):
         self.model = model.to(device).eval()
-        if half:
-            self.model.half()
         self.device = device
-        self.half = half
+        self.precision = precision
         self.stride = frame_stride(model)
 
     @torch.inference_mode()
     def __call__(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        source = source.to(self.device)
-        if self.half:
-            source = source.half()
-        net_input = {"source": source}
+        net_input = {"source": source.to(self.device)}
         if padding_mask is not None:
             net_input["padding_mask"] = padding_mask.to(self.device)
-        net_output = self.model(**net_input)
-        if hasattr(self.model, "get_logits"):
-            logits = self.model.get_logits(net_output)
-        else:
-            logits = self.model.get_normalized_probs(net_output, log_probs=True)
+        with autocast(self.device, self.precision):
+            net_output = self.model(**net_input)
+            if hasattr(self.model, "get_logits"):
+                logits = self.model.get_logits(net_output)
+            else:
+                logits = self.model.get_normalized_probs(net_output, log_probs=True)
         emissions = logits.transpose(0, 1).float().cpu()
         out_padding = net_output.get("padding_mask")
         if out_padding is None:
@@ -480,15 +477,16 @@ def load_task_and_model(cfg: Any, trust_checkpoint: bool = False,
 def open_subset(cfg: Any, trust_checkpoint: bool = False, checkpoint: Optional[Tuple[str, Dict[str, Any]]] = None
                 ) -> Tuple[Any, Any, Any, Optional[EmissionModel]]:
     """(task, dataset of ``dataset.gen_subset``, its task config, the model's EmissionModel or None): what both
-    front ends (infer.py and new/infer.py) decode from. The model runs on CUDA unless ``common.cpu``."""
+    front ends (infer.py and new/infer.py) decode from. The model runs on CUDA unless ``common.cpu``, under
+    autocast with ``common.fp16`` (CUDA) or ``common.bf16``."""
     task, model, task_cfg = load_task_and_model(cfg, trust_checkpoint, checkpoint)
     subset = cfg.dataset.gen_subset
     task.load_dataset(subset, task_cfg=task_cfg)
     dataset = task.dataset(subset)
     logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
-    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-    emitter = EmissionModel(model, torch.device("cuda" if use_cuda else "cpu"),
-                            cfg.common.fp16 and use_cuda) if model is not None else None
+    device = inference_device(cfg.common.cpu)
+    precision = inference_precision(cfg.common.fp16, cfg.common.bf16, device)
+    emitter = EmissionModel(model, device, precision) if model is not None else None
     return task, dataset, task_cfg, emitter
 
 

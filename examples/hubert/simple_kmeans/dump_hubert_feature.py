@@ -16,11 +16,11 @@ there is one, else on the CPU (fairseq requires CUDA).
 import argparse
 import sys
 
-import torch
 from tqdm import tqdm
 
 from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.feature_shards import dump_feature_shard, read_shard_audio
+from fairseq_lite.inference_precision import add_precision_arguments, inference_device, inference_precision
 from fairseq_lite.layer_features import check_layer, layer_features, load_encoder, min_input_samples
 
 
@@ -35,6 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("feat_dir", help="output folder")
     parser.add_argument("--max_chunk", type=int, default=1600000, help="samples the model sees at once")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_precision_arguments(parser)
     return parser
 
 
@@ -42,14 +43,15 @@ def main(argv) -> int:
     args = get_parser().parse_args(argv)
     setup_logging()
     check_output_dir(args.feat_dir, "feat_dir")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = inference_device(args.cpu, args.device)
+    precision = inference_precision(args.fp16, args.bf16, device)
     model, normalize, sample_rate = load_encoder(args.ckpt_path, device)
     check_layer(model, args.layer)
     min_samples = min_input_samples(model)
 
     def featurize(utterance):
         wav = read_shard_audio(utterance, sample_rate, min_samples)
-        return layer_features(model, wav, args.layer, normalize, args.max_chunk).float().cpu().numpy()
+        return layer_features(model, wav, args.layer, normalize, args.max_chunk, precision).float().cpu().numpy()
 
     dump_feature_shard(f"{args.tsv_dir}/{args.split}.tsv", args.split, args.nshard, args.rank, args.feat_dir,
                        featurize, lambda items: tqdm(items, unit="file", file=sys.stderr))
