@@ -158,6 +158,25 @@ def job_yaml(cfg: DictConfig) -> str:
         return OmegaConf.to_yaml(cfg, resolve=False)
 
 
+#: fairseq's examples/wav2vec/xlsr/README.md: optimization.max_update per benchmark (its finetune.yaml leaves it ???).
+XLSR_MAX_UPDATE = (("Babel", 26000), ("Common Voice", 13000), ("VoxPopuli", 50000), ("MLS 10h", 20000))
+
+
+def require_max_update(composed: DictConfig, config_dir: Optional[str], config_name: Optional[str]) -> None:
+    """A ConfigError when ``optimization.max_update`` is ``???``; for an XLS-R config (``xlsr`` in its folder or
+    name, as examples/wav2vec/xlsr/config/finetune.yaml) it quotes the README's values per benchmark."""
+    if not OmegaConf.is_missing(composed.optimization, "max_update"):
+        return
+    config_file = os.path.join(os.path.abspath(config_dir or os.getcwd()), config_name or "")
+    config_file += "" if config_file.endswith(".yaml") else ".yaml"
+    message = f"optimization.max_update is ??? in {config_file}: set the number of updates, e.g. "
+    message += "optimization.max_update="
+    if "xlsr" not in config_file.lower():
+        raise ConfigError(message + "...")
+    values = ", ".join(f"{benchmark} {updates}" for benchmark, updates in XLSR_MAX_UPDATE)
+    raise ConfigError(f"{message}13000 (fairseq's XLS-R README fine-tunes with {values})")
+
+
 def main(argv: List[str]) -> Optional[int]:
     flags, overrides, legacy = parse_argv(argv)
     if flags.help:
@@ -183,6 +202,7 @@ def main(argv: List[str]) -> Optional[int]:
             return 0
         print(job_yaml(add_defaults(composed)))
         return 0
+    require_max_update(composed, flags.config_dir, flags.config_name)
     cfg = finalize_config(composed)
     if run_dir:
         write_run_dir(run_dir, cfg, kept)

@@ -39,6 +39,10 @@ ROOT_NAME = "_fairseq_lite_root"
 #: Untyped groups: keys under them are checked against the selected component's dataclass instead.
 UNTYPED_GROUPS = REGISTRY_GROUPS + ("scoring", "bpe", "tokenizer")
 
+#: Other spellings of a model field that fairseq's docs use (spelling → field): XLS-R's README writes
+#: ``model.activation_checkpoint`` for the yaml's and the dataclasses' ``checkpoint_activations``.
+MODEL_KEY_ALIASES = {"activation_checkpoint": "checkpoint_activations"}
+
 _OVERRIDE = re.compile(r"^(?P<prefix>~|\+\+|\+)?(?P<key>[^=~+][^=]*?)=(?P<value>.*)$", re.DOTALL)
 
 
@@ -84,7 +88,8 @@ def normalize_override(override: str, schema: type = FairseqConfig) -> str:
     - a key unknown to a typed group is a ConfigError naming the closest valid key;
     - ``task=audio_finetuning`` (a registered name, as fairseq's ConfigStore offers it) selects the component and
       keeps the group's other keys, before or after it on the line;
-    - a value such as ``(0.9,0.98)`` (fairseq's string tuples) is quoted for Hydra's grammar.
+    - a value such as ``(0.9,0.98)`` (fairseq's string tuples) is quoted for Hydra's grammar;
+    - ``model.activation_checkpoint`` (MODEL_KEY_ALIASES) sets ``model.checkpoint_activations``.
     """
     match = _OVERRIDE.match(override)
     if not match:
@@ -96,6 +101,8 @@ def normalize_override(override: str, schema: type = FairseqConfig) -> str:
         value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     path = key.split(".")
     group = path[0]
+    if group == "model" and len(path) == 2 and path[1] in MODEL_KEY_ALIASES:
+        key = "model." + MODEL_KEY_ALIASES[path[1]]
     if len(path) == 1 and group in REGISTRY_GROUPS and value in _registry(group):
         return f"++{group}._name={value}"
     if len(path) == 1 or group == "hydra" or "/" in group or "@" in key:
@@ -301,10 +308,26 @@ def add_defaults(cfg: Any, from_checkpoint: bool = False) -> DictConfig:
             continue
         user["_name"] = name
         user.pop("arch", None) if "arch" not in field_names(dc_cls) else None
+        if group == "model":
+            apply_model_key_aliases(user)
         typed = structured_node(dc_cls, user, where=group, from_checkpoint=from_checkpoint)
         with _open_struct(root):
             root[group] = typed
     return root
+
+
+def apply_model_key_aliases(model: dict) -> None:
+    """Rename, in place, a model config's MODEL_KEY_ALIASES spellings to the field names. Where both spellings are
+    set the field name wins (an override of either spelling arrives as the field name) with one warning."""
+    for alias, name in MODEL_KEY_ALIASES.items():
+        if alias not in model:
+            continue
+        value = model.pop(alias)
+        if name not in model:
+            model[name] = value
+        elif model[name] != value:
+            logger.warning("ignoring model.%s=%s: model.%s=%s is set too (the same option)", alias, value, name,
+                           model[name])
 
 
 class _open_struct:
