@@ -58,8 +58,12 @@ class ConformerEncoder(TransformerEncoder):
             self.required_seq_len_multiple = 1  # fairseq's ConformerEncoder does not pad time
 
     def build_encoder_layer(self, ffn_dim: int, num_heads: int, attention_dropout: float, activation_dropout: float,
-                            activation_fn: str, layer_norm_first: bool) -> nn.Module:
-        """A conformer block (fairseq: ``dropout`` for every dropout in it, always swish)."""
+                            activation_fn: str, layer_norm_first: bool, adapter: Optional[nn.Module] = None
+                            ) -> nn.Module:
+        """A conformer block (fairseq: ``dropout`` for every dropout in it, always swish); fairseq's adapters exist
+        on transformer layers only (``layer_type=trf_adp``)."""
+        if adapter is not None:
+            raise ConfigError("language adapters (model.adp_*) need model.layer_type=trf_adp, not conformer")
         return ConformerWav2Vec2EncoderLayer(
             embed_dim=self.embedding_dim, ffn_embed_dim=ffn_dim, attention_heads=num_heads, dropout=self.dropout,
             **self.conformer_args,

@@ -12,13 +12,14 @@ onto them. Subclasses (the conformer encoder) reuse the construction and the lay
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fairseq_lite.modules.adapter import adapter_for_layer, adapter_index
 from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
 from fairseq_lite.modules.same_pad import SamePad
 from fairseq_lite.modules.transformer_layer import TransformerSentenceEncoderLayer
@@ -124,21 +125,30 @@ class TransformerEncoder(nn.Module):
         pos_conv_depth: number of stacked position convolutions (``pos_conv_depth``).
         required_seq_len_multiple: pad time to a multiple of this (``required_seq_len_multiple``).
         checkpoint_activations: recompute each layer in the backward pass (``checkpoint_activations``).
+        adapter_num: language adapters per adapted layer, 0 for none (``adp_num`` with ``layer_type=trf_adp``).
+        adapter_dim: their bottleneck width (``adp_dim``).
+        adapter_act_fn: their activation (``adp_act_fn``).
+        adapter_layers: the layers that get adapters (``adp_trf_idx``, see ``parse_adapter_layers``); with
+            adapters, the forward needs the batch's ``corpus_key``.
     """
 
     def __init__(self, embed_dim: int, num_layers: int, ffn_dim: int, num_heads: int, dropout: float = 0.1,
                  attention_dropout: float = 0.1, activation_dropout: float = 0.0, activation_fn: str = "gelu",
                  layer_norm_first: bool = False, layerdrop: float = 0.0, conv_pos: int = 128,
                  conv_pos_groups: int = 16, pos_conv_depth: int = 1, required_seq_len_multiple: int = 1,
-                 checkpoint_activations: bool = False):
+                 checkpoint_activations: bool = False, adapter_num: int = 0, adapter_dim: int = 64,
+                 adapter_act_fn: str = "relu", adapter_layers: Optional[Sequence[int]] = None):
         super().__init__()
         self.dropout = dropout
         self.embedding_dim = embed_dim
         self.required_seq_len_multiple = required_seq_len_multiple
         self.pos_conv = self.build_pos_conv(conv_pos, conv_pos_groups, pos_conv_depth)
+        self.adapter_num = adapter_num if adapter_layers else 0
+        adapters = [adapter_for_layer(i, adapter_layers, adapter_num, embed_dim, adapter_dim, adapter_act_fn)
+                    for i in range(num_layers)]
         self.layers = nn.ModuleList([
             self.build_encoder_layer(ffn_dim, num_heads, attention_dropout, activation_dropout, activation_fn,
-                                     layer_norm_first) for _ in range(num_layers)])
+                                     layer_norm_first, adapter=adapter) for adapter in adapters])
         self.layer_norm_first = layer_norm_first
         self.layer_norm = nn.LayerNorm(self.embedding_dim)
         self.layerdrop = layerdrop
@@ -154,11 +164,13 @@ class TransformerEncoder(nn.Module):
         return make_conv_pos(self.embedding_dim, conv_pos, conv_pos_groups)
 
     def build_encoder_layer(self, ffn_dim: int, num_heads: int, attention_dropout: float, activation_dropout: float,
-                            activation_fn: str, layer_norm_first: bool) -> nn.Module:
+                            activation_fn: str, layer_norm_first: bool, adapter: Optional[nn.Module] = None
+                            ) -> nn.Module:
+        """One encoder layer; ``adapter`` (an ``AdapterFast``) is added to its output (``layer_type=trf_adp``)."""
         return TransformerSentenceEncoderLayer(
             embedding_dim=self.embedding_dim, ffn_embedding_dim=ffn_dim, num_attention_heads=num_heads,
             dropout=self.dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
-            activation_fn=activation_fn, layer_norm_first=layer_norm_first,
+            activation_fn=activation_fn, layer_norm_first=layer_norm_first, adapter=adapter,
         )
 
     # -- forward hooks -----------------------------------------------------------------------------
@@ -174,9 +186,10 @@ class TransformerEncoder(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
 
     def extract_features(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
-                         tgt_layer: Optional[int] = None, min_layer: int = 0
+                         tgt_layer: Optional[int] = None, min_layer: int = 0, corpus_key: Any = None
                          ) -> Tuple[torch.Tensor, List[LayerResult]]:
-        """B×T×C → (output of the last run layer or of ``tgt_layer``, [(x, None, ffn_out)] per layer ≥ min_layer)."""
+        """B×T×C → (output of the last run layer or of ``tgt_layer``, [(x, None, ffn_out)] per layer ≥ min_layer).
+        ``corpus_key`` picks the adapters of a model that has them (ignored otherwise)."""
         if padding_mask is not None:
             if padding_mask.any():
                 x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -187,7 +200,10 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         x, padding_mask, extra = pad_to_multiple(x, padding_mask, self.required_seq_len_multiple)
         x = F.dropout(x, p=self.dropout, training=self.training)
-        x, layer_results = self.run_layers(x, self.layer_kwargs(x, padding_mask), tgt_layer, min_layer)
+        kwargs = self.layer_kwargs(x, padding_mask)
+        if self.adapter_num:
+            kwargs["adapter_id"] = adapter_index(corpus_key, self.adapter_num)
+        x, layer_results = self.run_layers(x, kwargs, tgt_layer, min_layer)
         if extra:
             x = x[:, :-extra]
             layer_results = [(a[:, :-extra], z, b[:, :-extra]) for a, z, b in layer_results]
@@ -212,9 +228,9 @@ class TransformerEncoder(nn.Module):
         return x, layer_results
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
-                layer: Optional[int] = None) -> Tuple[torch.Tensor, List[LayerResult]]:
+                layer: Optional[int] = None, corpus_key: Any = None) -> Tuple[torch.Tensor, List[LayerResult]]:
         """Encoder output; pre-LN models apply the final LayerNorm here (unless a ``layer`` is requested)."""
-        x, layer_results = self.extract_features(x, padding_mask, tgt_layer=layer)
+        x, layer_results = self.extract_features(x, padding_mask, tgt_layer=layer, corpus_key=corpus_key)
         if self.layer_norm_first and layer is None:
             x = self.layer_norm(x)
         return x, layer_results

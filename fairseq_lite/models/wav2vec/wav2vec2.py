@@ -19,6 +19,7 @@ from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.modules.activations import ACTIVATION_CHOICES
+from fairseq_lite.modules.adapter import parse_adapter_layers
 from fairseq_lite.models.wav2vec.wav2vec import parse_conv_layers
 from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec, receptive_field
 from fairseq_lite.modules.grad_multiply import GradMultiply
@@ -117,14 +118,17 @@ class Wav2Vec2Config(FairseqDataclass):
     attn_type: str = field(default="", metadata=help_text("if espnet use ESPNET MHA"))
     pos_enc_type: str = field(default="abs", metadata=help_text("Positional encoding type to use in conformer"))
     fp16: bool = field(default=False, metadata=help_text("If fp16 is being used"))
-    adp_num: int = field(default=-1, metadata=help_text("number of adapters (layer_type trf_adp)"))
+    adp_num: int = field(default=-1, metadata=help_text(
+        "number of language adapters per layer (layer_type trf_adp; one per task.multi_corpus_keys entry)"))
     adp_dim: int = field(default=64, metadata=help_text("bottleneck dimension of the adapters"))
-    adp_act_fn: str = field(default="relu", metadata=help_text("activation of the adapters"))
-    adp_trf_idx: str = field(default="all", metadata=help_text("which transformer layers get adapters"))
+    adp_act_fn: str = field(default="relu", metadata=help_text("activation of the adapters: relu, gelu or selu"))
+    adp_trf_idx: str = field(default="all", metadata=help_text(
+        "which transformer layers get adapters: all, or a Python range start:stop"))
 
     def check_values(self, cfg: Any) -> None:
-        """Checked when the config is read: the heads divide the width, the CNN spec parses, and the task's
-        crop (``task.max_sample_size``) is long enough for the CNN to give a frame."""
+        """Checked when the config is read: the heads divide the width, ``trf_adp``'s adapter options are valid,
+        the CNN spec parses, and the task's crop (``task.max_sample_size``) is long enough for the CNN to give
+        a frame."""
         heads, dim = self.encoder_attention_heads, self.encoder_embed_dim
         if heads <= 0 or dim % heads:
             closest = min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
@@ -132,6 +136,8 @@ class Wav2Vec2Config(FairseqDataclass):
                 f"model.encoder_attention_heads={heads} does not divide model.encoder_embed_dim={dim}: choose a "
                 f"number of heads that does (e.g. {closest})"
             )
+        if str(self.layer_type) == "trf_adp":
+            adapter_arguments(self)
         layers = parse_feature_layers(self.conv_feature_layers)
         max_sample_size = getattr(cfg.task, "max_sample_size", None)
         needed = receptive_field(layers)
@@ -172,13 +178,25 @@ def conformer_arguments(cfg: Any) -> Dict[str, Any]:
                 pos_enc_type=str(cfg.pos_enc_type), max_positions=getattr(cfg, "max_positions", 100000))
 
 
+def adapter_arguments(cfg: Any) -> Dict[str, Any]:
+    """``TransformerEncoder``'s adapter arguments for ``layer_type=trf_adp`` (``adp_num``, ``adp_dim``,
+    ``adp_act_fn``, ``adp_trf_idx``), checked: ``adp_num`` must be positive."""
+    if cfg.adp_num <= 0:
+        raise ConfigError(f"model.layer_type=trf_adp with model.adp_num={cfg.adp_num}: set model.adp_num to the "
+                          "number of languages (one adapter each, in task.multi_corpus_keys order)")
+    return dict(adapter_num=cfg.adp_num, adapter_dim=cfg.adp_dim, adapter_act_fn=str(cfg.adp_act_fn),
+                adapter_layers=parse_adapter_layers(cfg.adp_trf_idx, cfg.encoder_layers))
+
+
 def build_context_encoder(cfg: Any) -> nn.Module:
-    """The transformer or conformer context network a model config's ``layer_type`` selects."""
-    if str(cfg.layer_type) == "conformer":
+    """The transformer (with MMS adapters for ``trf_adp``) or conformer context network ``layer_type`` selects."""
+    layer_type = str(cfg.layer_type)
+    if layer_type == "conformer":
         from fairseq_lite.modules.conformer_encoder import ConformerEncoder
 
         return ConformerEncoder(**encoder_arguments(cfg), **conformer_arguments(cfg))
-    return TransformerEncoder(**encoder_arguments(cfg))
+    adapters = adapter_arguments(cfg) if layer_type == "trf_adp" else {}
+    return TransformerEncoder(**encoder_arguments(cfg), **adapters)
 
 
 @register_model("wav2vec2", dataclass=Wav2Vec2Config)
@@ -189,9 +207,6 @@ class Wav2Vec2Model(BaseFairseqModel):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
         self.cfg = cfg
-        if str(cfg.layer_type) == "trf_adp":
-            raise ConfigError("model.layer_type=trf_adp (adapter layers) is not supported by fairseq_lite: "
-                              "use transformer or conformer")
         feature_layers = parse_feature_layers(cfg.conv_feature_layers)
         self.embed = feature_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(
@@ -305,7 +320,8 @@ class Wav2Vec2Model(BaseFairseqModel):
 
         Pretraining output: ``x`` ((1+N)×B×M logits), ``padding_mask``, ``features_pen`` and the quantizer's
         ``num_vars``/``code_perplexity``/``prob_perplexity``/``temp``. With ``features_only``: ``x`` (B×T×E),
-        ``padding_mask``, ``features`` (unmasked CNN features), ``layer_results``.
+        ``padding_mask``, ``features`` (unmasked CNN features), ``layer_results``. ``corpus_key`` (the language's
+        index, one for the batch or one per sample) selects the adapters of a ``trf_adp`` model.
         """
         features, unmasked_features, padding_mask, features_pen = self._encode_features(
             source, padding_mask, features_only)
@@ -324,7 +340,7 @@ class Wav2Vec2Model(BaseFairseqModel):
         else:
             y = unmasked_features
 
-        x, layer_results = self.encoder(x, padding_mask=padding_mask, layer=layer)
+        x, layer_results = self.encoder(x, padding_mask=padding_mask, layer=layer, corpus_key=corpus_key)
         if features_only:
             return {"x": x, "padding_mask": padding_mask, "features": unmasked_features,
                     "layer_results": layer_results}
@@ -420,7 +436,7 @@ class Wav2Vec2Model(BaseFairseqModel):
     def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
                          mask: bool = False, layer: Optional[int] = None, corpus_key: Any = None
                          ) -> Dict[str, Any]:
-        return self.forward(source, padding_mask, mask=mask, features_only=True, layer=layer)
+        return self.forward(source, padding_mask, mask=mask, features_only=True, layer=layer, corpus_key=corpus_key)
 
     def quantize(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantised CNN features and their code indices for raw audio ``x`` (fairseq's ``quantize``)."""

@@ -15,7 +15,11 @@ Deliberate differences from fairseq, each a fix for a reported problem:
   (fairseq stops with a size mismatch, fairseq#4284);
 * a fine-tuned checkpoint given as ``w2v_path``, or pretraining weights loaded into a CTC model, raise one
   ``CheckpointError`` naming what was found (fairseq#4267);
-* a ``normalize`` mismatch is a ``ConfigError`` naming the value to use, not an assertion.
+* a ``normalize`` mismatch is a ``ConfigError`` naming the value to use, not an assertion;
+* adapter fine-tuning (``model.layer_type=trf_adp`` with ``model.adp_*`` over a pretrained model without
+  adapters, as fairseq HEAD's MMS recipe) initialises the missing adapter weights with one warning (fairseq
+  loads strictly and fails); ``model.freeze_regex=ADAPTERS_ONLY_FREEZE_REGEX`` then trains only the adapters and
+  ``proj``.
 """
 
 from __future__ import annotations
@@ -102,11 +106,14 @@ class Wav2Vec2AsrConfig(FairseqDataclass):
     load_ema: bool = field(default=False, metadata=help_text("data2vec option; must be false"))
     layer_decay: float = field(default=1, metadata=help_text("data2vec option; must be 1"))
     layer_type: LAYER_TYPE_CHOICES = field(default="transformer", metadata=help_text(
-        "layer type of the pretrained encoder; read from the pretraining config when left at transformer"))
-    adp_num: int = field(default=-1, metadata=help_text("adapter option (layer_type trf_adp); not supported"))
-    adp_dim: int = field(default=64, metadata=help_text("adapter option; not supported"))
-    adp_act_fn: str = field(default="relu", metadata=help_text("adapter option; not supported"))
-    adp_trf_idx: str = field(default="all", metadata=help_text("adapter option; not supported"))
+        "layer type of the pretrained encoder; read from the pretraining config when left at transformer; "
+        "trf_adp adds language adapters (model.adp_*) to a transformer"))
+    adp_num: int = field(default=-1, metadata=help_text(
+        "with layer_type=trf_adp: number of language adapters (one per task.multi_corpus_keys entry)"))
+    adp_dim: int = field(default=64, metadata=help_text("with layer_type=trf_adp: adapter bottleneck dimension"))
+    adp_act_fn: str = field(default="relu", metadata=help_text("with layer_type=trf_adp: relu, gelu or selu"))
+    adp_trf_idx: str = field(default="all", metadata=help_text(
+        "with layer_type=trf_adp: the layers with adapters, all or a Python range start:stop"))
     freeze_regex: Optional[str] = field(default=None, metadata=help_text(
         "freeze the parameters whose full name matches this regular expression"))
 
@@ -132,6 +139,14 @@ W2V_OVERRIDES = {
     "checkpoint_activations": "checkpoint_activations",
 }
 
+#: The fine-tuning options that describe the adapters (fairseq HEAD copies them over the pretraining config).
+ADAPTER_FIELDS = ("adp_num", "adp_dim", "adp_act_fn", "adp_trf_idx")
+
+#: ``model.freeze_regex`` that freezes the whole pretrained network except its adapters, so that adapter
+#: fine-tuning trains the adapters and ``w2v_encoder.proj`` only. It means the same under fairseq's
+#: ``re.fullmatch`` on names relative to the encoder and under our search on the model's names.
+ADAPTERS_ONLY_FREEZE_REGEX = r"w2v_model\.(?!encoder\.layers\.\d+\.adapter_layer\.).*"
+
 #: Pretraining-only weights that fine-tuning drops before loading (EMA teachers, data2vec heads).
 _PRETRAINING_ONLY_PREFIXES = ("_ema", "target_proj", "decoder")
 
@@ -150,11 +165,10 @@ def _check_supported(cfg: Any) -> None:
         "zero_mask": getattr(cfg, "zero_mask", False),
         "load_ema": getattr(cfg, "load_ema", False),
         "layer_decay": getattr(cfg, "layer_decay", 1) != 1,
-        "adp_num": getattr(cfg, "adp_num", -1) != -1 or str(getattr(cfg, "layer_type", "")) == "trf_adp",
     }
     for key, is_set in unsupported.items():
         if is_set:
-            raise ConfigError(f"model.{key} is a data2vec/adapter option that fairseq_lite does not support: "
+            raise ConfigError(f"model.{key} is a data2vec option that fairseq_lite does not support: "
                               "leave it at its default")
 
 
@@ -208,16 +222,40 @@ def load_pretrained(cfg: Any, pretrained_model: str = "wav2vec2"
         if hasattr(cfg, ours):
             value = getattr(cfg, ours)
             model_cfg[theirs] = value.value if isinstance(value, Enum) else value
-    pretrained_type = str(model_cfg.get("layer_type", "transformer"))
-    if str(getattr(cfg, "layer_type", "transformer")) not in ("transformer", pretrained_type):
-        raise ConfigError(f"model.layer_type={cfg.layer_type} but the pretrained model is a {pretrained_type}: "
-                          "remove model.layer_type (it is read from the pretraining config)")
+    _apply_layer_type(cfg, model_cfg)
     task_cfg["data"] = cfg.data
     w2v_args["task"] = task_cfg
     weights = None
     if state is not None and not cfg.no_pretrained_weights:
         weights = {k: v for k, v in state["model"].items() if not k.startswith(_PRETRAINING_ONLY_PREFIXES)}
     return w2v_args, weights
+
+
+def _apply_layer_type(cfg: Any, model_cfg: Dict[str, Any]) -> None:
+    """The fine-tuning ``layer_type`` over the pretraining one: ``transformer`` keeps the pretrained type,
+    ``trf_adp`` puts adapters (and the ``adp_*`` options) on a transformer, as fairseq HEAD's MMS fine-tuning."""
+    pretrained_type = str(model_cfg.get("layer_type", "transformer"))
+    wanted = str(getattr(cfg, "layer_type", "transformer"))
+    if wanted == "trf_adp" and pretrained_type in ("transformer", "trf_adp"):
+        model_cfg["layer_type"] = wanted
+        model_cfg.update({name: getattr(cfg, name) for name in ADAPTER_FIELDS})
+    elif wanted not in ("transformer", pretrained_type):
+        raise ConfigError(f"model.layer_type={wanted} but the pretrained model is a {pretrained_type}: "
+                          "remove model.layer_type (it is read from the pretraining config)")
+
+
+def with_initialised_adapters(module: nn.Module, state_dict: Dict[str, torch.Tensor], source: str
+                              ) -> Dict[str, torch.Tensor]:
+    """``state_dict`` completed with ``module``'s own (freshly initialised) adapter weights where it has none,
+    with one warning saying how many: adapter fine-tuning from a model without adapters (fairseq HEAD loads
+    strictly and stops on the missing keys). Any other missing key is left for the strict load to report."""
+    missing = [k for k in module.state_dict() if k not in state_dict and ".adapter_layer." in k]
+    if not missing:
+        return state_dict
+    logger.warning("%s has no weights for %d adapter tensors (layer_type=trf_adp): initialised them, as for "
+                   "adapter fine-tuning", source, len(missing))
+    own = module.state_dict()
+    return {**state_dict, **{k: own[k] for k in missing}}
 
 
 def _read_pretraining_checkpoint(path: str, pretrained_model: str) -> Dict[str, Any]:
@@ -285,23 +323,29 @@ class Wav2VecEncoder(nn.Module):
         cfg.w2v_args = w2v_args
         if hasattr(cfg, "layer_type"):
             cfg.layer_type = str(w2v_args["model"].get("layer_type", "transformer"))  # fairseq copies it back too
+            if cfg.layer_type == "trf_adp":  # and the adapter options, so the saved model config describes them
+                for name in ADAPTER_FIELDS:
+                    setattr(cfg, name, w2v_args["model"][name])
         model = build_model(w2v_args["model"], from_checkpoint=True)
         model.remove_pretraining_modules()
         if weights is not None:
-            model.load_state_dict(weights, strict=True)
+            model.load_state_dict(with_initialised_adapters(model, weights, f"model.w2v_path {cfg.w2v_path}"),
+                                  strict=True)
         return cls(model, output_size, apply_mask=cfg.apply_mask, final_dropout=cfg.final_dropout,
                    freeze_finetune_updates=cfg.freeze_finetune_updates, freeze_regex=cfg.freeze_regex)
 
     def set_num_updates(self, num_updates: int) -> None:
         self.num_updates = num_updates
 
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs: Any
-                ) -> Dict[str, Any]:
-        """``encoder_out`` T×B×V (or T×B×E without ``proj``), ``padding_mask`` B×T (True = padding or None)."""
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, corpus_key: Any = None,
+                **kwargs: Any) -> Dict[str, Any]:
+        """``encoder_out`` T×B×V (or T×B×E without ``proj``), ``padding_mask`` B×T (True = padding or None).
+        ``corpus_key`` (``net_input``'s language index) selects the adapters of a ``trf_adp`` model."""
         frozen = self.num_updates < self.freeze_finetune_updates
+        language = {} if corpus_key is None else {"corpus_key": corpus_key}
         with torch.no_grad() if frozen else contextlib.nullcontext():
             res = self.w2v_model(source=source, padding_mask=padding_mask, mask=self.apply_mask and self.training,
-                                 features_only=True)
+                                 features_only=True, **language)
             x = res["x"].transpose(0, 1)
         x = self.final_dropout(x)
         if self.proj is not None:
@@ -370,7 +414,7 @@ class Wav2VecCtc(BaseFairseqModel):
                 "these are wav2vec 2.0 pretraining weights (no w2v_encoder.* keys), not a fine-tuned CTC model: "
                 "fine-tune from them with model._name=wav2vec_ctc model.w2v_path=<that checkpoint>"
             )
-        state_dict = dict(state_dict)
+        state_dict = with_initialised_adapters(self, dict(state_dict), "the checkpoint")
         proj = self.w2v_encoder.proj
         stored = state_dict.get("w2v_encoder.proj.weight")
         if proj is not None and stored is not None and stored.shape != proj.weight.shape:
