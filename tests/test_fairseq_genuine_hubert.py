@@ -2,7 +2,9 @@
 
 tests/fixtures/fairseq/<name>/ hold a checkpoint ``fairseq-hydra-train`` wrote from fairseq's own
 examples/hubert recipe yamls (tiny sizes, two updates), fixed inputs and fairseq's outputs on them
-(scripts/fairseq_fixtures/hubert_fixtures.py, run in the genuine-fairseq venv; meta.json says how):
+(scripts/fairseq_fixtures/hubert_fixtures.py, run in the genuine-fairseq venv; meta.json says how). Both load
+through fairseq_lite's public ``checkpoint_utils.load_model_ensemble_and_task`` (genuine_fixtures.load), which
+rebuilds the hubert_pretraining task from the file and its dictionaries from ``task_state``:
 
 - hubert_base_pretrain (hubert_base_librispeech, km labels, K=8): eval-mode extract_features at output_layer 1
   and the last layer on a padded batch; the train-mode hubert criterion (loss, every logged number) and every
@@ -16,39 +18,14 @@ examples/hubert recipe yamls (tiny sizes, two updates), fixed inputs and fairseq
 """
 
 import os
-import types
 
-import numpy as np
 import pytest
 import torch
 
-from fairseq_lite.criterions import build_criterion
 from fairseq_lite.data.dictionary import Dictionary
-from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
-from fairseq_lite.models import build_model
-from genuine_fixtures import assert_close, fixture
+from fairseq_lite.interop import fairseq_pickle
+from genuine_fixtures import FIXTURES, assert_close, fixture, load
 from test_fairseq_genuine_wav2vec2 import assert_equal, assert_gradients_match
-
-
-def load_hubert(folder, dictionary, arg_overrides=None):
-    """Our model built from the fixture's cfg and state (model in eval mode, cfg, task-like object with the
-    dictionaries). The hubert_pretraining task is not in fairseq_lite yet: switch to
-    genuine_fixtures.load (load_model_ensemble_and_task) when it is."""
-    state = load_checkpoint_to_cpu(os.path.join(folder, "checkpoint.pt"), arg_overrides=arg_overrides)
-    cfg = state["cfg"]
-    task = types.SimpleNamespace(dictionaries=[dictionary], target_dictionary=dictionary,
-                                 cfg=types.SimpleNamespace(sample_rate=cfg["task"]["sample_rate"]))
-    model = build_model(cfg["model"], task, from_checkpoint=True)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg, task
-
-
-def km_dictionary(num_units=8):
-    """dict.km.txt of the fixture: ``i 1`` for i in range(num_units)."""
-    dictionary = Dictionary()
-    for i in range(num_units):
-        dictionary.add_symbol(str(i))
-    return dictionary
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +35,19 @@ def pretraining():
 
 
 def test_pretraining_checkpoint_loads_with_fairseqs_config(pretraining):
+    """The task is rebuilt from the file, its km dictionary from task_state (the label folder is gone)."""
     folder, _, _, _ = pretraining
-    model, cfg, _ = load_hubert(folder, km_dictionary())
-    assert cfg["model"]["_name"] == "hubert" and cfg["task"]["_name"] == "hubert_pretraining"
-    assert cfg["model"]["label_rate"] == 50 and cfg["task"]["labels"] == ["km"]
+    model, cfg, task = load(folder)
+    assert cfg.model._name == "hubert" and cfg.task._name == "hubert_pretraining"
+    assert cfg.model.label_rate == 50 and list(cfg.task.labels) == ["km"]
+    assert not os.path.exists(cfg.task.label_dir)
+    assert [d.symbols[d.nspecial:] for d in task.dictionaries] == [[str(i) for i in range(8)]]
     assert model.label_embs_concat.shape == (8 + 4, 16)
 
 
 def test_extract_features_match_fairseq(pretraining):
     folder, inputs, expected, _ = pretraining
-    model, _, _ = load_hubert(folder, km_dictionary())
+    model, _, _ = load(folder)
     with torch.no_grad():
         layer_1, _ = model.extract_features(inputs["source"], inputs["padding_mask"], mask=False, output_layer=1)
         x, frame_padding_mask = model.extract_features(inputs["source"], inputs["padding_mask"], mask=False)
@@ -78,9 +58,9 @@ def test_extract_features_match_fairseq(pretraining):
 
 def test_pretraining_loss_logging_and_gradients_with_fairseqs_mask(pretraining):
     folder, inputs, expected, meta = pretraining
-    model, cfg, task = load_hubert(folder, km_dictionary(), meta["train_arg_overrides"])
+    model, cfg, task = load(folder, meta["train_arg_overrides"])
     model.train()
-    criterion = build_criterion(cfg["criterion"], task).train()
+    criterion = task.build_criterion(cfg.criterion).train()
     net_input = {"source": inputs["source"], "padding_mask": inputs["padding_mask"],
                  "mask_indices": torch.from_numpy(expected["mask_indices"])}
     sample = {"id": torch.arange(2), "net_input": net_input, "target_list": [inputs["target"]]}
@@ -100,16 +80,19 @@ def test_pretraining_loss_logging_and_gradients_with_fairseqs_mask(pretraining):
 def finetuning():
     folder, inputs, expected, meta = fixture("hubert_ctc_base_10h")
     pretrained = os.path.join(os.path.dirname(folder), meta["pretrained"], "checkpoint.pt")
-    model, cfg, task = load_hubert(folder, Dictionary.load(os.path.join(folder, "dict.ltr.txt")),
-                                   {"w2v_path": pretrained})
+    model, cfg, task = load(folder, {"w2v_path": pretrained})
     return model, cfg, task, inputs, expected
 
 
 def test_ctc_checkpoint_loads_without_the_pretraining_label_folder(finetuning):
     model, cfg, task, _, _ = finetuning
-    assert cfg["model"]["_name"] == "hubert_ctc" and cfg["task"]["fine_tuning"]
-    assert cfg["model"]["w2v_args"] is None  # as fairseq 0.12.2 saves a hubert_ctc file
-    assert not os.path.exists(model.cfg.w2v_args["task"]["label_dir"])  # fairseq would need it here
+    raw = torch.load(os.path.join(FIXTURES, "hubert_ctc_base_10h", "checkpoint.pt"), map_location="cpu",
+                     weights_only=False, pickle_module=fairseq_pickle)
+    assert raw["cfg"]["model"]["w2v_args"] is None  # as fairseq 0.12.2 saves a hubert_ctc file
+    assert cfg.model._name == "hubert_ctc" and cfg.task.fine_tuning
+    assert not os.path.exists(cfg.model.w2v_args["task"]["label_dir"])  # fairseq would need it here
+    letters = Dictionary.load(os.path.join(FIXTURES, "hubert_ctc_base_10h", "dict.ltr.txt"))
+    assert task.target_dictionary.symbols == letters.symbols  # from task_state: the ltr label folder is gone too
     assert len(task.target_dictionary) == model.w2v_encoder.proj.out_features
 
 
@@ -127,6 +110,6 @@ def test_ctc_emissions_and_loss_match_fairseq(finetuning):
         sample = {"id": inputs["id"], "net_input": {"source": inputs["source"], "padding_mask": inputs["padding_mask"]},
                   "target": inputs["target"], "target_lengths": inputs["target_lengths"],
                   "ntokens": int(inputs["ntokens"])}
-        loss, sample_size, _ = build_criterion(cfg["criterion"], task).eval()(model, sample)
+        loss, sample_size, _ = task.build_criterion(cfg.criterion).eval()(model, sample)
     assert_close(loss, expected["loss"], "ctc loss")
     assert_close(sample_size, expected["sample_size"], "sample_size")

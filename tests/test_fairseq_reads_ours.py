@@ -4,7 +4,9 @@ tests/fixtures/fairseq_lite_written/<name>/checkpoint.pt were written by fairseq
 (scripts/fairseq_fixtures/write_ours.py); fairseq_outputs.npz beside each is what genuine fairseq's
 ``load_model_ensemble_and_task`` and torchaudio's ``import_fairseq_model`` computed on inputs.npz
 (scripts/fairseq_fixtures/read_ours.py, run in the genuine-fairseq venv). Here fairseq_lite computes the same
-outputs from the same files; and checkpoints written now keep ``cfg`` to keys fairseq 0.12.2 accepts.
+outputs from the same files; and checkpoints written now keep ``cfg`` to keys fairseq 0.12.2 accepts. fairseq read
+them after their training folder was deleted: HuBERT's label dictionaries travel in ``task_state`` (a hubert_ctc
+file also holds the pretraining ones and ``w2v_args``), so fairseq needs no label folder and no ``w2v_path``.
 """
 
 import json
@@ -16,6 +18,7 @@ import torch
 
 import train_toy
 from fairseq_lite import checkpoint_utils
+from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.dataclass.utils import config_to_dict
 from fairseq_lite.interop import fairseq_pickle
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
@@ -26,7 +29,8 @@ WRITTEN = os.path.join(os.path.dirname(__file__), "fixtures", "fairseq_lite_writ
 FIXTURES = sorted(name for name in os.listdir(WRITTEN) if os.path.isdir(os.path.join(WRITTEN, name)))
 EXPECTED = {"w2v2_base_pretrain", "w2v2_large_pretrain", "w2v2_conformer_abs_pretrain", "w2v2_conformer_rope_pretrain",
             "w2v2_conformer_rel_pos_pretrain", "w2v2_ctc_base_10m",
-            "wav2vec1_cnn", "vq_wav2vec_gumbel", "vq_wav2vec_kmeans", "transformer_lm"}
+            "wav2vec1_cnn", "vq_wav2vec_gumbel", "vq_wav2vec_kmeans", "transformer_lm", "hubert_base_pretrain",
+            "hubert_ctc_base_10h"}
 
 
 def _our_outputs(model, arch, inputs):
@@ -39,7 +43,10 @@ def _our_outputs(model, arch, inputs):
         if arch == "wav2vec2":
             return {"features": model.feature_extractor(source),
                     "x": model.extract_features(source, None, mask=False)["x"]}
-        if arch == "wav2vec_ctc":
+        if arch == "hubert":
+            return {"layer_1": model.extract_features(source, None, mask=False, output_layer=1)[0],
+                    "x": model.extract_features(source, None, mask=False)[0]}
+        if arch in ("wav2vec_ctc", "hubert_ctc"):
             return {"emissions": model.get_logits(model(source=source, padding_mask=None)).transpose(0, 1)}
         z = model.feature_extractor(source)
         out = {"z": z}
@@ -102,3 +109,20 @@ def test_our_task_keys_come_back_from_extra_state():
     loaded = load_checkpoint_to_cpu(path)["cfg"]
     assert loaded["task"]["strict_sample_rate"] is False
     assert "strict_sample_rate" in loaded["model"]["w2v_args"]["task"]
+
+
+@pytest.mark.parametrize("name", ["hubert_base_pretrain", "hubert_ctc_base_10h"])
+def test_fairseq_read_hubert_files_without_label_folders_or_the_pretrained_file(name):
+    """What a fairseq 0.12.2 user needs beside our HuBERT files: nothing (fairseq_read.json lists the folders and
+    files the stored cfg names that were gone when fairseq loaded them)."""
+    read = json.load(open(os.path.join(WRITTEN, name, "fairseq_read.json")))
+    raw = torch.load(os.path.join(WRITTEN, name, "checkpoint.pt"), map_location="cpu", weights_only=False,
+                     pickle_module=fairseq_pickle)
+    cfg, task_state = raw["cfg"], raw["task_state"]
+    needed = [cfg["task"]["label_dir"]]
+    if name == "hubert_ctc_base_10h":
+        needed += [cfg["model"]["w2v_path"], cfg["model"]["w2v_args"]["task"]["label_dir"]]
+        letters = Dictionary.load(os.path.join(WRITTEN, name, "dict.ltr.txt"))
+        assert task_state["target_dictionary"].symbols == letters.symbols
+    assert set(needed) <= set(read["absent_at_load"])
+    assert [d.symbols[4:] for d in task_state["dictionaries"]] == [[str(i) for i in range(8)]]

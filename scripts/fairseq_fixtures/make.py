@@ -28,6 +28,9 @@ STEPS = [("schema.py", "fairseq"), ("wav2vec2_fixtures.py", "fairseq"), ("new_in
          ("legacy_fixtures.py", "fairseq"), ("hubert_units_fixtures.py", "fairseq"),
          ("hubert_dataset_fixtures.py", "fairseq"), ("write_ours.py", "project"), ("read_ours.py", "fairseq")]
 
+#: The steps that take ``--only NAME...`` (fixtures of tests/fixtures/fairseq_lite_written/).
+PER_FIXTURE = ("write_ours.py", "read_ours.py")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,6 +38,9 @@ def main() -> None:
                         help="python of the genuine-fairseq venv (../shared/tools/setup_fairseq_venv.sh)")
     parser.add_argument("--project-python", default=sys.executable, help="python with fairseq_lite installed")
     parser.add_argument("--only", nargs="*", help="run only these steps (script names)")
+    parser.add_argument("--fixtures", nargs="*", metavar="NAME", help=f"{' and '.join(PER_FIXTURE)} write and "
+                        "read only these fixtures (write_ours.py --help lists them), e.g. --only write_ours.py "
+                        "read_ours.py --fixtures hubert_base_pretrain hubert_ctc_base_10h")
     args = parser.parse_args()
     if not os.access(args.fairseq_python, os.X_OK):
         raise SystemExit(f"error: {args.fairseq_python} is not an executable python: build the genuine-fairseq "
@@ -46,7 +52,8 @@ def main() -> None:
         print(f"== {script} ({which} venv)", flush=True)
         # hubert_units_fixtures.py also runs fairseq_lite's learn_kmeans.py, with the project's python
         env = dict(os.environ, FAIRSEQ_LITE_PYTHON=args.project_python)
-        subprocess.run([interpreters[which], os.path.join(HERE, script)], cwd=REPO, check=True, env=env)
+        selected = ["--only", *args.fixtures] if args.fixtures and script in PER_FIXTURE else []
+        subprocess.run([interpreters[which], os.path.join(HERE, script), *selected], cwd=REPO, check=True, env=env)
 
 
 if __name__ == "__main__":

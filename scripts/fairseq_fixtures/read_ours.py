@@ -6,8 +6,9 @@ Run with the genuine-fairseq venv only (never imported by fairseq_lite)::
 
 For every ``tests/fixtures/fairseq_lite_written/<name>/checkpoint.pt`` (written by ``write_ours.py``) it runs
 fairseq's own ``checkpoint_utils.load_model_ensemble_and_task``, computes the model's outputs on
-``inputs.npz`` in eval mode, converts wav2vec 2.0 and CTC models with torchaudio's ``import_fairseq_model``
-and runs those too, and writes ``fairseq_outputs.npz`` and ``fairseq_read.json`` beside the file.
+``inputs.npz`` in eval mode, converts wav2vec 2.0, HuBERT and CTC models with torchaudio's
+``import_fairseq_model`` and runs those too, and writes ``fairseq_outputs.npz`` and ``fairseq_read.json`` beside
+the file (which notes the label folder and pretrained file the stored cfg names but fairseq read it without).
 ``tests/test_fairseq_reads_ours.py`` compares them with fairseq_lite's outputs on the same files.
 """
 
@@ -53,6 +54,15 @@ def _wav2vec2_outputs(model, source: torch.Tensor, notes: dict) -> dict:
     return out
 
 
+def _hubert_outputs(model, source: torch.Tensor, notes: dict) -> dict:
+    layer_1, _ = model.extract_features(source, None, mask=False, output_layer=1)
+    out = {"layer_1": layer_1, "x": model.extract_features(source, None, mask=False)[0]}
+    converted = _torchaudio(model, source, notes)
+    if converted is not None:
+        out["torchaudio_x"] = converted
+    return out
+
+
 def _ctc_outputs(model, source: torch.Tensor, notes: dict) -> dict:
     net_output = model(source=source, padding_mask=None)
     out = {"emissions": model.get_logits(net_output).transpose(0, 1)}  # B x T x V
@@ -78,6 +88,15 @@ def _lm_outputs(model, tokens: torch.Tensor, notes: dict) -> dict:
     return {"log_probs": model.get_normalized_probs((logits, None), log_probs=True)}
 
 
+def _absent_paths(cfg) -> list:
+    """``task.label_dir``, ``model.w2v_path`` and the pretraining ``label_dir`` (in ``model.w2v_args``) of the stored
+    cfg where they do not exist: fairseq read the file without them."""
+    w2v_args = cfg.model.get("w2v_args", None)
+    paths = [cfg.task.get("label_dir", None), cfg.model.get("w2v_path", None),
+             w2v_args.task.get("label_dir", None) if w2v_args else None]
+    return sorted(path for path in paths if path and not os.path.exists(path))
+
+
 def read_one(folder: str) -> dict:
     """Load ``folder/checkpoint.pt`` with fairseq and write its outputs; returns what was read."""
     from fairseq import checkpoint_utils
@@ -88,8 +107,9 @@ def read_one(folder: str) -> dict:
         [os.path.join(folder, "checkpoint.pt")], arg_overrides=overrides)
     model = models[0].eval()
     arch = cfg.model._name
-    runners = {"wav2vec2": _wav2vec2_outputs, "wav2vec_ctc": _ctc_outputs, "wav2vec": _wav2vec1_outputs}
-    notes: dict = {}
+    runners = {"wav2vec2": _wav2vec2_outputs, "wav2vec_ctc": _ctc_outputs, "wav2vec": _wav2vec1_outputs,
+               "hubert": _hubert_outputs, "hubert_ctc": _ctc_outputs}
+    notes: dict = {"absent_at_load": _absent_paths(cfg)}
     with torch.no_grad():
         if arch in runners:
             outputs = runners[arch](model, torch.from_numpy(inputs["source"]), notes)
@@ -110,10 +130,11 @@ def read_one(folder: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=DEFAULT_DIR)
+    parser.add_argument("--only", nargs="*", default=[], metavar="NAME", help="read only these fixtures")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     sys.modules["fairseq_lite"] = None  # fairseq alone reads these files
-    for name in sorted(os.listdir(args.dir)):
+    for name in sorted(args.only or os.listdir(args.dir)):
         folder = os.path.join(args.dir, name)
         if os.path.isfile(os.path.join(folder, "checkpoint.pt")):
             print(name, read_one(folder))

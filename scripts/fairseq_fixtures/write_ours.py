@@ -1,11 +1,13 @@
 """Step 1 of the other direction: fairseq_lite writes small checkpoints for genuine fairseq to read.
 
-Run with the project's venv (``.venv/bin/python scripts/fairseq_fixtures/write_ours.py``). Each fixture is
-trained for two updates by fairseq_lite's own commands, as a user runs them (``fairseq-hydra-train`` on
-fairseq's yaml recipes with tiny-size overrides, ``fairseq-train`` flags for wav2vec 1.0, vq-wav2vec and the
-transformer LM), and lands in ``tests/fixtures/fairseq_lite_written/<name>/`` as ``checkpoint.pt`` plus
-``inputs.npz`` (the fixed inputs the reader runs the model on). Step 2 is ``read_ours.py`` in the
-genuine-fairseq venv; ``make.py`` runs both.
+Run with the project's venv (``.venv/bin/python scripts/fairseq_fixtures/write_ours.py [--only NAME...]``). Each
+fixture is trained for two updates by fairseq_lite's own commands, as a user runs them (``fairseq-hydra-train``
+on fairseq's yaml recipes with tiny-size overrides: config/pretraining, config/finetuning and
+examples/hubert/config; ``fairseq-train`` flags for wav2vec 1.0, vq-wav2vec and the transformer LM), and lands
+in ``tests/fixtures/fairseq_lite_written/<name>/`` as ``checkpoint.pt`` plus ``inputs.npz`` (the fixed inputs
+the reader runs the model on). Everything is trained in a temporary folder deleted before fairseq reads the
+files, so they must load without their data, label folders or pretrained files. Step 2 is ``read_ours.py`` in
+the genuine-fairseq venv; ``make.py`` runs both.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -24,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "fairseq_lite_written")
 RATE = 16_000
 LETTERS = "|EATONS"
+CORPUS_LENGTHS = [8000 + 800 * i for i in range(6)]
+HUBERT_LABEL_RATE = 50
 
 #: A tiny transformer encoder: 2 layers of 32, 4 heads.
 TINY_ENCODER = ["model.encoder_layers=2", "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64",
@@ -47,6 +52,13 @@ PRETRAINING = {
                                           [f"model.pos_enc_type={pos}", "model.depthwise_conv_kernel_size=3"])
        for pos in ("abs", "rope", "rel_pos")},
 }
+#: fairseq's HuBERT recipe shrunk: km labels at 50 Hz from a CNN of BASE's strides (320 samples a frame), 24
+#: channels projected to the encoder's 32.
+HUBERT_TINY = TINY_ENCODER + [
+    "task.labels=[km]", f"model.label_rate={HUBERT_LABEL_RATE}", "model.final_dim=16",
+    "model.conv_feature_layers='[(24, 10, 5)] + [(24, 3, 2)] * 4 + [(24, 2, 2)] * 2'", "task.min_sample_size=4000",
+    "task.max_sample_size=12000", "lr_scheduler.warmup_updates=1", "model.encoder_layerdrop=0.0",
+    "common.tensorboard_logdir=null"]
 V1_FLAGS = ["--num-workers", "0", "--cpu", "--max-update", "2", "--no-epoch-checkpoints", "--arch", "wav2vec",
             "--task", "audio_pretraining", "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "cosine",
             "--warmup-updates", "1", "--warmup-init-lr", "1e-07", "--criterion", "wav2vec",
@@ -88,8 +100,7 @@ def write_corpus(folder: str) -> np.ndarray:
     rng = np.random.RandomState(0)
     os.makedirs(folder, exist_ok=True)
     lines, words = [folder], []
-    for i in range(6):
-        n = 8000 + 800 * i
+    for i, n in enumerate(CORPUS_LENGTHS):
         t = np.arange(n) / RATE
         wav = 0.3 * np.sin(2 * np.pi * (180 + 50 * i) * t) + 0.05 * rng.randn(n)
         sf.write(os.path.join(folder, f"u{i}.wav"), wav.astype(np.float32), RATE)
@@ -107,41 +118,99 @@ def write_corpus(folder: str) -> np.ndarray:
     return (0.2 * rng.randn(2, 9600)).astype(np.float32)
 
 
-def _keep(save_dir: str, out_dir: str, name: str, inputs: dict) -> None:
+def write_km_labels(folder: str, num_units: int = 8) -> None:
+    """HuBERT's first-iteration labels for the corpus: ``{train,valid}.km`` (seeded unit ids at 50 Hz, as many as
+    fairseq's length check expects) and ``dict.km.txt`` (``i 1`` lines, what write_km_dict.py writes)."""
+    rng = np.random.RandomState(11)
+    os.makedirs(folder, exist_ok=True)
+    lines = [" ".join(map(str, rng.randint(0, num_units, int(np.ceil(n / RATE * HUBERT_LABEL_RATE)))))
+             for n in CORPUS_LENGTHS]
+    for split in ("train", "valid"):
+        with open(os.path.join(folder, f"{split}.km"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+    with open(os.path.join(folder, "dict.km.txt"), "w") as f:
+        f.write("".join(f"{i} 1\n" for i in range(num_units)))
+
+
+def _keep(save_dir: str, out_dir: str, name: str, inputs: dict, files: Sequence[str] = ()) -> None:
+    """``out_dir/name``: the checkpoint ``save_dir`` ends with, ``inputs.npz`` and copies of ``files``."""
     target = os.path.join(out_dir, name)
     os.makedirs(target, exist_ok=True)
     shutil.copyfile(os.path.join(save_dir, "checkpoint_last.pt"), os.path.join(target, "checkpoint.pt"))
     np.savez(os.path.join(target, "inputs.npz"), **inputs)
+    for path in files:
+        shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
     print(f"wrote {target}")
 
 
-def write_all(out_dir: str) -> None:
-    with tempfile.TemporaryDirectory() as work:
-        data = os.path.join(work, "data")
-        source = write_corpus(data)
-        hydra = [_command("fairseq-hydra-train"), f"task.data={data}"]
-        for name, (recipe, extra) in PRETRAINING.items():
-            save_dir = os.path.join(work, name)
-            _run(hydra + PRETRAIN_TINY + TWO_UPDATES + extra + [f"checkpoint.save_dir={save_dir}",
-                 "--config-dir", os.path.join(REPO, "config", "pretraining"), "--config-name", recipe], REPO)
-            _keep(save_dir, out_dir, name, {"source": source})
-        save_dir = os.path.join(work, "w2v2_ctc_base_10m")
-        pretrained = os.path.join(work, "w2v2_base_pretrain", "checkpoint_last.pt")
-        _run(hydra + TWO_UPDATES + [f"model.w2v_path={pretrained}", f"checkpoint.save_dir={save_dir}",
-             "model.freeze_finetune_updates=0", "model.mask_channel_length=8", "lr_scheduler.phase_ratio=[0.1,0.4,0.5]",
-             "--config-dir", os.path.join(REPO, "config", "finetuning"), "--config-name", "base_10m"], REPO)
-        _keep(save_dir, out_dir, "w2v2_ctc_base_10m", {"source": source})
-        shutil.copyfile(os.path.join(data, "dict.ltr.txt"), os.path.join(out_dir, "w2v2_ctc_base_10m", "dict.ltr.txt"))
-        for name, flags in LEGACY.items():
-            save_dir = os.path.join(work, name)
-            _run([_command("fairseq-train"), data, "--save-dir", save_dir] + V1_FLAGS + flags, REPO)
-            _keep(save_dir, out_dir, name, {"source": source})
-        write_language_model(work, out_dir)
+class Corpus:
+    """The temporary folder the fixtures train in: the audio corpus ``data``, the fixed test ``source`` and the
+    ``hydra`` command line (``fairseq-hydra-train task.data=...``)."""
+
+    def __init__(self, work: str):
+        self.work = work
+        self.data = os.path.join(work, "data")
+        self.source = write_corpus(self.data)
+        self.hydra = [_command("fairseq-hydra-train"), f"task.data={self.data}"]
+
+    def save_dir(self, name: str) -> str:
+        return os.path.join(self.work, name)
+
+    def hydra_train(self, name: str, config_dir: str, recipe: str, overrides: Sequence[str]) -> str:
+        """``fairseq-hydra-train`` of ``recipe`` (in ``config_dir`` under the repo) into ``save_dir(name)``."""
+        save_dir = self.save_dir(name)
+        _run(self.hydra + list(overrides) + [f"checkpoint.save_dir={save_dir}", "--config-dir",
+                                             os.path.join(REPO, config_dir), "--config-name", recipe], REPO)
+        return save_dir
 
 
-def write_language_model(work: str, out_dir: str) -> None:
-    """A transformer_lm for fairseqlm decoding: dict.txt (fairseq's format) and raw-text splits."""
-    lm_data = os.path.join(work, "lm")
+def _pretraining(recipe: str, extra: Sequence[str]) -> Callable:
+    def write(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+        overrides = PRETRAIN_TINY + TWO_UPDATES + list(extra)
+        return corpus.hydra_train(name, "config/pretraining", recipe, overrides), {"source": corpus.source}, []
+    return write
+
+
+def _w2v2_ctc(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+    pretrained = os.path.join(corpus.save_dir("w2v2_base_pretrain"), "checkpoint_last.pt")
+    overrides = TWO_UPDATES + [f"model.w2v_path={pretrained}", "model.freeze_finetune_updates=0",
+                               "model.mask_channel_length=8", "lr_scheduler.phase_ratio=[0.1,0.4,0.5]"]
+    save_dir = corpus.hydra_train(name, "config/finetuning", "base_10m", overrides)
+    return save_dir, {"source": corpus.source}, [os.path.join(corpus.data, "dict.ltr.txt")]
+
+
+def _hubert(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+    """fairseq's hubert_base_librispeech recipe on km labels kept out of ``data`` (in a folder deleted before
+    fairseq reads the file: the dictionaries travel in task_state)."""
+    label_dir = os.path.join(corpus.work, "km")
+    write_km_labels(label_dir)
+    overrides = HUBERT_TINY + TWO_UPDATES + [f"task.label_dir={label_dir}"]
+    return corpus.hydra_train(name, "examples/hubert/config/pretrain", "hubert_base_librispeech", overrides), \
+        {"source": corpus.source}, []
+
+
+def _hubert_ctc(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+    """fairseq's base_10h recipe from ``hubert_base_pretrain`` on the ltr labels (the pretrained file is deleted
+    before fairseq reads this one: w2v_args and the pretraining dictionaries are stored)."""
+    pretrained = os.path.join(corpus.save_dir("hubert_base_pretrain"), "checkpoint_last.pt")
+    overrides = TWO_UPDATES + [f"task.label_dir={corpus.data}", f"model.w2v_path={pretrained}",
+                               "model.freeze_finetune_updates=0", "model.mask_channel_length=8",
+                               "common.tensorboard_logdir=null"]
+    save_dir = corpus.hydra_train(name, "examples/hubert/config/finetune", "base_10h", overrides)
+    return save_dir, {"source": corpus.source}, [os.path.join(corpus.data, "dict.ltr.txt")]
+
+
+def _legacy(flags: Sequence[str]) -> Callable:
+    def write(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+        save_dir = corpus.save_dir(name)
+        _run([_command("fairseq-train"), corpus.data, "--save-dir", save_dir] + V1_FLAGS + list(flags), REPO)
+        return save_dir, {"source": corpus.source}, []
+    return write
+
+
+def _language_model(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+    """A transformer_lm for fairseqlm decoding, trained on raw-text splits; its dict.txt (fairseq's format) is kept."""
+    lm_data = os.path.join(corpus.work, "lm")
     os.makedirs(lm_data)
     words = sorted({w for line in LM_TEXT for w in line.split()})
     with open(os.path.join(lm_data, "dict.txt"), "w") as f:
@@ -149,19 +218,49 @@ def write_language_model(work: str, out_dir: str) -> None:
     for split in ("train", "valid"):
         with open(os.path.join(lm_data, f"{split}.txt"), "w") as f:
             f.write("\n".join(LM_TEXT) + "\n")
-    save_dir = os.path.join(work, "transformer_lm")
+    save_dir = corpus.save_dir(name)
     _run([_command("fairseq-train"), lm_data, "--save-dir", save_dir] + LM_FLAGS, REPO)
     eos, first_symbol = 2, 4  # fairseq's Dictionary: <s> <pad> </s> <unk>, then the file's symbols
     tokens = np.array([[eos] + [first_symbol + words.index(w) for w in line.split()][:5] for line in LM_TEXT[:2]])
-    _keep(save_dir, out_dir, "transformer_lm", {"tokens": tokens})
-    shutil.copyfile(os.path.join(lm_data, "dict.txt"), os.path.join(out_dir, "transformer_lm", "dict.txt"))
+    return save_dir, {"tokens": tokens}, [os.path.join(lm_data, "dict.txt")]
+
+
+#: Each fixture's writer (corpus, name) -> (save dir, inputs, files to keep beside the checkpoint), in the order
+#: they run; a fine-tuning fixture trains after the pretraining fixture it starts from (REQUIRES).
+WRITERS: Dict[str, Callable] = {
+    **{name: _pretraining(recipe, extra) for name, (recipe, extra) in PRETRAINING.items()},
+    "w2v2_ctc_base_10m": _w2v2_ctc,
+    **{name: _legacy(flags) for name, flags in LEGACY.items()},
+    "transformer_lm": _language_model,
+    "hubert_base_pretrain": _hubert,
+    "hubert_ctc_base_10h": _hubert_ctc,
+}
+REQUIRES = {"w2v2_ctc_base_10m": "w2v2_base_pretrain", "hubert_ctc_base_10h": "hubert_base_pretrain"}
+
+
+def write_all(out_dir: str, only: Sequence[str] = ()) -> None:
+    """Write the fixtures named in ``only`` (all when empty) into ``out_dir``; those they start from are trained
+    but not kept."""
+    unknown = sorted(set(only) - set(WRITERS))
+    if unknown:
+        raise SystemExit(f"error: unknown fixture(s) {', '.join(unknown)}; choose from {', '.join(WRITERS)}")
+    kept = set(only or WRITERS)
+    trained = kept | {REQUIRES[name] for name in kept if name in REQUIRES}
+    with tempfile.TemporaryDirectory() as work:
+        corpus = Corpus(work)
+        for name in (n for n in WRITERS if n in trained):
+            save_dir, inputs, files = WRITERS[name](corpus, name)
+            if name in kept:
+                _keep(save_dir, out_dir, name, inputs, files)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default=DEFAULT_OUT)
+    parser.add_argument("--only", nargs="*", default=[], metavar="NAME",
+                        help=f"write only these fixtures: {', '.join(WRITERS)}")
     args = parser.parse_args()
-    write_all(args.output_dir)
+    write_all(args.output_dir, args.only)
 
 
 if __name__ == "__main__":
