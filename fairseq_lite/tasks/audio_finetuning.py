@@ -83,16 +83,14 @@ class AudioFinetuningTask(AudioPretrainingTask):
         if state.get("target_dictionary") is not None:
             self._target_dictionary = state["target_dictionary"]
 
-    def load_dataset(self, split: str, task_cfg: Optional[Any] = None, **kwargs: Any) -> None:
-        """The audio dataset of ``split`` with the encoded lines of ``{data}/{split}.{labels}`` as targets."""
-        super().load_dataset(split, task_cfg, **kwargs)
-        cfg = task_cfg or self.cfg
+    def load_corpus(self, cfg: Any, name: str) -> AddTargetDataset:
+        """The audio of ``{data}/{name}.tsv`` with the encoded lines of ``{data}/{name}.{labels}`` as targets (for
+        ``key:file`` splits, each corpus's own label file)."""
         if cfg.labels is None:
             raise ConfigError("audio_finetuning needs task.labels, e.g. task.labels=ltr")
-        audio = self.datasets[split]
-        label_path = os.path.join(cfg.data, f"{split}.{cfg.labels}")
-        labels = self.load_labels(label_path, audio)
-        self.datasets[split] = AddTargetDataset(
+        audio = super().load_corpus(cfg, name)
+        labels = self.load_labels(os.path.join(cfg.data, f"{name}.{cfg.labels}"), audio)
+        return AddTargetDataset(
             audio,
             labels,
             pad=self.target_dictionary.pad(),

@@ -1,4 +1,7 @@
-"""The ``audio_pretraining`` task: raw audio from ``{data}/{split}.tsv`` (fairseq's ``audio_pretraining.py``)."""
+"""The ``audio_pretraining`` task: raw audio from ``{data}/{split}.tsv`` (fairseq's ``audio_pretraining.py``).
+
+With ``task.multi_corpus_keys`` a split names several corpora, ``key:file,key:file``; see ``data/multi_corpus.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
+import numpy as np
+
+from fairseq_lite.data.multi_corpus import MultiCorpusDataset, parse_corpus_keys, parse_sampling_weights, parse_split
 from fairseq_lite.data.raw_audio_dataset import AudioAugmentation, FileAudioDataset
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import ConfigError
@@ -19,15 +25,16 @@ logger = logging.getLogger(__name__)
 TEXT_COMPRESSION_CHOICES = ChoiceEnum(["none", "low", "high"])
 
 
-
 @dataclass
 class AudioPretrainingConfig(FairseqDataclass):
     """fairseq's ``AudioPretrainingConfig`` (same names and defaults) plus fairseq_lite's data options."""
 
     data: str = field(default="???", metadata=help_text("path to the data directory with {split}.tsv manifests"))
     labels: Optional[str] = field(default=None, metadata=help_text("extension of the label files to load, e.g. ltr"))
-    multi_corpus_keys: Optional[str] = field(default=None, metadata=help_text("not supported: comma-separated corpus keys"))
-    multi_corpus_sampling_weights: Optional[str] = field(default=None, metadata=help_text("not supported"))
+    multi_corpus_keys: Optional[str] = field(default=None, metadata=help_text(
+        "comma-separated corpus keys (eng,fra); splits are then key:file,key:file and batches carry corpus_key"))
+    multi_corpus_sampling_weights: Optional[str] = field(default=None, metadata=help_text(
+        "comma-separated per-batch sampling weights of multi_corpus_keys (same order, sum 1) for the training split"))
     binarized_dataset: bool = field(default=False, metadata=help_text("not supported: binarized manifests"))
     sample_rate: int = field(default=16_000, metadata=help_text("target sample rate; other rates are resampled"))
     normalize: bool = field(default=False, metadata=help_text("zero-mean unit-variance normalise each utterance"))
@@ -67,8 +74,10 @@ class AudioPretrainingTask(FairseqTask):
 
     def __init__(self, cfg: AudioPretrainingConfig):
         super().__init__(cfg)
+        keys, _ = corpus_options(cfg)  # bad keys or weights fail now, not at the first load_dataset
+        if keys is None and cfg.multi_corpus_sampling_weights is not None:  # e.g. MMS's model_overrides
+            logger.warning("task.multi_corpus_sampling_weights is ignored: task.multi_corpus_keys is not set")
         unsupported = {
-            "multi_corpus_keys": cfg.multi_corpus_keys is not None,
             "binarized_dataset": cfg.binarized_dataset,
             "subsample": cfg.subsample != 1,
         }
@@ -77,8 +86,8 @@ class AudioPretrainingTask(FairseqTask):
                 raise ConfigError(f"task.{key} is not supported by fairseq_lite: remove it or write a manifest with the data you want")
 
     def augmentation(self, split: str) -> Optional[AudioAugmentation]:
-        """The training augmentation, for splits whose name starts with ``train``; None otherwise."""
-        if not split.startswith("train"):
+        """The training augmentation, for manifests whose name starts with ``train``; None otherwise."""
+        if not os.path.basename(split).startswith("train"):
             return None
         cfg = self.cfg
         return AudioAugmentation(
@@ -89,12 +98,38 @@ class AudioPretrainingTask(FairseqTask):
             gain_max_db=cfg.augment_gain_max_db,
         )
 
-    def load_dataset(self, split: str, task_cfg: Optional[Any] = None, **kwargs: Any) -> None:
-        """``self.datasets[split]`` = a FileAudioDataset over ``{data}/{split}.tsv``."""
+    def load_dataset(self, split: str, task_cfg: Optional[Any] = None, combine: bool = False, **kwargs: Any) -> None:
+        """``self.datasets[split]`` = the corpus ``{data}/{split}.tsv``; with ``task.multi_corpus_keys``, a
+        MultiCorpusDataset over the ``key:file`` entries of ``split``, whose corpora are drawn with the sampling
+        weights when ``combine`` (the trainer's training split) and taken whole otherwise."""
         cfg = task_cfg or self.cfg
+        keys, weights = corpus_options(cfg)
+        if keys is None:
+            if ":" in split and not os.path.exists(os.path.join(cfg.data, f"{split}.tsv")):
+                raise ConfigError(f"split {split!r} is written key:file but task.multi_corpus_keys is not set: set it "
+                                  f"to the corpus keys, e.g. task.multi_corpus_keys={split.partition(':')[0]}")
+            self.datasets[split] = self.load_corpus(cfg, split)
+            return
+        entries = parse_split(split, keys)
+        if combine and len(entries) > 1 and weights is None:
+            raise ConfigError(f"training on several corpora ({split}) needs task.multi_corpus_sampling_weights: one "
+                              "weight per key of task.multi_corpus_keys (examples/wav2vec/multi_corpus_weights.py "
+                              "writes them from the manifests)")
+        split_weights = [weights[e.corpus_key] for e in entries] if combine and len(entries) > 1 else None
+        if split_weights is not None and sum(split_weights) <= 0:
+            raise ConfigError(f"every corpus of the training split {split} has sampling weight 0: give one a weight")
+        self.datasets[split] = MultiCorpusDataset(
+            [self.load_corpus(cfg, e.name) for e in entries],
+            corpus_keys=[e.corpus_key for e in entries],
+            names=[f"{e.key}:{e.name}" for e in entries],
+            weights=split_weights,
+        )
+
+    def load_corpus(self, cfg: Any, name: str) -> Any:
+        """The FileAudioDataset of ``{data}/{name}.tsv``."""
         pad = cfg.labels is not None or cfg.enable_padding
-        self.datasets[split] = FileAudioDataset(
-            manifest_path=os.path.join(cfg.data, f"{split}.tsv"),
+        return FileAudioDataset(
+            manifest_path=os.path.join(cfg.data, f"{name}.tsv"),
             sample_rate=cfg.sample_rate,
             max_sample_size=cfg.max_sample_size,
             min_sample_size=cfg.min_sample_size,
@@ -103,9 +138,17 @@ class AudioPretrainingTask(FairseqTask):
             num_buckets=cfg.num_batch_buckets or int(cfg.tpu and pad),  # one bucket on TPU: static shapes
             strict_sample_rate=cfg.strict_sample_rate,
             skip_invalid=cfg.skip_invalid_audio,
-            augment=self.augmentation(split),
+            augment=self.augmentation(name),
             seed=cfg.seed,
         )
+
+    @staticmethod
+    def _make_batches(dataset: Any, epoch: int, *, seed: int, **options: Any) -> List[np.ndarray]:
+        """FairseqTask's batches, built corpus by corpus for a MultiCorpusDataset (one corpus per batch)."""
+        if isinstance(dataset, MultiCorpusDataset):
+            return dataset.batches(epoch, seed, lambda corpus: FairseqTask._make_batches(
+                corpus, epoch, seed=seed, **options))
+        return FairseqTask._make_batches(dataset, epoch, seed=seed, **options)
 
     def max_positions(self):
         return sys.maxsize, sys.maxsize
@@ -115,6 +158,15 @@ class AudioPretrainingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         store_resolved_w2v_args(cfg, model)
         return model
+
+
+def corpus_options(cfg: Any) -> Tuple[Optional[List[str]], Optional[List[float]]]:
+    """(keys, weights) of ``task.multi_corpus_keys``/``multi_corpus_sampling_weights``, checked; (None, None) without
+    keys, whatever the weights (fairseq ignores them then; MMS's infer_common.yaml unsets the keys alone)."""
+    if cfg.multi_corpus_keys is None:
+        return None, None
+    keys = parse_corpus_keys(cfg.multi_corpus_keys)
+    return keys, parse_sampling_weights(cfg.multi_corpus_sampling_weights, keys)
 
 
 def store_resolved_w2v_args(cfg: Any, model: Any) -> None:
