@@ -179,6 +179,15 @@ def _check_ranks_restored_alike(trainer: Any, path: Optional[str]) -> None:
             )
 
 
+def _from_rank0(names: List[str]) -> List[str]:
+    """Rank 0's list of file names on every rank (FSDP: all ranks gather the state when rank 0 saves)."""
+    import torch.distributed as dist
+
+    holder = [names]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 class CheckpointManager:
     """Saves and restores a run's checkpoints and tracks the best validation value (``checkpoint.*`` config)."""
 
@@ -211,20 +220,50 @@ class CheckpointManager:
     # -- saving ---------------------------------------------------------------------------------------
 
     def save(self, trainer: Any, epoch_itr: Any, val_loss: Optional[float]) -> None:
+        """Write the checkpoint files this moment calls for; rank 0 writes, but under FSDP every rank
+        takes part in gathering the full state."""
         cfg = self.cfg
         improved = val_loss is not None and (self.best is None or self.is_better(val_loss, self.best))
         previous_best = self.best
         if improved:
             self.best = val_loss
-        if cfg.no_save or not trainer.is_master:
+        gathers = getattr(trainer, "use_fsdp", False)
+        if cfg.no_save or not (trainer.is_master or gathers):
             return
-        os.makedirs(cfg.save_dir, exist_ok=True)
         start = time.perf_counter()
         epoch, updates = epoch_itr.epoch, trainer.get_num_updates()
-        end_of_epoch = epoch_itr.end_of_epoch()
-        suffix = cfg.checkpoint_suffix
-        metric = cfg.best_checkpoint_metric
+        names = self._file_names(epoch_itr, updates, val_loss, improved, previous_best) if trainer.is_master else []
+        if gathers:
+            names = _from_rank0(names)
+        if not names:
+            return
+        state = trainer.state_dict(save_optimizer_state=not cfg.no_save_optimizer_state)
+        if not trainer.is_master:
+            return
+        state["extra_state"].update(
+            train_iterator=epoch_itr.state_dict(),
+            val_loss=val_loss,
+            best=self.best,
+            patience_best=self.patience_best,
+            runs_without_improvement=self.runs_without_improvement,
+        )
+        paths = [os.path.join(cfg.save_dir, name) for name in names]
+        trainer.save_file(state, paths[0])
+        for path in paths[1:]:
+            atomic_copy(paths[0], path)
+        logger.info(
+            "saved checkpoint %s (epoch %d @ %d updates, score %s) (writing took %.2f seconds)",
+            paths[0], epoch, updates, val_loss, time.perf_counter() - start,
+        )
+        self._prune(epoch_itr.end_of_epoch())
 
+    def _file_names(self, epoch_itr: Any, updates: int, val_loss: Optional[float], improved: bool,
+                    previous_best: Optional[float]) -> List[str]:
+        """The checkpoint files to write now (fairseq's policy), the first one written, the others copied."""
+        cfg = self.cfg
+        os.makedirs(cfg.save_dir, exist_ok=True)
+        epoch, end_of_epoch = epoch_itr.epoch, epoch_itr.end_of_epoch()
+        suffix, metric = cfg.checkpoint_suffix, cfg.best_checkpoint_metric
         names: List[str] = []
         if end_of_epoch and not cfg.no_epoch_checkpoints and epoch % cfg.save_interval == 0:
             names.append(f"checkpoint{epoch}{suffix}.pt")
@@ -243,26 +282,7 @@ class CheckpointManager:
                 names.append(f"checkpoint.best_{metric}_{val_loss:.3f}{tie_break}{suffix}.pt")
         if not cfg.no_last_checkpoints:
             names.append(f"checkpoint_last{suffix}.pt")
-        if not names:
-            return
-
-        state = trainer.state_dict(save_optimizer_state=not cfg.no_save_optimizer_state)
-        state["extra_state"].update(
-            train_iterator=epoch_itr.state_dict(),
-            val_loss=val_loss,
-            best=self.best,
-            patience_best=self.patience_best,
-            runs_without_improvement=self.runs_without_improvement,
-        )
-        paths = [os.path.join(cfg.save_dir, name) for name in names]
-        trainer.save_file(state, paths[0])
-        for path in paths[1:]:
-            atomic_copy(paths[0], path)
-        logger.info(
-            "saved checkpoint %s (epoch %d @ %d updates, score %s) (writing took %.2f seconds)",
-            paths[0], epoch, updates, val_loss, time.perf_counter() - start,
-        )
-        self._prune(end_of_epoch)
+        return names
 
     def _best_paths(self) -> List[str]:
         """The ``checkpoint.best_<metric>_<value><n>.pt`` files, largest value first."""

@@ -20,8 +20,10 @@ import torch
 import torch.distributed as dist
 
 from fairseq_lite.errors import CheckpointError, ConfigError, FairseqLiteError
-from fairseq_lite.optim.fp16_optimizer import AMPOptimizer, FP16Optimizer, build_training_optimizer
+from fairseq_lite.optim.fp16_optimizer import (AMPOptimizer, FP16Optimizer, MemoryEfficientFP16Optimizer,
+                                               build_training_optimizer)
 from fairseq_lite.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
+from fairseq_lite.training import fsdp
 from fairseq_lite.training.meters import MetersGroup
 
 logger = logging.getLogger("fairseq_lite.trainer")
@@ -130,16 +132,22 @@ class Trainer:
             self.float_dtype = torch.bfloat16
         else:
             self.float_dtype = None
-        if self.float_dtype is not None:
-            model, criterion = model.to(self.float_dtype), criterion.to(self.float_dtype)
         self.is_xla = self.device.type == "xla"
+        backend = str(cfg.distributed_training.ddp_backend)
+        self.use_fsdp = self.world_size > 1 and not self.is_xla and backend in fsdp.FSDP_BACKENDS
+        if self.float_dtype is not None and not self.use_fsdp:  # FSDP keeps fp32 shards, computes in half
+            model, criterion = model.to(self.float_dtype), criterion.to(self.float_dtype)
         self._model = model.to(self.device)
         self._criterion = criterion.to(self.device)
-        backend = str(cfg.distributed_training.ddp_backend)
-        if self.world_size > 1 and backend not in TORCH_DDP_BACKENDS + LEGACY_DDP_BACKENDS:
+        supported = TORCH_DDP_BACKENDS + LEGACY_DDP_BACKENDS + fsdp.FSDP_BACKENDS
+        if self.world_size > 1 and backend not in supported:
             raise ConfigError(
-                f"distributed_training.ddp_backend={backend} is not supported: use pytorch_ddp or legacy_ddp"
+                f"distributed_training.ddp_backend={backend} is not supported: use pytorch_ddp, legacy_ddp or "
+                "fully_sharded"
             )
+        if self.use_fsdp:
+            fsdp.check_fsdp_supported(self._model, self._criterion)
+            fsdp.shard_model(self._model, cfg.distributed_training, self.device, self.float_dtype)
         self.use_torch_ddp = self.world_size > 1 and backend in TORCH_DDP_BACKENDS
         self._wrapped_model: Optional[torch.nn.Module] = None
         self._optimizer = None
@@ -201,7 +209,10 @@ class Trainer:
         ]
         if self.is_master and self.float_dtype is torch.float16 and self.device.type == "cpu":
             logger.info("fp16 on CPU: half matmuls are slow here; common.bf16=true is the CPU choice")
-        self._optimizer = build_training_optimizer(self.cfg, params, self.device)
+        if self.use_fsdp and self.float_dtype is not None:  # the fp32 shards are the master copy
+            self._optimizer = MemoryEfficientFP16Optimizer(self.cfg, params)
+        else:
+            self._optimizer = build_training_optimizer(self.cfg, params, self.device)
         self._lr_scheduler = LR_SCHEDULER_REGISTRY.build(self.cfg.lr_scheduler, self._optimizer)
         self._lr_scheduler.step_update(0)
 
@@ -313,15 +324,17 @@ class Trainer:
 
         logging_outputs, sample_size, batch_ids = self._forward_backward(samples)
         if self.world_size > 1:
-            if not self.use_torch_ddp:
+            if not (self.use_torch_ddp or self.use_fsdp):
                 self._all_reduce_grads()
             logging_outputs, sample_size, batch_ids = self._gather_stats(logging_outputs, sample_size, batch_ids)
 
         try:
-            # torch DDP averages gradients over ranks; the legacy all-reduce above sums them
-            grad_sum_scale = self.world_size if self.use_torch_ddp else 1
+            # torch DDP and FSDP average gradients over ranks; the legacy all-reduce above sums them
+            grad_sum_scale = self.world_size if self.use_torch_ddp or self.use_fsdp else 1
             optimizer.multiply_grads(grad_sum_scale / sample_size if sample_size > 0 else 0.0)
             grad_norm = optimizer.clip_grad_norm(self.cfg.optimization.clip_norm)
+            if self.use_fsdp:  # the norm over every rank's shards, replicated
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 raise _NonFiniteGradients()
             optimizer.step()
@@ -359,6 +372,8 @@ class Trainer:
             sample, is_dummy = self._prepare_sample(raw)
             last = i == len(samples) - 1
             sync = self.model.no_sync() if self.use_torch_ddp and not last else contextlib.nullcontext()
+            if self.use_fsdp:
+                fsdp.set_gradient_sync(self._model, last)
             if self.cfg.common.seed_per_batch and not is_dummy:
                 self._seed_batch(sample)
             try:
@@ -484,7 +499,7 @@ class Trainer:
         state = {
             "args": None,
             "cfg": config_to_dict(self.cfg),
-            "model": self._model.state_dict(),
+            "model": fsdp.full_model_state(self._model) if self.use_fsdp else self._model.state_dict(),
             "criterion": criterion_state,
             "optimizer_history": self.optimizer_history
             + [
@@ -503,8 +518,36 @@ class Trainer:
             },
         }
         if save_optimizer_state:
-            state["last_optimizer_state"] = self.optimizer.state_dict()
+            state["last_optimizer_state"] = self._optimizer_state()
         return state
+
+    def _optimizer_state(self) -> Dict[str, Any]:
+        """The optimizer's state dict; under FSDP the full one on rank 0 (a collective), the precision
+        wrapper's own keys (``loss_scale`` ...) beside it."""
+        wrapper_state = self.optimizer.state_dict()
+        if not self.use_fsdp:
+            return wrapper_state
+        extras = {k: v for k, v in wrapper_state.items() if k not in ("state", "param_groups")}
+        return {**fsdp.full_optimizer_state(self._model, self.optimizer.optimizer), **extras}
+
+    def _load_optimizer_state(self, state: Dict[str, Any], overrides: Optional[Dict[str, Any]]) -> None:
+        """Restore the optimizer (and loss scaler); under FSDP from the full state every rank has read."""
+        if not self.use_fsdp:
+            self.optimizer.load_state_dict(state, overrides)
+            return
+        scaler = getattr(self.optimizer, "scaler", None)
+        if scaler is not None and state.get("loss_scaler") is not None:
+            scaler.load_state_dict(state["loss_scaler"])
+        fsdp.load_full_optimizer_state(self._model, self.optimizer.optimizer, state)
+        for group in self.optimizer.param_groups:
+            group.update(overrides or {})
+
+    def _load_model_state(self, state: Dict[str, torch.Tensor]) -> None:
+        if not self.use_fsdp:
+            self._model.load_state_dict(state, strict=True)
+            return
+        self._model.upgrade_state_dict_named(state, "")
+        fsdp.load_full_model_state(self._model, state)
 
     def save_file(self, state: Dict[str, Any], path: str) -> None:
         """Write a checkpoint (tensors moved to the CPU first, which is what ``xm.save`` does on TPU), its ``cfg``
@@ -530,7 +573,7 @@ class Trainer:
         num_updates = int(last.get("num_updates", 0))
         self._model.set_num_updates(num_updates)
         try:
-            self._model.load_state_dict(state["model"], strict=True)
+            self._load_model_state(state["model"])
         except RuntimeError as exc:
             raise CheckpointError(
                 f"the checkpoint's model weights do not fit this model ({str(exc).splitlines()[0]}): "
@@ -549,7 +592,7 @@ class Trainer:
                     )
             if not reset_lr_scheduler and "lr_scheduler_state" in last:
                 self.lr_scheduler.load_state_dict(last["lr_scheduler_state"])
-            self.optimizer.load_state_dict(state["last_optimizer_state"], optimizer_overrides)
+            self._load_optimizer_state(state["last_optimizer_state"], optimizer_overrides)
             self.optimizer_history = list(history)
             self.set_num_updates(num_updates)
         elif not reset_optimizer:

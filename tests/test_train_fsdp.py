@@ -1,0 +1,89 @@
+"""ddp_backend=fully_sharded on torch's FSDP2 with 2 gloo ranks on the CPU: the same parameters as one process
+(and so as DDP, see test_train_distributed.py) with update_freq and clipping, checkpoints in fairseq's layout that
+load into a plain model, into DDP and back into FSDP; the wrapping policy on wav2vec 2.0."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import train_toy
+from test_train_distributed import _losses, _model, _run, _run_here
+from fairseq_lite.errors import ConfigError
+from fairseq_lite.training.checkpoint import load_checkpoint_file
+from fairseq_lite.training.fsdp import check_fsdp_supported, fsdp_units
+
+# clip_norm below the toy's gradient norm: every update is clipped by the norm over both ranks' shards
+GROUPS = dict(task={"num_examples": 48}, model={"freeze_first": True})
+CLIP = {"clip_norm": 0.05}
+
+
+def _two_ranks(save_dir, tmp_path, backend, max_update):
+    return _run(tmp_path, save_dir, optimization={"max_update": max_update, "update_freq": [2], **CLIP},
+                common={"cpu": True}, distributed_training={"distributed_world_size": 2, "ddp_backend": backend},
+                **GROUPS)
+
+
+def _inner_stats(save_dir, key):
+    """step -> a train_inner stat (the last record of each step)."""
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in records if r["tag"] == "train_inner"}
+
+
+def _assert_params_equal(params, reference, what):
+    assert params.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{what} {key}")
+
+
+def test_fsdp_equals_one_process_and_its_checkpoint_loads_into_plain_ddp_and_fsdp(tmp_path):
+    """2 FSDP ranks × update_freq 2 == 1 process × update_freq 4 (== 2 DDP ranks × update_freq 2), clipped;
+    then the FSDP checkpoint of update 3 resumes under DDP and under FSDP to update 6, both equal to the
+    uninterrupted single process, optimizer state included."""
+    single = tmp_path / "single"
+    _run_here(single, optimization={"max_update": 3, "update_freq": [4], **CLIP}, **GROUPS)
+    at_3 = _model(single)
+    _run_here(single, optimization={"max_update": 6, "update_freq": [4], **CLIP}, **GROUPS)
+
+    sharded = tmp_path / "fsdp"
+    out = _two_ranks(sharded, tmp_path, "fully_sharded", 3)
+    assert "fully_sharded: 3 FSDP units (2 layers and the root)" in out
+    gnorm = _inner_stats(sharded, "gnorm")
+    assert gnorm == pytest.approx({u: _inner_stats(single, "gnorm")[u] for u in (1, 2, 3)}, rel=1e-5)
+    assert min(gnorm.values()) > CLIP["clip_norm"] and set(_inner_stats(sharded, "clip").values()) == {100.0}
+    state = load_checkpoint_file(str(sharded / "checkpoint_last.pt"))
+    _assert_params_equal(state["model"], at_3, "fsdp@3")
+    assert all(not hasattr(v, "device_mesh") for v in state["model"].values())  # plain tensors, not DTensors
+    plain = train_toy.ToyModel(train_toy.ToyModelConfig(freeze_first=True))
+    plain.load_state_dict(state["model"], strict=True)
+    assert sorted(state["last_optimizer_state"]["state"]) == list(range(6))  # trained params, by index
+
+    ddp = tmp_path / "ddp_from_fsdp"
+    shutil.copytree(sharded, ddp)
+    _two_ranks(ddp, tmp_path, "pytorch_ddp", 6)
+    _two_ranks(sharded, tmp_path, "fully_sharded", 6)
+    reference = load_checkpoint_file(str(single / "checkpoint_last.pt"))
+    for save_dir in (ddp, sharded):
+        resumed = load_checkpoint_file(str(save_dir / "checkpoint_last.pt"))
+        _assert_params_equal(resumed["model"], reference["model"], save_dir.name)
+        for i, moments in reference["last_optimizer_state"]["state"].items():
+            for name in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(resumed["last_optimizer_state"]["state"][i][name], moments[name],
+                                           rtol=0, atol=1e-6)
+        assert _losses(save_dir)[6] == pytest.approx(_losses(single)[6], rel=1e-5)
+        assert _losses(save_dir)[6] != _losses(single)[5]
+
+
+def test_fsdp_units_are_the_encoder_layers_of_wav2vec2():
+    from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(encoder_layers=3, encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=2,
+                         conv_feature_layers="[(8, 10, 5)]", conv_pos=4, conv_pos_groups=2, final_dim=8)
+    model = Wav2Vec2Model(cfg)
+    assert [id(m) for m in fsdp_units(model)] == [id(m) for m in model.encoder.layers]
+    check_fsdp_supported(model, torch.nn.Module())  # no layerdrop, a criterion without parameters
+
+    dropping = Wav2Vec2Model(Wav2Vec2Config(**{**cfg.__dict__, "encoder_layerdrop": 0.1}))
+    with pytest.raises(ConfigError, match="fully_sharded with layerdrop 0.1.*pytorch_ddp"):
+        check_fsdp_supported(dropping, torch.nn.Module())
