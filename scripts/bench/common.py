@@ -150,11 +150,11 @@ def timing_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
-def compare_backbones(label: str, ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, seconds: float,
-                      repeats: int, threads: int) -> None:
-    """Time forward+backward of our backbone (``features_only``, no masking) against an HF bare model on the same
-    random batch, alternating, and print the medians and their ratio (> 1: we are faster)."""
-    source = torch.randn(batch, int(seconds * RATE))
+def backbone_steps(ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, seconds: float
+                   ) -> Dict[str, Callable[[], None]]:
+    """Step callables {"fairseq_lite": …, "transformers": …}: forward+backward of our backbone (``features_only``,
+    no masking) and of an HF bare model on the same random batch, on the device the models are on."""
+    source = torch.randn(batch, int(seconds * RATE), device=next(ours.parameters()).device)
 
     def ours_step():
         ours(source=source, mask=False, features_only=True)["x"].float().pow(2).mean().backward()
@@ -164,12 +164,20 @@ def compare_backbones(label: str, ours: torch.nn.Module, theirs: torch.nn.Module
         theirs(source).last_hidden_state.float().pow(2).mean().backward()
         theirs.zero_grad(set_to_none=True)
 
-    times = alternate({"fairseq_lite": ours_step, "transformers": hf_step}, repeats)
+    return {"fairseq_lite": ours_step, "transformers": hf_step}
+
+
+def compare_backbones(label: str, ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, seconds: float,
+                      repeats: int, threads: int) -> Dict[str, Dict[str, float]]:
+    """Time ``backbone_steps`` alternately, print the medians and their ratio (> 1: we are faster); returns
+    ``alternate``'s medians."""
+    times = alternate(backbone_steps(ours, theirs, batch, seconds), repeats)
     medians = {name: t["wall"] for name, t in times.items()}
     print(f"{label}, batch {batch} x {seconds:g} s, fp32, {threads} threads, median of {repeats} forward+backward")
     for name, median in medians.items():
         print(f"  {name:13s} {median:.3f} s")
     print(f"  speed-up vs transformers: {medians['transformers'] / medians['fairseq_lite']:.2f}x")
+    return times
 
 
 def gemm_rate(m: int, k: int, n: int, repeats: int = 10) -> float:

@@ -16,10 +16,14 @@ medians of ``--repeats``):
 4. data loading: FileAudioDataset + EpochBatchIterator throughput against what the BASE update consumes, and
    the manifest tool's scan of thousands of files against fairseq's sequential one;
 5. decoding: our flashlight KenLM lexicon decoder against pyctcdecode (bench_decoding.py);
-6. peak memory (resident set of a fresh process) of each side of 1 and 2.
+6. HuBERT: forward+backward of our BASE ``hubert`` backbone against HF ``HubertModel`` (bench_hubert.py), and the
+   label tools' audio seconds per second against real time: MFCC, BASE layer features on the CPU, k-means labels
+   (bench_labels.py);
+7. peak memory (resident set of a fresh process) of each side of 1, 2 and the HuBERT backbone.
 Where a goal (≥ 1.3× HF for 1 and 2, ≥ 60 % of the matmul peak for 3) is not met, the profiler's split of one
-update's CPU time says what bounds it. ``--device cuda`` runs the models of 1–3 and 6 on a GPU (the bf16 rows
-under CUDA autocast, SDPA choosing the GPU's attention kernels; peak memory is GPU memory allocated).
+update's CPU time says what bounds it. ``--device cuda`` runs the models of 1–3, the HuBERT backbone of 6 and
+the probes of 7 on a GPU (the bf16 rows under CUDA autocast, SDPA choosing the GPU's attention kernels; peak
+memory is GPU memory allocated); the label tools stay on the CPU.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ from fairseq_lite.data.manifest import write_manifest  # noqa: E402
 
 import bench_data  # noqa: E402
 import bench_decoding  # noqa: E402
-from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, count_flops, ctc_pair, device, gemm_rate,  # noqa: E402
-                    markdown_table, peak_memory, pretraining_config, pretraining_pair, profile_breakdown,
-                    use_device)
+import bench_hubert  # noqa: E402
+import bench_labels  # noqa: E402
+from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, backbone_steps, count_flops, ctc_pair,  # noqa: E402
+                    device, gemm_rate, markdown_table, peak_memory, pretraining_config, pretraining_pair,
+                    profile_breakdown, use_device)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
@@ -112,6 +118,12 @@ def ctc_steps(preset: str, batch: int, seconds: float, compile_ours: bool = Fals
             theirs(source).logits
 
     return {"fairseq_lite": run_ours, "transformers": run_hf}
+
+
+def hubert_steps(batch: int, seconds: float):
+    """Step callables for forward+backward of the HuBERT BASE backbone on each side (bench_hubert.build_pair)."""
+    ours, theirs = (model.to(device()) for model in bench_hubert.build_pair())
+    return backbone_steps(ours, theirs, batch, seconds)
 
 
 def one_side(factory, side: str, *args):
@@ -304,6 +316,37 @@ def decoding_rows(args, rows: list, notes: list) -> None:
                  "vocabulary as unigrams, which still lets it spell non-words: part of its higher WER.")
 
 
+def hubert_rows(args, rows: list) -> None:
+    """Our HuBERT BASE backbone against HF's HubertModel, forward+backward (HF has no HuBERT pretraining head)."""
+    audio = args.batch * args.seconds
+    times, mem = measure_pair(hubert_steps, (args.batch, args.seconds), args.repeats, args.threads, args.memory)
+    ours, hf = times["fairseq_lite"], times["transformers"]
+    rows.append([f"HuBERT backbone forward+backward, BASE, {args.batch} × {args.seconds:g} s (audio s / s)",
+                 f"{audio / ours['wall']:.2f}", f"{audio / hf['wall']:.2f} (HF HubertModel)", ratio_cell(ours, hf),
+                 "", memory_cell(mem)])
+
+
+def label_tool_rows(args, rows: list, notes: list) -> None:
+    """Audio seconds per second of the HuBERT label tools (bench_labels.py) against real time."""
+    result = bench_labels.run(bench_labels.parse_args([
+        "--files", str(args.label_files), "--seconds", str(args.seconds), "--repeats", str(args.repeats),
+        "--threads", str(args.threads)]))
+    setup = result.pop("setup")
+    what = {"dump_mfcc_feature": "dump_mfcc_feature.py, 39-dim MFCC, 1 thread",
+            "dump_hubert_feature": f"dump_hubert_feature.py, BASE layer 6 on the CPU, {args.threads} threads"}
+    what.update({f"dump_km_label {label}": f"dump_km_label.py, {label} frames, {clusters} clusters"
+                 for label, clusters in setup["clusters"].items()})
+    for name, timing in result.items():
+        speed = timing["audio_s_per_s"]
+        rows.append([f"HuBERT labels: {what[name]} (audio s / s)", f"{speed:.1f}", "1 (real time)",
+                     f"**{speed:.1f}×** real time (per CPU second {timing['audio_s_per_cpu_s']:.1f}×)", "> 1×",
+                     ""])
+    notes.append(f"*HuBERT label tools*: each tool's main on one shard of {setup['files']} synthetic FLAC files "
+                 f"({setup['audio_s']:.0f} s of audio), file reading, model loading and writing included; the "
+                 "BASE model is untrained (the cost does not depend on the weights), the k-means models are "
+                 "fitted on the same features by learn_kmeans.py.")
+
+
 def run(args) -> str:
     """Every measurement; the caption, the table and the notes as markdown."""
     torch.set_num_threads(args.threads)
@@ -318,6 +361,8 @@ def run(args) -> str:
     loader_rows(args, args.batch * args.seconds / walls[presets[0]], presets[0], rows)
     manifest_rows(args, rows)
     decoding_rows(args, rows, notes)
+    hubert_rows(args, rows)
+    label_tool_rows(args, rows, notes)
     # the allocator moves the ratios: big temporaries that glibc serves by mmap cost page faults on every step
     allocator = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATOR_VARIABLES if k in os.environ)
     where = (f"{torch.cuda.get_device_name()} GPU (peak memory: GPU memory allocated), data loading and decoding "
@@ -360,6 +405,7 @@ def parse_args(argv=None):
     parser.add_argument("--loader-files", type=int, default=200)
     parser.add_argument("--manifest-files", type=int, default=8000, help="files scanned by the manifest row")
     parser.add_argument("--decode-utterances", type=int, default=100)
+    parser.add_argument("--label-files", type=int, default=12, help="files the HuBERT label tools read")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
     parser.add_argument("--quick", action="store_true", help="small config only (a smoke run of the suite)")
     parser.add_argument("--caption", default="", help="extra caption text, e.g. about machine load")
