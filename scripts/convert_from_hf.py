@@ -8,8 +8,10 @@ config under ``cfg.model.w2v_args``, the letter dictionary from vocab.json in ``
 ``checkpoint_utils.load_model_ensemble_and_task`` and decode with infer.py; ``...ForPreTraining`` folders become
 ``wav2vec2`` checkpoints to fine-tune from (``model.w2v_path``). ``HubertForCTC`` becomes ``hubert_ctc``; HF has
 no HuBERT pretraining head, so ``HubertModel`` becomes a ``hubert`` backbone (no ``final_proj`` /
-``label_embs_concat``) to fine-tune from with ``model.w2v_path`` or extract features from. Nothing is
-downloaded: the folder must be local.
+``label_embs_concat``) to fine-tune from with ``model.w2v_path`` or extract features from. A ``Wav2Vec2ForCTC``
+with adapters (``adapter_attn_dim``) becomes an MMS ``trf_adp`` model with one adapter row per
+``adapter.<lang>.safetensors`` (all of them, or ``--langs eng,fra``), stored as ``task.multi_corpus_keys``.
+Nothing is downloaded: the folder must be local.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ def main(argv: List[str]) -> Optional[int]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hf_dir", help="folder with config.json and the weights (save_pretrained output)")
     parser.add_argument("checkpoint", help="the .pt file to write")
+    parser.add_argument("--langs", default=None, help="comma-separated languages whose adapter.<lang>.safetensors "
+                        "become adapter rows 0, 1, ... (default: every one in the folder, sorted)")
     args = parser.parse_args(argv)
     setup_logging()
     from fairseq_lite.interop.hf_files import import_checkpoint_from_hf
 
-    name = import_checkpoint_from_hf(args.hf_dir, args.checkpoint)
+    name = import_checkpoint_from_hf(args.hf_dir, args.checkpoint, args.langs.split(",") if args.langs else None)
     print(f"wrote a {name} checkpoint to {args.checkpoint}")
     return 0
 

@@ -9,7 +9,10 @@ for conformer models), or the bare ``Wav2Vec2Model`` when it was pretrained on c
 ``HubertModel`` (HF has no HuBERT pretraining head). A fine-tuned one (``wav2vec_ctc`` / ``hubert_ctc``) becomes
 ``Wav2Vec2ForCTC`` / ``HubertForCTC`` with vocab.json, the tokenizer and the feature extractor, so
 ``pipeline("automatic-speech-recognition", model="hf_model/")`` transcribes offline. Weights are written as
-safetensors. Needs ``pip install fairseq_lite[hf]``.
+safetensors. An MMS model with language adapters (``layer_type=trf_adp``, pre-LN, adapters on every layer) becomes
+``Wav2Vec2ForCTC(adapter_attn_dim=adp_dim)`` plus one ``adapter.<lang>.safetensors`` per language, which
+``model.load_adapter(lang)`` reads; the languages are the checkpoint's ``task.multi_corpus_keys`` or
+``--langs eng,fra,...`` (adapter order). Needs ``pip install fairseq_lite[hf]``.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ def main(argv: List[str]) -> Optional[int]:
                         help="dict.ltr.txt, for CTC checkpoints that do not store their dictionary")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle arbitrary objects in the checkpoint (only for files you trust)")
+    parser.add_argument("--langs", default=None, help="comma-separated language of each adapter, in adapter order "
+                        "(default: the checkpoint's task.multi_corpus_keys)")
     args = parser.parse_args(argv)
     setup_logging()
     from fairseq_lite.interop.hf_files import export_checkpoint_to_hf
 
-    name = export_checkpoint_to_hf(args.checkpoint, args.out_dir, args.dictionary, args.trust_checkpoint)
+    langs = args.langs.split(",") if args.langs else None
+    name = export_checkpoint_to_hf(args.checkpoint, args.out_dir, args.dictionary, args.trust_checkpoint, langs)
     print(f"wrote {name} to {args.out_dir}")
     return 0
 

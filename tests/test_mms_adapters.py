@@ -5,6 +5,7 @@ with one warning and trains only the adapters and the output projection."""
 
 import logging
 import os
+import runpy
 
 import pytest
 import torch
@@ -40,19 +41,23 @@ def head_adapter_tensors(embed_dim, generator, zero_output=False):
     return tensors
 
 
-def genuine_file_with_adapters(tmp_path, live_row=None):
-    """The genuine fairseq 0.12.2 vox_10h CTC file (pre-LN) made an MMS one with HEAD's names: cfg layer_type
-    trf_adp + adp_* in the model config and its w2v_args, and ``...layers.{i}.adapter_layer.*`` weights whose
-    output is zero except for row ``live_row``."""
+def genuine_file_with_adapters(tmp_path, live_row=None, langs=None, **adapter_options):
+    """The genuine fairseq 0.12.2 vox_10h CTC file (2L/32d, pre-LN) made an MMS one with HEAD's names: cfg
+    layer_type trf_adp + adp_* in the model config and its w2v_args, and ``...layers.{i}.adapter_layer.*``
+    weights whose output is zero except for row ``live_row`` (every row with ``live_row="all"``); ``langs``
+    become task.multi_corpus_keys."""
     state = load_checkpoint_to_cpu(os.path.join(FIXTURES, "w2v2_ctc_vox_10h", "checkpoint.pt"))
-    adapter_cfg = dict(layer_type="trf_adp", adp_num=NUM, adp_dim=DIM, adp_act_fn="relu", adp_trf_idx="all")
+    adapter_cfg = dict(layer_type="trf_adp", adp_num=NUM, adp_dim=DIM, adp_act_fn="relu", adp_trf_idx="all",
+                       **adapter_options)
+    if langs:
+        state["cfg"]["task"]["multi_corpus_keys"] = ",".join(langs)
     state["cfg"]["model"].update(adapter_cfg)
     w2v_model = state["cfg"]["model"]["w2v_args"]["model"]
     w2v_model.update(adapter_cfg)
     generator = torch.Generator().manual_seed(0)
     for i in range(w2v_model["encoder_layers"]):
-        tensors = head_adapter_tensors(w2v_model["encoder_embed_dim"], generator, zero_output=True)
-        if live_row is not None:
+        tensors = head_adapter_tensors(w2v_model["encoder_embed_dim"], generator, zero_output=live_row != "all")
+        if live_row not in (None, "all"):
             tensors["W_b"][live_row].normal_(generator=generator)
         for name, value in tensors.items():
             state["model"][f"w2v_encoder.w2v_model.encoder.layers.{i}.adapter_layer.{name}"] = value
@@ -151,3 +156,92 @@ def test_adapter_finetuning_from_a_model_without_adapters_trains_only_adapters_a
         after = model.state_dict()[key]
         assert torch.equal(after[0], before[key][0]) and torch.equal(after[2], before[key][2])
         assert not torch.equal(after[1], before[key][1])
+
+
+LANGS = ["eng", "fra", "swh"]
+
+
+def padded_batch():
+    source = torch.randn(2, 4000, generator=torch.Generator().manual_seed(3))
+    padding = torch.zeros(2, 4000, dtype=torch.bool)
+    padding[1, 3000:] = True
+    return source.masked_fill(padding, 0.0), padding
+
+
+def our_logits(model, source, padding, key):
+    with torch.no_grad():
+        out = model(source=source, padding_mask=padding, corpus_key=[key] * source.size(0))
+    return model.get_logits(out).transpose(0, 1), ~out["padding_mask"]
+
+
+def test_mms_adapters_export_to_hf_load_adapter_per_language_and_import_back(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from fairseq_lite.interop.hf_files import import_checkpoint_from_hf
+
+    path = genuine_file_with_adapters(tmp_path, live_row="all", langs=LANGS)
+    (ours,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    ours.eval()
+    main = runpy.run_path(os.path.join(REPO, "scripts", "convert_to_hf.py"))["main"]
+    assert main([str(path), str(tmp_path / "hf"), "--langs", ",".join(LANGS)]) == 0
+    assert {f"adapter.{lang}.safetensors" for lang in LANGS} <= set(os.listdir(tmp_path / "hf"))
+    hf = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert hf.config.adapter_attn_dim == DIM and hf.config.do_stable_layer_norm
+    source, padding = padded_batch()
+    mine = {}
+    for key, lang in enumerate(LANGS):
+        hf.load_adapter(lang, local_files_only=True)
+        mine[lang], valid = our_logits(ours, source, padding, key)
+        with torch.no_grad():
+            theirs = hf(source, attention_mask=(~padding).long()).logits
+        assert (mine[lang] - theirs)[valid].abs().max() <= 1e-5, lang
+    assert (mine["eng"] - mine["fra"])[valid].abs().max() > 1e-2
+
+    name = import_checkpoint_from_hf(str(tmp_path / "hf"), str(tmp_path / "back.pt"))
+    (back,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "back.pt")])
+    assert name == "wav2vec_ctc" and cfg.task.multi_corpus_keys == ",".join(LANGS)  # sorted files: eng, fra, swh
+    assert cfg.model.w2v_args["model"]["adp_num"] == NUM and cfg.model.w2v_args["model"]["adp_dim"] == DIM
+    original = ours.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in back.state_dict().items() if ".adapter_layer." in k)
+    again, _ = our_logits(back.eval(), source, padding, 2)
+    assert (again - mine["swh"])[valid].abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(layer_norm_first=False), "post-LN"),
+    (dict(adp_trf_idx="1:2"), "every layer"),
+    (dict(adp_act_fn="gelu"), "relu"),
+])
+def test_adapter_layouts_hf_cannot_hold_are_refused(tmp_path, options, words):
+    pytest.importorskip("transformers")
+    from fairseq_lite.interop.hf_files import export_checkpoint_to_hf
+
+    state = load_checkpoint_to_cpu(str(genuine_file_with_adapters(tmp_path, langs=LANGS)))
+    state["cfg"]["model"]["w2v_args"]["model"].update(options)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=words):
+        export_checkpoint_to_hf(str(tmp_path / "bad.pt"), str(tmp_path / "hf"))
+    with pytest.raises(ConfigError, match="--langs"):  # the languages must name every adapter row
+        export_checkpoint_to_hf(str(genuine_file_with_adapters(tmp_path)), str(tmp_path / "hf"), langs=["eng"])
+
+
+def test_import_of_per_language_output_layers_takes_one_language_at_a_time(tmp_path):
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    from fairseq_lite.interop.hf_files import export_checkpoint_to_hf, import_checkpoint_from_hf
+
+    path = genuine_file_with_adapters(tmp_path, live_row="all", langs=LANGS)
+    export_checkpoint_to_hf(str(path), str(tmp_path / "hf"))
+    fra = tmp_path / "hf" / "adapter.fra.safetensors"
+    tensors = load_file(fra)
+    tensors["lm_head.bias"] = tensors["lm_head.bias"] + 1.0  # fra's own output layer
+    save_file(tensors, fra)
+    with pytest.raises(ConfigError, match="one language at a time"):
+        import_checkpoint_from_hf(str(tmp_path / "hf"), str(tmp_path / "all.pt"))
+    import_checkpoint_from_hf(str(tmp_path / "hf"), str(tmp_path / "fra.pt"), langs=["fra"])
+    state = load_checkpoint_to_cpu(str(tmp_path / "fra.pt"))
+    assert state["cfg"]["task"]["multi_corpus_keys"] == "fra" and state["cfg"]["model"]["adp_num"] == 1
+    assert torch.equal(state["model"]["w2v_encoder.proj.bias"], tensors["lm_head.bias"])
+    original = load_checkpoint_to_cpu(str(path))["model"]
+    key = "w2v_encoder.w2v_model.encoder.layers.1.adapter_layer.W_a"
+    assert torch.equal(state["model"][key][0], original[key][1])  # fra was row 1

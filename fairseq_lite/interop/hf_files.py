@@ -3,23 +3,30 @@
 ``export_checkpoint_to_hf`` writes a ``Wav2Vec2ForCTC`` / ``ForPreTraining`` / ``Model`` folder (conformer
 variants too) with its config, weights and, for CTC models, the tokenizer and feature-extractor files that
 ``transformers.pipeline("automatic-speech-recognition", model=folder)`` needs; ``import_checkpoint_from_hf``
-writes a fairseq-layout checkpoint from such a folder. The key and config maps themselves are in
-``interop/huggingface.py``.
+writes a fairseq-layout checkpoint from such a folder. MMS models with language adapters (``layer_type=trf_adp``)
+go both ways as HF's ``adapter_attn_dim`` models with one ``adapter.<lang>.safetensors`` per language, which
+``model.load_adapter(lang)`` reads. The key and config maps themselves are in ``interop/huggingface.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.interop.huggingface import (
+    adapter_row_to_hf,
+    adapters_from_hf,
     CTC_BACKBONE_PREFIX,
     ctc_from_hf_state_dict,
     ctc_to_hf_state_dict,
     dictionary_from_hf_vocab,
     hf_config_kwargs,
     hf_conformer_config_kwargs,
+    HF_ADAPTER_FILE,
+    hf_adapter_kwargs,
     HF_CONFORMER_PREFIX,
     HF_HUBERT_PREFIX,
     hf_hubert_config_kwargs,
@@ -28,6 +35,7 @@ from fairseq_lite.interop.huggingface import (
     hubert_config_from_hf,
     HUBERT_DEFAULT_LABEL_RATE,
     is_conformer_config,
+    split_adapters,
     StateDict,
     wav2vec2_config_from_hf,
     wav2vec2_conformer_config_from_hf,
@@ -69,7 +77,7 @@ def _hf_config_kwargs(family: str, cfg: Any) -> Dict[str, Any]:
 
 
 def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path: Optional[str] = None,
-                            trust_checkpoint: bool = False) -> str:
+                            trust_checkpoint: bool = False, langs: Optional[Sequence[str]] = None) -> str:
     """Write an HF folder for a fairseq/fairseq_lite ``wav2vec2``, ``wav2vec_ctc``, ``hubert`` or ``hubert_ctc``
     checkpoint; returns the HF class.
 
@@ -79,7 +87,9 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
     (``quantize_targets=false``: HF's pretraining head always quantizes, so ``final_proj``/``project_q`` are left
     out); ``hubert`` becomes ``HubertModel`` (HF has no HuBERT pretraining head: ``final_proj`` and
     ``label_embs_concat`` are left out). Conformers get the ``Wav2Vec2Conformer*`` twins. ``dictionary_path``
-    (a dict.ltr.txt) is needed only when a CTC checkpoint stores no dictionary."""
+    (a dict.ltr.txt) is needed only when a CTC checkpoint stores no dictionary. A CTC model with adapters also gets
+    ``adapter.<lang>.safetensors`` per language, ``langs`` naming adapter rows 0, 1 … (default: the checkpoint's
+    ``task.multi_corpus_keys``); its main weights hold the first language's adapters."""
     from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
     from fairseq_lite.models import MODEL_REGISTRY
     from fairseq_lite.models.wav2vec.wav2vec2_asr import checkpoint_kind, pretraining_config_from
@@ -94,11 +104,17 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
     w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"] if ctc else model_cfg
     cfg = MODEL_REGISTRY.build_config(w2v_model_cfg, from_checkpoint=True)
     family = "hubert" if kind.startswith("hubert") else ("conformer" if is_conformer_config(cfg) else "wav2vec2")
-    kwargs = _hf_config_kwargs(family, cfg)
+    kwargs = dict(_hf_config_kwargs(family, cfg), **hf_adapter_kwargs(cfg))
+    model_weights, adapters = split_adapters(state["model"])
+    if (adapters or langs) and not ctc:
+        raise ConfigError(f"{checkpoint_path}: only fine-tuned CTC models with adapters (layer_type=trf_adp) convert "
+                          "with their languages (HF's load_adapter also loads the output layer)")
     if ctc:
         head = "ctc"
         dictionary = _ctc_dictionary(state, checkpoint_path, dictionary_path)
-        weights = _ctc_weights_to_hf(state["model"], model_cfg, len(dictionary), family)
+        weights = _ctc_weights_to_hf(model_weights, model_cfg, len(dictionary), family)
+        adapter_files = _adapter_files(adapters, weights, _export_languages(state, cfg, langs, checkpoint_path))
+        weights.update(next(iter(adapter_files.values()), {}))
         kwargs.update(vocab_size=len(dictionary), pad_token_id=0, bos_token_id=1, eos_token_id=2,
                       ctc_loss_reduction="sum", ctc_zero_infinity=True,
                       final_dropout=model_cfg.get("final_dropout", 0.0))
@@ -109,10 +125,52 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
     _load_hf_strict(hf_model, weights)
     hf_model.save_pretrained(out_dir)
     if ctc:
+        _write_adapter_files(out_dir, adapter_files)
         save_hf_processor(out_dir, dictionary, state["cfg"].get("task") or {})
     elif family == "hubert":  # HuBERT's HF folders carry the feature extractor (task.normalize) as HF's do
         hf_feature_extractor(state["cfg"].get("task") or {}).save_pretrained(out_dir)
     return model_cls.__name__
+
+
+def _export_languages(state: Dict[str, Any], cfg: Any, langs: Optional[Sequence[str]], checkpoint_path: str
+                      ) -> List[str]:
+    """The language of each adapter row: ``langs``, else the checkpoint's ``task.multi_corpus_keys``; none
+    without adapters."""
+    if str(cfg.layer_type) != "trf_adp":
+        if langs:
+            raise ConfigError(f"--langs is for models with language adapters; {checkpoint_path} has none")
+        return []
+    if not langs:
+        keys = (state["cfg"].get("task") or {}).get("multi_corpus_keys")
+        langs = [k.strip() for k in str(keys).split(",")] if keys else []
+    if len(langs) != cfg.adp_num or len(set(langs)) != len(langs):
+        found = ",".join(langs) or "none in task.multi_corpus_keys"
+        raise ConfigError(f"{checkpoint_path} has adp_num={cfg.adp_num} language adapters: name them, in adapter "
+                          f"order, with --langs eng,fra,... (got {found})")
+    return list(langs)
+
+
+def _adapter_files(adapters: StateDict, weights: StateDict, langs: List[str]) -> Dict[str, StateDict]:
+    """``adapter.<lang>.safetensors``'s tensors for each language: its row of every layer's adapter, HF-named,
+    and the output layer (``lm_head``), as HF's ``_get_adapters``."""
+    backbone = {k[len(CTC_BACKBONE_PREFIX):]: v for k, v in adapters.items()}
+    head = {k: v for k, v in weights.items() if k.startswith(HF_LM_HEAD_PREFIX)}
+    return {lang: {**adapter_row_to_hf(backbone, row), **head} for row, lang in enumerate(langs)}
+
+
+def _write_adapter_files(out_dir: str, files: Dict[str, StateDict]) -> None:
+    """Each language's ``adapter.<lang>.safetensors`` in ``out_dir``, written to a temporary file and renamed."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from fairseq_lite.file_io import temp_path_for
+
+    for lang, tensors in files.items():
+        path = os.path.join(out_dir, HF_ADAPTER_FILE.format(lang))
+        tmp = temp_path_for(path)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
 
 
 def _pretraining_weights_to_hf(state_dict: StateDict, cfg: Any, family: str, checkpoint_path: str
@@ -253,10 +311,12 @@ def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: 
     }
 
 
-def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
+def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequence[str]] = None) -> str:
     """Write a fairseq-layout checkpoint (``wav2vec2``, ``hubert``, ``wav2vec_ctc`` or ``hubert_ctc``, with the
     dictionary in ``task_state``) for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC``, their conformer
-    twins, ``HubertModel`` or ``HubertForCTC``. Returns our model name."""
+    twins, ``HubertModel`` or ``HubertForCTC``. Returns our model name. A ``Wav2Vec2ForCTC`` with adapters becomes
+    a ``trf_adp`` model whose adapter rows are the ``adapter.<lang>.safetensors`` of ``langs`` (default: every
+    such file in the folder, sorted), stored as ``task.multi_corpus_keys``."""
     import os
 
     import transformers
@@ -271,9 +331,14 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str) -> str:
                       "hubert": hubert_config_from_hf}[family]
     pretrain_model, data = config_from_hf(config), os.path.abspath(hf_dir)
     pretrain_task = _pretraining_task(family, data, _hf_normalize(hf_dir, config, family))
+    hf_state, adapters, langs = _import_adapters(hf_dir, hf_state, langs)
+    if adapters and head != "ctc":
+        raise ConfigError(f"{hf_dir}: only Wav2Vec2ForCTC folders with adapters convert (HF keeps the languages' "
+                          "adapters with their output layers)")
     if head == "ctc":
         cfg, weights, task_state = _ctc_checkpoint_parts(hf_dir, config, hf_state, family, pretrain_task,
-                                                         pretrain_model)
+                                                         pretrain_model, langs)
+        weights.update({CTC_BACKBONE_PREFIX + k: v for k, v in adapters.items()})
         name, criterion_name = cfg["model"]["_name"], "CtcCriterion"
     elif family == "hubert":
         logger.warning("%s: Hugging Face's HubertModel has no pretraining head (final_proj, label_embs_concat): the "
@@ -333,26 +398,79 @@ def _pretraining_task(family: str, data: str, normalize: bool) -> Dict[str, Any]
     return {"_name": "audio_pretraining", "data": data, "normalize": normalize}
 
 
+def _import_adapters(hf_dir: str, hf_state: StateDict, langs: Optional[Sequence[str]]
+                     ) -> Tuple[StateDict, StateDict, List[str]]:
+    """(the HF state without adapters, with the languages' shared ``lm_head``; our stacked adapter tensors; the
+    languages) of an HF model; adapters and languages are empty when it has none (e.g. post-LN, which HF builds
+    without adapters whatever ``adapter_attn_dim`` says)."""
+    import glob
+    import os
+
+    from safetensors.torch import load_file
+
+    rest, own = split_adapters(hf_state)
+    if not own:
+        if langs:
+            raise ConfigError(f"--langs is for models with language adapters; {hf_dir} has none")
+        return hf_state, {}, []
+    if not langs:
+        pattern = HF_ADAPTER_FILE.format("*")
+        langs = sorted(os.path.basename(p)[len("adapter."):-len(".safetensors")]
+                       for p in glob.glob(os.path.join(glob.escape(hf_dir), pattern)))
+    if not langs:
+        raise ConfigError(f"{hf_dir} has adapter layers but no {HF_ADAPTER_FILE.format('<lang>')} files: save each "
+                          "language's adapters there (model._get_adapters()) or pass --langs")
+    expected = set(own) | {k for k in rest if k.startswith(HF_LM_HEAD_PREFIX)}
+    rows = []
+    for lang in langs:
+        path = os.path.join(hf_dir, HF_ADAPTER_FILE.format(lang))
+        if not os.path.exists(path):
+            raise ConfigError(f"{path} does not exist: --langs names the adapter.<lang>.safetensors files to import")
+        row = load_file(path)
+        if set(row) != expected:
+            raise ConfigError(f"{path} does not hold adapters of this model (HF's _get_adapters layout): missing "
+                              f"{sorted(expected - set(row))[:3]}, unexpected {sorted(set(row) - expected)[:3]}")
+        rows.append(row)
+    return {**rest, **_shared_head(rows, langs, hf_dir)}, adapters_from_hf(rows), list(langs)
+
+
+def _shared_head(rows: List[StateDict], langs: Sequence[str], hf_dir: str) -> StateDict:
+    """The ``lm_head`` every language's adapter file holds; per-language output layers (MMS's per-language
+    vocabularies) do not fit one wav2vec_ctc output layer: a ConfigError says to convert one language at a time."""
+    head = {k: v for k, v in rows[0].items() if k.startswith(HF_LM_HEAD_PREFIX)}
+    for lang, row in zip(langs[1:], rows[1:]):
+        if any(not torch.equal(v, row[k]) for k, v in head.items()):
+            raise ConfigError(f"{hf_dir}: adapter.{langs[0]} and adapter.{lang} have different output layers "
+                              "(one vocabulary per language); fairseq_lite's wav2vec_ctc has one: convert one "
+                              f"language at a time (--langs {lang})")
+    return head
+
+
 def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family: str, pretrain_task: Dict[str, Any],
-                          pretrain_model: Dict[str, Any]) -> Tuple[Any, StateDict, Dict[str, Any]]:
-    """(config, weights, task_state) of the ``wav2vec_ctc`` / ``hubert_ctc`` checkpoint for an HF CTC folder."""
+                          pretrain_model: Dict[str, Any], langs: Sequence[str] = ()
+                          ) -> Tuple[Any, StateDict, Dict[str, Any]]:
+    """(config, weights, task_state) of the ``wav2vec_ctc`` / ``hubert_ctc`` checkpoint for an HF CTC folder; with
+    ``langs``, a ``trf_adp`` model with one adapter per language, ``task.multi_corpus_keys`` naming them."""
     import json
     import os
 
     with open(os.path.join(hf_dir, "vocab.json"), encoding="utf-8") as f:
         dictionary = dictionary_from_hf_vocab(json.load(f))
-    pretraining = _finalize({"task": pretrain_task, "model": pretrain_model})
+    adapter_cfg = dict(layer_type="trf_adp", adp_num=len(langs), adp_dim=config.adapter_attn_dim, adp_act_fn="relu",
+                       adp_trf_idx="all") if langs else {}
+    pretraining = _finalize({"task": pretrain_task, "model": {**pretrain_model, **adapter_cfg}})
     pretraining["criterion"] = pretraining["lr_scheduler"] = None
     data, normalize = pretrain_task["data"], pretrain_task["normalize"]
     if family == "hubert":
         task = {"_name": "hubert_pretraining", "data": data, "label_dir": data, "labels": ["ltr"],
                 "fine_tuning": True, "single_target": True, "normalize": normalize}
     else:
-        task = {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize}
+        task = {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize,
+                **({"multi_corpus_keys": ",".join(langs)} if langs else {})}
     cfg = _finalize({
         "task": task,
         "model": {"_name": "hubert_ctc" if family == "hubert" else "wav2vec_ctc", "w2v_path": data,
-                  "w2v_args": pretraining, "final_dropout": getattr(config, "final_dropout", 0.0)},
+                  "w2v_args": pretraining, "final_dropout": getattr(config, "final_dropout", 0.0), **adapter_cfg},
         "criterion": {"_name": "ctc", "zero_infinity": True},
     })
     weights = ctc_from_hf_state_dict(hf_state, family == "conformer", _HF_CTC_PREFIXES[family])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -485,3 +485,66 @@ def dictionary_from_hf_vocab(vocab: Dict[str, int]) -> Any:
     for symbol in symbols[4:]:
         dictionary.add_symbol(symbol)
     return dictionary
+
+
+# ---------------------------------------------------------------------------------------------------
+# MMS language adapters (layer_type=trf_adp) <-> HF ``adapter_attn_dim``. Our ``AdapterFast`` stacks every
+# language's adapter in one tensor per layer (``encoder.layers.{n}.adapter_layer.W_a`` N×D×E ...); HF's
+# ``Wav2Vec2AttnAdapterLayer`` holds one language (``adapter_layer.linear_1.weight`` D×E ...) and keeps the others
+# in per-language ``adapter.<lang>.safetensors`` files (adapters + ``lm_head``) that ``load_adapter(lang)`` reads.
+# HF's own converter keeps row 0; ours writes row k for the k-th language.
+
+#: Our ``AdapterFast`` tensor -> HF ``Wav2Vec2AttnAdapterLayer`` name.
+_ADAPTER_RENAMES = (("ln_W", "norm.weight"), ("ln_b", "norm.bias"), ("W_a", "linear_1.weight"),
+                    ("b_a", "linear_1.bias"), ("W_b", "linear_2.weight"), ("b_b", "linear_2.bias"))
+_OUR_ADAPTER = re.compile(r"^encoder\.layers\.(\d+)\.adapter_layer\.(\w+)$")
+_HF_ADAPTER = re.compile(r"^encoder\.layers\.(\d+)\.adapter_layer\.(\w+\.\w+)$")
+#: HF's name of a language's adapter file in a model folder.
+HF_ADAPTER_FILE = "adapter.{}.safetensors"
+
+
+def hf_adapter_kwargs(cfg: Any) -> Dict[str, Any]:
+    """``adapter_attn_dim`` for a ``trf_adp`` backbone config (nothing for others). HF's adapters exist in the
+    pre-LN layer only, on every layer, with ReLU: other adapter layouts are a ConfigError."""
+    if str(getattr(cfg, "layer_type", "transformer")) != "trf_adp":
+        return {}
+    from fairseq_lite.modules.adapter import parse_adapter_layers
+
+    if not cfg.layer_norm_first:
+        raise ConfigError("Hugging Face has adapters only in its pre-LN layer (do_stable_layer_norm): this post-LN "
+                          "model (layer_norm_first=false) with adapters cannot be converted")
+    if len(parse_adapter_layers(cfg.adp_trf_idx, cfg.encoder_layers)) != cfg.encoder_layers:
+        raise ConfigError(f"Hugging Face puts an adapter on every layer: model.adp_trf_idx={cfg.adp_trf_idx!r} (some "
+                          "layers only) cannot be converted")
+    if str(cfg.adp_act_fn) != "relu":
+        raise ConfigError(f"Hugging Face's adapters use relu: model.adp_act_fn={cfg.adp_act_fn} cannot be converted")
+    return {"adapter_attn_dim": cfg.adp_dim}
+
+
+def split_adapters(state_dict: StateDict) -> Tuple[StateDict, StateDict]:
+    """(everything else, the ``adapter_layer`` tensors) of a backbone or HF state dict."""
+    adapters = {k: v for k, v in state_dict.items() if ".adapter_layer." in k}
+    return {k: v for k, v in state_dict.items() if k not in adapters}, adapters
+
+
+def adapter_row_to_hf(adapters: StateDict, row: int, hf_prefix: str = "wav2vec2.") -> StateDict:
+    """Language ``row`` of our stacked backbone adapter tensors, with HF names under ``hf_prefix``."""
+    renames = dict(_ADAPTER_RENAMES)
+    out: StateDict = {}
+    for key, value in adapters.items():
+        layer, name = _OUR_ADAPTER.match(key).groups()
+        out[f"{hf_prefix}encoder.layers.{layer}.adapter_layer.{renames[name]}"] = value[row].clone()
+    return out
+
+
+def adapters_from_hf(rows: List[StateDict], hf_prefix: str = "wav2vec2.") -> StateDict:
+    """Our stacked backbone adapter tensors from one HF adapter state dict per language (row k = ``rows[k]``)."""
+    renames = {theirs: ours for ours, theirs in _ADAPTER_RENAMES}
+    out: StateDict = {}
+    for key in rows[0]:
+        match = _HF_ADAPTER.match(key[len(hf_prefix):]) if key.startswith(hf_prefix) else None
+        if match is None:
+            continue  # lm_head: the caller's
+        layer, name = match.groups()
+        out[f"encoder.layers.{layer}.adapter_layer.{renames[name]}"] = torch.stack([row[key] for row in rows])
+    return out
