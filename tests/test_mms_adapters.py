@@ -13,7 +13,7 @@ import torch
 import fairseq_lite  # noqa: F401
 from fairseq_lite import checkpoint_utils
 from fairseq_lite.dataclass.initialize import compose_config, finalize_config
-from fairseq_lite.errors import ConfigError, DataError
+from fairseq_lite.errors import CheckpointError, ConfigError, DataError
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
 from fairseq_lite.models import build_model
 from fairseq_lite.models.wav2vec.wav2vec2_asr import ADAPTERS_ONLY_FREEZE_REGEX
@@ -245,3 +245,9 @@ def test_import_of_per_language_output_layers_takes_one_language_at_a_time(tmp_p
     original = load_checkpoint_to_cpu(str(path))["model"]
     key = "w2v_encoder.w2v_model.encoder.layers.1.adapter_layer.W_a"
     assert torch.equal(state["model"][key][0], original[key][1])  # fra was row 1
+
+
+def test_adapters_of_another_count_are_named(tmp_path):
+    path = genuine_file_with_adapters(tmp_path)
+    with pytest.raises(CheckpointError, match="adp_num"):
+        checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"adp_num": NUM - 1})

@@ -248,13 +248,19 @@ def with_initialised_adapters(module: nn.Module, state_dict: Dict[str, torch.Ten
                               ) -> Dict[str, torch.Tensor]:
     """``state_dict`` completed with ``module``'s own (freshly initialised) adapter weights where it has none,
     with one warning saying how many: adapter fine-tuning from a model without adapters (fairseq HEAD loads
-    strictly and stops on the missing keys). Any other missing key is left for the strict load to report."""
-    missing = [k for k in module.state_dict() if k not in state_dict and ".adapter_layer." in k]
+    strictly and stops on the missing keys). Adapters of another count or size are a CheckpointError; any other
+    missing key is left for the strict load to report."""
+    own = {k: v for k, v in module.state_dict().items() if ".adapter_layer." in k}
+    for key, value in own.items():
+        stored = state_dict.get(key)
+        if stored is not None and stored.shape != value.shape:
+            raise CheckpointError(f"{source} has adapters {key} of shape {tuple(stored.shape)} but model.adp_num/"
+                                  f"adp_dim describe {tuple(value.shape)}: set them to the checkpoint's values")
+    missing = [k for k in own if k not in state_dict]
     if not missing:
         return state_dict
     logger.warning("%s has no weights for %d adapter tensors (layer_type=trf_adp): initialised them, as for "
                    "adapter fine-tuning", source, len(missing))
-    own = module.state_dict()
     return {**state_dict, **{k: own[k] for k in missing}}
 
 
