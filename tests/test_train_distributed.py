@@ -192,23 +192,39 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     assert not list(save_dir.glob("*.tmp")) and not (save_dir / "train.lock").exists()
 
 
-def test_torchrun_wav2vec2_two_ranks_equal_update_freq_two(corpus, tmp_path):
-    """A tiny wav2vec 2.0 (dropout, gumbel quantizer, masks, negatives) launched by torchrun through
-    fairseq-hydra-train equals one process with update_freq 2: common.seed_per_batch gives every micro-batch
-    the same draws wherever it runs."""
-    cfg = wav2vec2_config(corpus, tmp_path / "single", 4)
+def wav2vec2_reference(corpus, tmp_path, max_update):
+    """A tiny wav2vec 2.0 trained in this process with update_freq 2 and common.seed_per_batch (in
+    ``tmp_path/single``); returns its config with update_freq 1 and activation checkpointing, for 2 ranks."""
+    cfg = wav2vec2_config(corpus, tmp_path / "single", max_update)
     cfg.common.seed_per_batch = True
     cfg.dataset.disable_validation = True
     main(cfg)
     cfg.optimization.update_freq = [1]
-    cfg.checkpoint.save_dir = str(tmp_path / "torchrun")
-    cfg.distributed_training.ddp_backend = "pytorch_ddp"
+    cfg.model.checkpoint_activations = True
+    return cfg
+
+
+def train_wav2vec2_cli(cfg, tmp_path, launcher):
+    """fairseq-hydra-train on ``cfg`` written as a yaml, started by ``launcher`` (a command prefix)."""
     OmegaConf.save(OmegaConf.create(config_to_dict(cfg)), tmp_path / "tiny.yaml")
     entry = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
-    out = _torchrun([entry, "--config-dir", str(tmp_path), "--config-name", "tiny"])
-    _assert_logged_once(out)
-    reference, params = _model(tmp_path / "single"), _model(tmp_path / "torchrun")
+    return launcher([entry, "--config-dir", str(tmp_path), "--config-name", "tiny"])
+
+
+def assert_same_training(save_dir, reference_dir, last_update):
+    reference, params = _model(reference_dir), _model(save_dir)
     assert reference.keys() == params.keys()
     for key, value in reference.items():
         torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=key)
-    assert _losses(tmp_path / "torchrun")[4] == pytest.approx(_losses(tmp_path / "single")[4], rel=1e-5)
+    assert _losses(save_dir)[last_update] == pytest.approx(_losses(reference_dir)[last_update], rel=1e-5)
+
+
+def test_torchrun_wav2vec2_two_ranks_equal_update_freq_two(corpus, tmp_path):
+    """A tiny wav2vec 2.0 (dropout, gumbel quantizer, masks, negatives) launched by torchrun through
+    fairseq-hydra-train, with activation checkpointing, equals one process with update_freq 2 without it:
+    common.seed_per_batch gives every micro-batch the same draws wherever it runs."""
+    cfg = wav2vec2_reference(corpus, tmp_path, 4)
+    cfg.checkpoint.save_dir = str(tmp_path / "torchrun")
+    cfg.distributed_training.ddp_backend = "pytorch_ddp"
+    _assert_logged_once(train_wav2vec2_cli(cfg, tmp_path, _torchrun))
+    assert_same_training(tmp_path / "torchrun", tmp_path / "single", 4)

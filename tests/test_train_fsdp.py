@@ -3,13 +3,18 @@
 load into a plain model, into DDP and back into FSDP; the wrapping policy on wav2vec 2.0."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import train_toy
-from test_train_distributed import _losses, _model, _run, _run_here
+from test_train_distributed import _losses, _model, _run, _run_here, assert_same_training, train_wav2vec2_cli
+from test_train_distributed import wav2vec2_reference
+from test_train_wav2vec2 import corpus  # noqa: F401 (the fixture)
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.fsdp import check_fsdp_supported, fsdp_units
@@ -73,6 +78,25 @@ def test_fsdp_equals_one_process_and_its_checkpoint_loads_into_plain_ddp_and_fsd
                                            rtol=0, atol=1e-6)
         assert _losses(save_dir)[6] == pytest.approx(_losses(single)[6], rel=1e-5)
         assert _losses(save_dir)[6] != _losses(single)[5]
+
+
+def _forked(args):
+    proc = subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def test_fsdp_wav2vec2_with_activation_checkpointing_equals_one_process(corpus, tmp_path):
+    """A tiny wav2vec 2.0 on 2 FSDP gloo ranks (forked by fairseq-hydra-train), checkpointing activations,
+    equals one process with update_freq 2 without it (common.seed_per_batch)."""
+    cfg = wav2vec2_reference(corpus, tmp_path, 3)
+    cfg.checkpoint.save_dir = str(tmp_path / "fsdp")
+    cfg.distributed_training.ddp_backend = "fully_sharded"
+    cfg.distributed_training.distributed_world_size = 2
+    out = train_wav2vec2_cli(cfg, tmp_path, _forked)
+    assert "fully_sharded: 3 FSDP units (2 layers and the root)" in out
+    assert_same_training(tmp_path / "fsdp", tmp_path / "single", 3)
 
 
 def test_fsdp_units_are_the_encoder_layers_of_wav2vec2():
