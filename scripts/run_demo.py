@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""`make demo`: the whole wav2vec 2.0 recipe on the bundled speech corpus, with the real command-line tools.
+"""`make demo`: the whole wav2vec 2.0 (or HuBERT) recipe on the bundled speech corpus, with the real command-line tools.
 
-    python scripts/run_demo.py [--out demo_out] [--pretrain-updates N] [--finetune-updates N]
-                               [--finetune-overrides KEY=VALUE ...]
+    python scripts/run_demo.py [--model wav2vec2|hubert] [--out demo_out] [--pretrain-updates N]
+                               [--finetune-updates N] [--finetune-overrides KEY=VALUE ...]
 
 Steps, each announced with its command line:
   1. manifests and labels   examples/wav2vec/wav2vec_manifest.py + libri_labels.py for train, valid, test
@@ -14,6 +14,12 @@ Steps, each announced with its command line:
   7. plots                  scripts/plot.py
 and a WER table at the end (also written to OUT/results.md). Everything is written under OUT; a run starts
 from scratch (previous training folders in OUT are removed so fairseq-hydra-train does not resume them).
+
+``--model hubert`` runs the same workflow and budget with HuBERT (output in demo_out/hubert by default): before
+pretraining, the first iteration's targets with examples/hubert/simple_kmeans (dump_mfcc_feature.py,
+learn_kmeans.py with 50 clusters, dump_km_label.py, write_km_dict.py); the pretraining and both fine-tuning runs
+use the hubert_demo configs (task hubert_pretraining, models hubert and hubert_ctc); the plots are the training
+curves only (plot.py's embedding pictures read wav2vec 2.0 models).
 """
 
 from __future__ import annotations
@@ -25,13 +31,19 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("train", "valid", "test")
 #: KenLM decoding settings: fairseq's README values (lm_weight 2, word_score -1, sil_weight 0), beam 50.
 KENLM_FLAGS = ["--lm-weight", "2", "--word-score", "-1", "--sil-weight", "0", "--beam", "50"]
 WER_LINE = re.compile(r"\bWER: ([0-9.]+)")
+#: per --model: the yaml name under config/pretraining and config/finetuning, and the pretraining banner
+MODELS = {"wav2vec2": ("demo", "wav2vec 2.0 pretraining on the unlabelled train audio"),
+          "hubert": ("hubert_demo", "HuBERT pretraining on the unlabelled train audio, k-means MFCC targets")}
+#: k-means clusters of the HuBERT demo's MFCC targets (fairseq: 100 on LibriSpeech's 960 h; the demo has 10 min)
+N_CLUSTERS = 50
+KMEANS_TOOLS = os.path.join("examples", "hubert", "simple_kmeans")
 
 
 class Demo:
@@ -91,13 +103,26 @@ class Demo:
         shutil.copyfile(os.path.join(self.corpus, "dict.ltr.txt"), os.path.join(self.data, "dict.ltr.txt"))
         self.timings["data"] = time.time() - began
 
-    def train(self, name: str, config_dir: str, overrides: List[str]) -> str:
-        """fairseq-hydra-train with the demo config of ``config_dir``; returns the save_dir."""
+    def km_labels(self, n_clusters: int) -> str:
+        """HuBERT's first-iteration targets of the train split (label_commands); returns the label folder."""
+        self.banner(f"HuBERT targets: MFCC features, {n_clusters}-means, frame labels (examples/hubert/simple_kmeans)")
+        began = time.time()
+        feat_dir, lab_dir = os.path.join(self.out, "mfcc"), os.path.join(self.out, "km_labels")
+        for folder in (feat_dir, lab_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        for argv in label_commands(sys.executable, self.data, feat_dir, os.path.join(feat_dir, "km.bin"), lab_dir,
+                                   n_clusters):
+            self.run(argv)
+        self.timings["labels"] = time.time() - began
+        return lab_dir
+
+    def train(self, name: str, config_dir: str, overrides: List[str], config_name: str = "demo") -> str:
+        """fairseq-hydra-train with the demo config ``config_name`` of ``config_dir``; returns the save_dir."""
         save_dir = os.path.join(self.out, name)
         shutil.rmtree(save_dir, ignore_errors=True)
         self.timed(name, [os.path.join(self.bin, "fairseq-hydra-train"), f"task.data={self.data}",
                           f"checkpoint.save_dir={save_dir}", *overrides,
-                          "--config-dir", config_dir, "--config-name", "demo"])
+                          "--config-dir", config_dir, "--config-name", config_name])
         return save_dir
 
     def build_lm(self) -> Dict[str, str]:
@@ -152,42 +177,74 @@ def wer_table(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def label_commands(python: str, data: str, feat_dir: str, km_path: str, lab_dir: str,
+                   n_clusters: int) -> List[List[str]]:
+    """The examples/hubert/simple_kmeans command lines (one shard) that turn ``data``/train.tsv into HuBERT's
+    first-iteration targets: MFCCs into ``feat_dir``, k-means on all of them into ``km_path``, the frame labels
+    and their merge into ``lab_dir``/train.km, and ``lab_dir``/dict.km.txt."""
+    def tool(name: str, *arguments: str) -> List[str]:
+        return [python, os.path.join(KMEANS_TOOLS, name), *arguments]
+
+    return [tool("dump_mfcc_feature.py", data, "train", "1", "0", feat_dir),
+            tool("learn_kmeans.py", feat_dir, "train", "1", km_path, str(n_clusters), "--percent", "-1"),
+            tool("dump_km_label.py", feat_dir, "train", km_path, "1", "0", lab_dir),
+            tool("write_km_dict.py", lab_dir, km_path, "--split", "train", "--nshard", "1")]
+
+
+def label_overrides(model: str, data: str, km_labels: Optional[str]) -> Tuple[List[str], List[str]]:
+    """The label folders of (pretraining, fine-tuning): HuBERT's task reads ``km_labels``/train.km when it
+    pretrains and the letter labels beside the manifests in ``data`` when it fine-tunes; wav2vec 2.0 needs none."""
+    if model == "wav2vec2":
+        return [], []
+    return [f"task.label_dir={km_labels}"], [f"task.label_dir={data}"]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(REPO, "demo_out"), help="output folder (default demo_out)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="wav2vec2",
+                        help="the model pretrained and fine-tuned (default wav2vec2; hubert: the hubert_demo configs)")
+    parser.add_argument("--out", help="output folder (default demo_out, demo_out/hubert with --model hubert)")
     parser.add_argument("--corpus", default=os.path.join(REPO, "demo", "corpus"), help="LibriSpeech-shaped corpus")
     parser.add_argument("--pretrain-updates", type=int, help="optimization.max_update of pretraining "
-                        "(default: config/pretraining/demo.yaml)")
+                        "(default: config/pretraining/demo.yaml or hubert_demo.yaml)")
     parser.add_argument("--finetune-updates", type=int, help="optimization.max_update of both fine-tuning runs "
-                        "(default: config/finetuning/demo.yaml)")
+                        "(default: config/finetuning/demo.yaml or hubert_demo.yaml)")
     parser.add_argument("--finetune-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more fairseq-hydra-train overrides for both fine-tuning runs, e.g. "
                              "model.feature_grad_mult=1.0")
     parser.add_argument("--no-plots", action="store_true", help="skip scripts/plot.py")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(REPO, "demo_out", *(["hubert"] if args.model == "hubert" else []))
+    return args
 
 
-def main(argv: Sequence[str] = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    demo = Demo(args.out, args.corpus)
-    print(f"fairseq_lite demo: corpus {demo.corpus}, output {demo.out}", flush=True)
-    demo.prepare_data()
-
+def train_all(demo: Demo, args: argparse.Namespace) -> Tuple[str, str, str]:
+    """Pretraining (after HuBERT's k-means labels), then fine-tuning from it and from random weights; returns
+    the three save_dirs."""
+    config_name, title = MODELS[args.model]
+    km_labels = demo.km_labels(N_CLUSTERS) if args.model == "hubert" else None
+    pre_labels, ft_labels = label_overrides(args.model, demo.data, km_labels)
     pre_overrides = [f"optimization.max_update={args.pretrain_updates}"] if args.pretrain_updates else []
     ft_overrides = [f"optimization.max_update={args.finetune_updates}"] if args.finetune_updates else []
-    ft_overrides += args.finetune_overrides
-    demo.banner("wav2vec 2.0 pretraining on the unlabelled train audio (fairseq-hydra-train)")
-    pretrain = demo.train("pretrain", "config/pretraining", pre_overrides)
+    ft_overrides += ft_labels + args.finetune_overrides
+    demo.banner(f"{title} (fairseq-hydra-train)")
+    pretrain = demo.train("pretrain", "config/pretraining", pre_labels + pre_overrides, config_name)
     pretrained = os.path.join(pretrain, "checkpoint_last.pt")
     demo.banner("CTC fine-tuning from the pretrained model (fairseq-hydra-train)")
-    finetune = demo.train("finetune", "config/finetuning", [f"model.w2v_path={pretrained}", *ft_overrides])
+    finetune = demo.train("finetune", "config/finetuning", [f"model.w2v_path={pretrained}", *ft_overrides],
+                          config_name)
     demo.banner("the same CTC fine-tuning from random weights (model.no_pretrained_weights=true)")
     scratch = demo.train("finetune_scratch", "config/finetuning",
-                         [f"model.w2v_path={pretrained}", "model.no_pretrained_weights=true", *ft_overrides])
-    lm = demo.build_lm()
+                         [f"model.w2v_path={pretrained}", "model.no_pretrained_weights=true", *ft_overrides],
+                         config_name)
+    return pretrain, finetune, scratch
 
+
+def decode_all(demo: Demo, runs: Sequence[Tuple[str, str]], lm: Dict[str, str]) -> List[Dict[str, object]]:
+    """Viterbi and KenLM decoding of test for each (fine-tuning save_dir, how it was initialised): table rows."""
     rows = []
-    for run_dir, init in ((finetune, "pretrained (demo.yaml)"), (scratch, "random weights")):
+    for run_dir, init in runs:
         checkpoint = os.path.join(run_dir, "checkpoint_best.pt")
         for decoder in ("viterbi", "kenlm"):
             demo.banner(f"decoding test with {decoder}: {os.path.relpath(checkpoint, demo.out)} (infer.py)")
@@ -196,15 +253,33 @@ def main(argv: Sequence[str] = None) -> None:
             rows.append({"model": os.path.relpath(checkpoint, demo.out), "init": init,
                          "decoder": decoder + (" + 4-gram" if decoder == "kenlm" else ""),
                          "wer": wer, "ler": letter_error_rate(results, checkpoint)})
+    return rows
+
+
+def plot_arguments(model: str, out: str, data: str, pretrain: str, finetune: str, scratch: str) -> List[str]:
+    """scripts/plot.py's arguments: the three runs' curves, and for wav2vec 2.0 the pictures of its models."""
+    argv = ["--out", os.path.join(out, "plots"), "--metrics", f"pretraining={pretrain}/metrics.jsonl",
+            f"fine-tuning={finetune}/metrics.jsonl", f"fine-tuning from random weights={scratch}/metrics.jsonl"]
+    if model == "wav2vec2":
+        argv += ["--pretrained", os.path.join(pretrain, "checkpoint_last.pt"),
+                 "--finetuned", os.path.join(finetune, "checkpoint_best.pt"), "--data", data, "--subset", "test"]
+    return argv
+
+
+def main(argv: Sequence[str] = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    demo = Demo(args.out, args.corpus)
+    print(f"fairseq_lite demo ({args.model}): corpus {demo.corpus}, output {demo.out}", flush=True)
+    demo.prepare_data()
+    pretrain, finetune, scratch = train_all(demo, args)
+    lm = demo.build_lm()
+    config_name = MODELS[args.model][0]
+    rows = decode_all(demo, ((finetune, f"pretrained ({config_name}.yaml)"), (scratch, "random weights")), lm)
 
     if not args.no_plots:
         demo.banner("plots (scripts/plot.py)")
-        demo.timed("plots", [sys.executable, "scripts/plot.py", "--out", os.path.join(demo.out, "plots"),
-                             "--metrics", f"pretraining={pretrain}/metrics.jsonl",
-                             f"fine-tuning={finetune}/metrics.jsonl",
-                             f"fine-tuning from random weights={scratch}/metrics.jsonl",
-                             "--pretrained", pretrained, "--finetuned", os.path.join(finetune, "checkpoint_best.pt"),
-                             "--data", demo.data, "--subset", "test"])
+        demo.timed("plots", [sys.executable, "scripts/plot.py",
+                             *plot_arguments(args.model, demo.out, demo.data, pretrain, finetune, scratch)])
 
     total = time.time() - demo.start
     table = wer_table(rows)

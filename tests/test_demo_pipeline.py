@@ -6,6 +6,7 @@ speech, and the demo driver's letter error rate and WER table read infer.py's re
 import glob
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from fairseq_lite.data.manifest import write_manifest
 from fairseq_lite.dataclass.initialize import compose_config, finalize_config
 from fairseq_lite.models import build_model
 from fairseq_lite.tasks import setup_task
+from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,3 +176,62 @@ def test_whole_demo_runs_end_to_end_with_two_updates_per_training(tmp_path):
     for init in ("finetune", "finetune_scratch"):
         for decoder in ("viterbi", "kenlm"):
             assert (out / "results" / f"{init}-{decoder}" / "hypo.word-checkpoint_best.pt-test.txt").is_file()
+
+
+def hubert_demo_config(kind, overrides):
+    return finalize_config(compose_config(os.path.join(REPO, "config", kind), "hubert_demo", overrides))
+
+
+def test_hubert_demo_yamls_keep_the_wav2vec2_demos_sizes_and_budget():
+    """`run_demo.py --model hubert` trains at the wav2vec 2.0 demo's budget: same sizes, updates, batch and lr."""
+    paths = ["task.data=/x", "task.label_dir=/l", "checkpoint.save_dir=/y"]
+    pre, w2v_pre = hubert_demo_config("pretraining", paths), demo_config("pretraining", paths[::2])
+    assert (pre.task._name, pre.model._name, pre.criterion._name) == ("hubert_pretraining", "hubert", "hubert")
+    assert list(pre.task.labels) == ["km"] and pre.task.label_rate == pre.model.label_rate == 100
+    for key in ("conv_feature_layers", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                "encoder_attention_heads", "conv_pos", "conv_pos_groups", "final_dim", "feature_grad_mult"):
+        assert getattr(pre.model, key) == getattr(w2v_pre.model, key), key
+    ft = hubert_demo_config("finetuning", paths + ["model.w2v_path=/z.pt"])
+    w2v_ft = demo_config("finetuning", paths[::2] + ["model.w2v_path=/z.pt"])
+    assert (ft.task._name, ft.task.fine_tuning, ft.task.single_target, list(ft.task.labels), ft.model._name) == (
+        "hubert_pretraining", True, True, ["ltr"], "hubert_ctc")
+    for (new, old) in ((pre, w2v_pre), (ft, w2v_ft)):
+        assert new.optimization.max_update == old.optimization.max_update
+        assert list(new.optimization.lr) == list(old.optimization.lr)
+        assert new.dataset.max_tokens == old.dataset.max_tokens and new.lr_scheduler == old.lr_scheduler
+    for key in ("mask_prob", "mask_length", "mask_channel_prob", "mask_channel_length", "feature_grad_mult"):
+        assert getattr(ft.model, key) == getattr(w2v_ft.model, key), key
+    assert run_demo.parse_args(["--model", "hubert"]).out == os.path.join(REPO, "demo_out", "hubert")
+    assert run_demo.parse_args([]).out == os.path.join(REPO, "demo_out")
+    assert "--pretrained" not in run_demo.plot_arguments("hubert", "/o", "/d", "/p", "/f", "/s")
+    assert "--pretrained" in run_demo.plot_arguments("wav2vec2", "/o", "/d", "/p", "/f", "/s")
+
+
+def test_hubert_demo_commands_label_pretrain_and_fine_tune(data, tmp_path):
+    """The driver's simple_kmeans commands (their mains run here) label train; hubert_demo.yaml pretrains on the
+    labels and hubert_demo.yaml fine-tunes hubert_ctc from that checkpoint, 2 updates each."""
+    feat, labels = tmp_path / "feat", tmp_path / "km"
+    commands = run_demo.label_commands(sys.executable, str(data), str(feat), str(feat / "km.bin"), str(labels), 5)
+    assert [os.path.basename(argv[1]) for argv in commands] == [
+        "dump_mfcc_feature.py", "learn_kmeans.py", "dump_km_label.py", "write_km_dict.py"]
+    for argv in commands:
+        assert runpy.run_path(os.path.join(REPO, argv[1]))["main"](argv[2:]) == 0
+    frames = [int(n) for n in (feat / "train_0_1.len").read_text().split()]
+    km = (labels / "train.km").read_text().splitlines()
+    assert [len(line.split()) for line in km] == frames and len(frames) == 4  # one 100 Hz label per MFCC frame
+    assert (labels / "dict.km.txt").read_text() == "".join(f"{i} 1\n" for i in range(5))
+
+    pre_labels, ft_labels = run_demo.label_overrides("hubert", str(data), str(labels))
+    assert run_demo.label_overrides("wav2vec2", str(data), str(labels)) == ([], [])
+    quiet = ["common.log_format=none", "optimization.max_update=2", f"task.data={data}"]
+    train_main(hubert_demo_config("pretraining", quiet + pre_labels + [f"checkpoint.save_dir={tmp_path / 'pre'}"]))
+    pretrained = load_checkpoint_file(str(tmp_path / "pre" / "checkpoint_last.pt"))
+    assert pretrained["cfg"]["model"]["_name"] == "hubert"
+    assert pretrained["model"]["final_proj.weight"].shape[0] == 64  # final_dim (untied: 1 label set)
+    train_main(hubert_demo_config("finetuning", quiet + ft_labels + [
+        f"checkpoint.save_dir={tmp_path / 'ft'}", f"model.w2v_path={tmp_path / 'pre' / 'checkpoint_last.pt'}",
+        "dataset.valid_subset=test", "dataset.validate_interval_updates=1"]))
+    finetuned = load_checkpoint_file(str(tmp_path / "ft" / "checkpoint_best.pt"))
+    assert finetuned["cfg"]["model"]["_name"] == "hubert_ctc"
+    key = "feature_extractor.conv_layers.0.0.weight"  # frozen (feature_grad_mult 0): still the pretrained CNN
+    assert torch.equal(finetuned["model"][f"w2v_encoder.w2v_model.{key}"], pretrained["model"][key])
