@@ -80,6 +80,18 @@ def test_fsdp_equals_one_process_and_its_checkpoint_loads_into_plain_ddp_and_fsd
         assert _losses(save_dir)[6] != _losses(single)[5]
 
 
+def test_fsdp_bf16_trains_as_one_bf16_process(tmp_path):
+    """bf16 under FSDP: fp32 shards, bf16 compute (MixedPrecisionPolicy); the losses follow one bf16 process's
+    (a bf16 model with fp32 master weights) to bf16's resolution, and the checkpoint holds fp32 weights."""
+    bf16 = {"cpu": True, "bf16": True}
+    _run_here(tmp_path / "single", optimization={"max_update": 4, "update_freq": [4], **CLIP}, common=bf16, **GROUPS)
+    _run(tmp_path, tmp_path / "fsdp", optimization={"max_update": 4, "update_freq": [2], **CLIP}, common=bf16,
+         distributed_training={"distributed_world_size": 2, "ddp_backend": "fully_sharded"}, **GROUPS)
+    sharded, single = _losses(tmp_path / "fsdp"), _losses(tmp_path / "single")
+    assert sorted(sharded) == [1, 2, 3, 4] and sharded == pytest.approx(single, rel=1e-2)
+    assert {v.dtype for v in _model(tmp_path / "fsdp").values()} == {torch.float32}
+
+
 def _forked(args):
     proc = subprocess.run([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
