@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 XLA_VENV ?= $(HOME)/.cache/fairseq_lite/xla-venv
 XLA_STAMP := $(XLA_VENV)/.installed-fairseq-lite
 
-.PHONY: demo test test-xla bench venv clean-venv system-deps fairseq-fixtures
+.PHONY: demo test test-xla bench venv clean-venv system-deps fairseq-fixtures gpu-wheels
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ test: $(STAMP) system-deps
 # Benchmarks against HF Transformers and pyctcdecode; writes README's Performance table (BENCH_ARGS e.g. --quick).
 bench: $(STAMP)
 	$(PY) scripts/bench/run_all.py $(BENCH_ARGS)
+
+# The wheels scripts/bench/gpu_check.sh installs on a GPU machine without network (its python3 3.12 holds torch).
+GPU_WHEEL_FLAGS := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 -d .whl
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q $(GPU_WHEEL_FLAGS) hydra-core==1.3.8 omegaconf==2.3.1 soundfile==0.14.0 soxr==1.1.0 \
+	  editdistance==0.8.1 jiwer==4.0.0 rapidfuzz==3.14.6
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # hydra's parser: no wheel on PyPI
 
 # torch-xla needs torch 2.9, so it lives in its own venv outside the repo (about 4.3 GB of downloads once).
 $(XLA_STAMP): setup.py

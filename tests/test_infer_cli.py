@@ -331,6 +331,10 @@ def test_bf16_autocast_on_cpu_emits_close_to_fp32_and_fp16_needs_a_gpu(setup, tm
     hypos = {p: read_results(tmp_path / p, path)["hypo.units"] for p in ("fp32", "bf16")}
     edits = sum(edit_distance(hypos["bf16"][i].split(), hypos["fp32"][i].split()) for i in hypos["fp32"])
     assert edits <= 0.1 * sum(len(h.split()) for h in hypos["fp32"].values())  # an untrained model: near ties
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():  # fp16 autocast on the GPU decodes like fp32 too
+        assert infer.main(command(root, path, tmp_path / "fp16", "--fp16", "--w2l-decoder", "viterbi")) == 0
+        fp16 = read_results(tmp_path / "fp16", path)["hypo.units"]
+        assert sum(edit_distance(fp16[i].split(), hypos["fp32"][i].split()) for i in fp16) <= edits + 2
+    else:
         with pytest.raises(ConfigError, match="--fp16 needs a CUDA GPU.*use --bf16"):
             infer.main(command(root, path, tmp_path / "fp16", "--fp16", "--w2l-decoder", "viterbi"))
