@@ -20,7 +20,8 @@ from fairseq_lite.training.checkpoint import load_checkpoint_file
 from fairseq_lite.training.fsdp import check_fsdp_supported, fsdp_units
 
 # clip_norm below the toy's gradient norm: every update is clipped by the norm over both ranks' shards
-GROUPS = dict(task={"num_examples": 48}, model={"freeze_first": True})
+# 3 validation batches: rank 1's second is empty (under FSDP it still runs a forward)
+GROUPS = dict(task={"num_examples": 48, "valid_examples": 12}, model={"freeze_first": True})
 CLIP = {"clip_norm": 0.05}
 
 
@@ -30,10 +31,10 @@ def _two_ranks(save_dir, tmp_path, backend, max_update):
                 **GROUPS)
 
 
-def _inner_stats(save_dir, key):
-    """step -> a train_inner stat (the last record of each step)."""
+def _inner_stats(save_dir, key, tag="train_inner"):
+    """step -> a stat of the ``tag`` records (the last record of each step)."""
     records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in records if r["tag"] == "train_inner"}
+    return {r["step"]: r[key] for r in records if r["tag"] == tag}
 
 
 def _assert_params_equal(params, reference, what):
@@ -78,6 +79,7 @@ def test_fsdp_equals_one_process_and_its_checkpoint_loads_into_plain_ddp_and_fsd
                                            rtol=0, atol=1e-6)
         assert _losses(save_dir)[6] == pytest.approx(_losses(single)[6], rel=1e-5)
         assert _losses(save_dir)[6] != _losses(single)[5]
+        assert _inner_stats(save_dir, "loss", "valid")[6] == pytest.approx(_inner_stats(single, "loss", "valid")[6])
 
 
 def test_fsdp_bf16_trains_as_one_bf16_process(tmp_path):
