@@ -125,6 +125,11 @@ class Trainer:
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.rank = dist.get_rank() if self.distributed else 0
         self.device = resolve_device(cfg)
+        self.xla_pending: List[Any] = []  # XLA: statistics of updates not yet fetched from the device
+        if self.device.type == "xla":
+            from fairseq_lite.training.xla import rank_and_world
+
+            self.rank, self.world_size = rank_and_world()
         common = cfg.common
         if common.fp16 or common.memory_efficient_fp16:
             self.float_dtype: Optional[torch.dtype] = torch.float16
@@ -140,7 +145,7 @@ class Trainer:
         self._model = model.to(self.device)
         self._criterion = criterion.to(self.device)
         supported = TORCH_DDP_BACKENDS + LEGACY_DDP_BACKENDS + fsdp.FSDP_BACKENDS
-        if self.world_size > 1 and backend not in supported:
+        if self.world_size > 1 and not self.is_xla and backend not in supported:
             raise ConfigError(
                 f"distributed_training.ddp_backend={backend} is not supported: use pytorch_ddp, legacy_ddp or "
                 "fully_sharded"
@@ -148,7 +153,7 @@ class Trainer:
         if self.use_fsdp:
             fsdp.check_fsdp_supported(self._model, self._criterion)
             fsdp.shard_model(self._model, cfg.distributed_training, self.device, self.float_dtype)
-        self.use_torch_ddp = self.world_size > 1 and backend in TORCH_DDP_BACKENDS
+        self.use_torch_ddp = self.world_size > 1 and not self.is_xla and backend in TORCH_DDP_BACKENDS
         self._wrapped_model: Optional[torch.nn.Module] = None
         self._optimizer = None
         self._lr_scheduler = None
@@ -323,6 +328,10 @@ class Trainer:
         step_start = time.perf_counter()
 
         logging_outputs, sample_size, batch_ids = self._forward_backward(samples)
+        if self.is_xla:
+            from fairseq_lite.training.xla import finish_update
+
+            return finish_update(self, logging_outputs, sample_size, step_start)
         if self.world_size > 1:
             if not (self.use_torch_ddp or self.use_fsdp):
                 self._all_reduce_grads()
@@ -375,7 +384,7 @@ class Trainer:
             if self.use_fsdp:
                 fsdp.set_gradient_sync(self._model, last)
             if self.cfg.common.seed_per_batch and not is_dummy:
-                self._seed_batch(sample)
+                self._seed_batch(raw)  # the host copy of the ids
             try:
                 with sync:
                     loss, size, logging_output = self.task.train_step(
@@ -385,11 +394,15 @@ class Trainer:
                 raise self._oom_error(exc) from exc
             self._mark_step()
             if is_dummy:
+                if self.is_xla:  # static shapes over cores: gathered like the others, dropped on the host
+                    from fairseq_lite.training.xla import DUMMY_KEY
+
+                    logging_outputs.append({**logging_output, DUMMY_KEY: True})
                 continue
             logging_outputs.append(logging_output)
-            sample_size += float(size)
-            if "id" in sample:
-                batch_ids.extend(int(x) for x in torch.as_tensor(sample["id"]).view(-1).tolist())
+            sample_size = sample_size + (size if self.is_xla else float(size))  # XLA: may stay on the device
+            if "id" in raw:  # the host copy of the ids
+                batch_ids.extend(int(x) for x in torch.as_tensor(raw["id"]).view(-1).tolist())
         return logging_outputs, sample_size, batch_ids
 
     def _seed_batch(self, sample: Dict[str, Any]) -> None:
@@ -397,7 +410,12 @@ class Trainer:
             raise FairseqLiteError("common.seed_per_batch needs batches with example ids ('id'): this task's "
                                    "batches have none; set common.seed_per_batch=false")
         ids = torch.as_tensor(sample["id"]).view(-1).tolist()
-        torch.manual_seed(batch_seed(self.cfg.common.seed, self.num_updates, ids))
+        seed = batch_seed(self.cfg.common.seed, self.num_updates, ids)
+        torch.manual_seed(seed)
+        if self.is_xla:
+            from fairseq_lite.training.xla import set_device_seed
+
+            set_device_seed(seed)
 
     def _mark_step(self) -> None:
         """On XLA, run the graph built so far (one graph per micro-batch and one per update)."""
@@ -453,6 +471,7 @@ class Trainer:
 
     def meter_stats(self, group: str) -> Dict[str, float]:
         """Averages of a meters group plus ``lr``, ``num_updates`` and ``wall`` (fairseq's get_training_stats)."""
+        self._flush_xla_stats()
         stats = self.meters[group].averages()
         if group == "train":  # fairseq reports the summed step time of the epoch as train_wall
             stats["train_wall"] = stats.get("train_wall", 0.0) * self.meters[group].updates
@@ -460,6 +479,13 @@ class Trainer:
         stats["num_updates"] = self.num_updates
         stats["wall"] = round(self.cumulative_training_time(), 0)
         return stats
+
+    def _flush_xla_stats(self) -> None:
+        """XLA: add the updates whose statistics are still on the device to the meters (one transfer)."""
+        if self.is_xla:
+            from fairseq_lite.training.xla import flush_stats
+
+            flush_stats(self)
 
     # -- validation ------------------------------------------------------------------------------------
 
@@ -480,7 +506,11 @@ class Trainer:
 
     def reduce_valid(self, logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
         """Validation stats over all batches of all ranks."""
-        if self.world_size > 1:
+        if self.is_xla:
+            from fairseq_lite.training.xla import gather_valid_outputs
+
+            logging_outputs = gather_valid_outputs(logging_outputs, self.world_size)
+        elif self.world_size > 1:
             gathered: List[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, logging_outputs)
             logging_outputs = [o for rank_outputs in gathered for o in rank_outputs]
@@ -498,6 +528,7 @@ class Trainer:
         """fairseq's checkpoint layout, without ``cfg``/``extra_state`` (added by ``checkpoint.save_checkpoint``)."""
         from fairseq_lite.dataclass.utils import config_to_dict
 
+        self._flush_xla_stats()
         criterion_state = self._criterion.state_dict() if any(True for _ in self._criterion.parameters()) else None
         state = {
             "args": None,
