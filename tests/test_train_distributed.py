@@ -109,38 +109,53 @@ def _losses(save_dir):
     return out
 
 
+TOY = dict(task={"num_examples": 60}, model={"freeze_first": True})
+
+
+def _toy_reference(tmp_path):
+    """The toy trained in this process with update_freq 2 (8 updates)."""
+    _run_here(tmp_path / "single", optimization={"max_update": 8, "update_freq": [2]}, **TOY)
+    return _model(tmp_path / "single")
+
+
+def _assert_toy_equal(save_dir, reference, reference_dir):
+    params = _model(save_dir)
+    for key, value in reference.items():
+        torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{save_dir.name} {key}")
+    assert _losses(save_dir)[8] == pytest.approx(_losses(reference_dir)[8], rel=1e-5)
+
+
 def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
-    """Same micro-batches: 1 process × update_freq 2 == 2 ranks × update_freq 1, for both DDP backends:
-    legacy_ddp in processes forked by distributed_world_size=2, pytorch_ddp under torchrun, stopped after 5
-    updates and resumed by a second torchrun (both ranks read checkpoint_last.pt).
+    """Same micro-batches: 1 process × update_freq 2 == 2 legacy_ddp ranks × update_freq 1 (forked by
+    distributed_world_size=2).
 
     15 batches per epoch: the 8th update is one batch alone, so rank 1 runs the dummy batch (loss × 0).
     """
-    common = dict(task={"num_examples": 60}, model={"freeze_first": True})
-    _run_here(tmp_path / "single", optimization={"max_update": 8, "update_freq": [2]}, **common)
-    reference = _model(tmp_path / "single")
-    script = tmp_path / "run_train.py"
-    script.write_text(SCRIPT)
-    for backend in ("legacy_ddp", "pytorch_ddp"):
-        save_dir = tmp_path / backend
-        if backend == "legacy_ddp":
-            _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
-                 distributed_training={"distributed_world_size": 2, "ddp_backend": backend}, **common)
-        else:
-            for max_update in (5, 8):
-                groups = dict(optimization={"max_update": max_update}, distributed_training={"ddp_backend": backend},
-                              **common)
-                out = _torchrun([str(script), str(save_dir), json.dumps(groups)])
-                _assert_logged_once(out)
-            assert "loaded checkpoint" in out and "@ 5 updates" in out
-        params = _model(save_dir)
-        for key, value in reference.items():
-            torch.testing.assert_close(params[key], value, rtol=0, atol=1e-6, msg=f"{backend} {key}")
-        assert _losses(save_dir)[8] == pytest.approx(_losses(tmp_path / "single")[8], rel=1e-5)
+    reference = _toy_reference(tmp_path)
+    save_dir = tmp_path / "legacy_ddp"
+    _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
+         distributed_training={"distributed_world_size": 2, "ddp_backend": "legacy_ddp"}, **TOY)
+    _assert_toy_equal(save_dir, reference, tmp_path / "single")
     # the frozen layer kept its initial weights
     torch.manual_seed(3)
     fresh = train_toy.ToyModel(train_toy.ToyModelConfig(freeze_first=True))
     assert torch.equal(reference["proj.weight"], fresh.proj.weight.detach())
+
+
+def test_torchrun_ranks_resume_and_equal_update_freq_two(tmp_path):
+    """pytorch_ddp under torchrun (ranks from the environment), stopped after 5 updates and resumed by a
+    second torchrun (both ranks read checkpoint_last.pt), equals 1 process × update_freq 2; each rank logs once."""
+    reference = _toy_reference(tmp_path)
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    save_dir = tmp_path / "pytorch_ddp"
+    for max_update in (5, 8):
+        groups = dict(optimization={"max_update": max_update}, distributed_training={"ddp_backend": "pytorch_ddp"},
+                      **TOY)
+        out = _torchrun([str(script), str(save_dir), json.dumps(groups)])
+        _assert_logged_once(out)
+    assert "loaded checkpoint" in out and "@ 5 updates" in out
+    _assert_toy_equal(save_dir, reference, tmp_path / "single")
 
 
 def test_layerdrop_with_torch_ddp_trains(tmp_path):
