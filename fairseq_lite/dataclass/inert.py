@@ -25,12 +25,10 @@ INERT_FIELDS: Dict[str, Tuple[str, ...]] = {
             "iter_decode_max_iter", "iter_decode_force_max_iter", "iter_decode_with_beam",
             "iter_decode_with_external_reranker", "retain_iter_history", "retain_dropout", "retain_dropout_modules",
             "decoding_format", "no_seed_provided", "eos_token")),
-    "model parallelism, FSDP sharding, SlowMo/LocalSGD and BMUF are not implemented": (
+    "model parallelism, sharded checkpoint files, SlowMo/LocalSGD and BMUF are not implemented": (
         "common.model_parallel_size", "checkpoint.model_parallel_size", "checkpoint.checkpoint_shard_count",
         "checkpoint.load_checkpoint_on_all_dp_ranks", "distributed_training.pipeline_model_parallel",
-        "distributed_training.zero_sharding", "distributed_training.no_reshard_after_forward",
-        "distributed_training.fp32_reduce_scatter", "distributed_training.cpu_offload",
-        "distributed_training.use_sharded_state", "distributed_training.not_fsdp_flatten_parameters",
+        "distributed_training.zero_sharding", "distributed_training.use_sharded_state", "distributed_training.not_fsdp_flatten_parameters",
         "distributed_training.slowmo_momentum", "distributed_training.slowmo_base_algorithm",
         "distributed_training.localsgd_frequency", "distributed_training.ddp_comm_hook",
         "distributed_training.distributed_num_procs", "distributed_training.nprocs_per_node",
