@@ -53,6 +53,7 @@ from fairseq_lite.cli.infer import (
     as_finetuning_task,
     batch_iterator,
     decode_batches,
+    language_subset,
     make_decoder,
     open_subset,
     read_ctc_checkpoint,
@@ -82,6 +83,7 @@ decoding.results_path, hypo.word/hypo.units/ref.word/ref.units.
   decoding.beamthreshold=X  decoding.beamsizetoken=N  decoding.lmweight=X  decoding.wordscore=X
   decoding.silweight=X  decoding.unkweight=X  decoding.unitlm=true  decoding.nbest=N
   decoding.unique_wer_file=true  decoding.results_path=DIR
+  lang=eng                 MMS: the language (dataset.gen_subset=eng:dev alike)
   -m, --multirun           run each combination of comma-separated values (dataset.gen_subset=dev,test), in turn
   --cfg job                print the composed config and exit
 """
@@ -227,6 +229,7 @@ def infer_config(composed: DictConfig) -> Tuple[InferConfig, Optional[Tuple[str,
         checkpoint = read_ctc_checkpoint(composed)
         fill_task_from_checkpoint(composed, checkpoint)
     cfg = finalize_config(composed)
+    cfg.dataset.gen_subset = language_subset(cfg.dataset.gen_subset, cfg.lang, "lang=")
     check_values(cfg)
     return cfg, checkpoint
 

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.data_utils import post_process
+from fairseq_lite.data.multi_corpus import parse_corpus_keys
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
 from fairseq_lite.decoding import W2L_DECODER_CHOICES, ErrorCounter, build_decoder, edit_distance, word_spans
@@ -98,6 +99,7 @@ def decoding_parser() -> argparse.ArgumentParser:
                             "(only for files you trust: unpickling can run code)")
     group.add_argument("--decode-workers", type=int, default=DEFAULT_DECODE_WORKERS,
                        help="threads decoding utterances in parallel (kenlm)")
+    group.add_argument("--lang", help="MMS: decode --gen-subset as this language (--gen-subset eng:dev alike)")
     return parser
 
 
@@ -121,6 +123,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, Any]:
         raise ConfigError("--chunk-overlap must be at least 0 and shorter than --chunk-seconds")
     if cfg.dataset.max_tokens is None and cfg.dataset.batch_size is None:
         cfg.dataset.max_tokens = DEFAULT_MAX_TOKENS
+    cfg.dataset.gen_subset = language_subset(cfg.dataset.gen_subset, args.lang, "--lang")
     check_flags(args, cfg)
     return args, cfg
 
@@ -161,10 +164,13 @@ class EmissionModel:
         self.stride = frame_stride(model)
 
     @torch.inference_mode()
-    def __call__(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor],
+                 corpus_key: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
         net_input = {"source": source.to(self.device)}
         if padding_mask is not None:
             net_input["padding_mask"] = padding_mask.to(self.device)
+        if corpus_key is not None:  # MMS: the language's adapters
+            net_input["corpus_key"] = corpus_key
         with autocast(self.device, self.precision):
             net_output = self.model(**net_input)
             if hasattr(self.model, "get_logits"):
@@ -181,15 +187,18 @@ class EmissionModel:
 
     def of_batch(self, sample: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Emissions and frame counts of a batch from the task's collater (its ``net_input``)."""
-        return self(sample["net_input"]["source"], sample["net_input"].get("padding_mask"))
+        net_input = sample["net_input"]
+        return self(net_input["source"], net_input.get("padding_mask"), net_input.get("corpus_key"))
 
-    def chunked(self, wav: torch.Tensor, window: int, overlap: int, max_tokens: Optional[int]) -> torch.Tensor:
+    def chunked(self, wav: torch.Tensor, window: int, overlap: int, max_tokens: Optional[int],
+                corpus_key: Optional[int] = None) -> torch.Tensor:
         """(T, V) emissions of one long waveform from overlapping windows (``--chunk-seconds/--chunk-overlap``).
 
         Windows start at multiples of the frame stride, so window frame ``t`` is global frame ``start/stride +
         t``; the last window ends at the end of the audio (no padding, which would change the CNN's group
         norm), and neighbouring windows hand over in the middle of their overlap, so each frame comes from
         the window where it is farther from an edge. The total is exactly the unchunked number of frames.
+        ``corpus_key`` is the waveform's language index (MMS adapters), None without languages.
         """
         stride, length = self.stride, len(wav)
         window = max(stride, window // stride * stride)
@@ -209,7 +218,7 @@ class EmissionModel:
         groups = [list(range(i, min(i + per_batch, len(starts) - 1))) for i in range(0, len(starts) - 1, per_batch)]
         for group in groups + [[len(starts) - 1]]:
             batch = torch.stack([wav[starts[k] : ends[k]] for k in group])
-            emissions, lengths = self(batch, None)
+            emissions, lengths = self(batch, None, None if corpus_key is None else [corpus_key] * len(group))
             for row, k in enumerate(group):
                 offset = starts[k] // stride
                 begin = handover[k - 1] - offset if k > 0 else 0
@@ -351,10 +360,62 @@ def load_lm(path: Optional[str], trust_checkpoint: bool = False, key: str = "--l
 
 
 def dataset_task_cfg(cli_task_cfg: Any, saved_cfg: Any) -> Any:
-    """The command line's task config, with the sample rate and normalisation the model was trained with."""
+    """The command line's task config, with the sample rate and normalisation the model was trained with, and its
+    languages (``multi_corpus_keys``, MMS) when the command line names none (fairseq reads the subset with the
+    saved task config)."""
     saved = getattr(saved_cfg, "task", None)
     updates = {key: getattr(saved, key) for key in ("normalize", "sample_rate") if hasattr(saved, key)}
+    if getattr(cli_task_cfg, "multi_corpus_keys", None) is None and getattr(saved, "multi_corpus_keys", None):
+        updates["multi_corpus_keys"] = saved.multi_corpus_keys
     return dataclasses.replace(cli_task_cfg, **updates)
+
+
+def language_subset(subset: str, lang: Optional[str], flag: str) -> str:
+    """``subset`` as MMS's ``<lang>:<subset>`` for the language ``lang`` given by ``flag`` (``--lang``, ``lang=``);
+    unchanged without one. A subset that already names another language is an error."""
+    if not lang:
+        return subset
+    named = {entry.partition(":")[0] for entry in subset.split(",") if ":" in entry}
+    if named - {lang}:
+        raise ConfigError(f"{flag} {lang} but the subset {subset} names {', '.join(sorted(named))}: give one of them")
+    return subset if named else ",".join(f"{lang}:{entry}" for entry in subset.split(","))
+
+
+def subset_languages(subset: str, task_cfg: Any) -> List[str]:
+    """The languages a ``key:file`` subset names, each checked against the model's ``multi_corpus_keys`` (one
+    line listing the known ones otherwise); [] for a plain subset (or a file whose name holds a colon)."""
+    if ":" not in subset or os.path.exists(os.path.join(task_cfg.data, f"{subset}.tsv")):
+        return []
+    named = [entry.partition(":")[0] for entry in subset.split(",")]
+    keys = parse_corpus_keys(task_cfg.multi_corpus_keys) if task_cfg.multi_corpus_keys else []
+    if not keys:
+        raise ConfigError(f"the subset {subset} names a language but the model has none (its task.multi_corpus_keys "
+                          "is unset): decode a plain subset, without --lang / lang=")
+    unknown = [key for key in named if key not in keys]
+    if unknown:
+        raise ConfigError(f"unknown language {unknown[0]!r} (subset {subset}): the model knows {', '.join(keys)}")
+    return named
+
+
+def use_language_dictionary(task: Any, task_cfg: Any, languages: List[str]) -> None:
+    """MMS's per-language dictionaries: ``{data}/dict/<lang>.txt`` (the layout of fairseq's ``dict/<model>/<lang>.txt``
+    downloads), when present, replaces the checkpoint's target dictionary; it must have as many symbols."""
+    from fairseq_lite.data import Dictionary
+
+    paths = {lang: os.path.join(task_cfg.data, "dict", f"{lang}.txt") for lang in languages}
+    present = {lang: path for lang, path in paths.items() if os.path.isfile(path)}
+    if not present:
+        return
+    if len(present) < len(languages) or len(set(present.values())) > 1:
+        raise ConfigError(f"the subset names {', '.join(languages)}, which have different dictionaries "
+                          f"({', '.join(present.values())}): decode one language at a time")
+    path = next(iter(present.values()))
+    dictionary = Dictionary.load(path)
+    if task.target_dictionary is not None and len(dictionary) != len(task.target_dictionary):
+        raise DataError(f"{path} has {len(dictionary)} symbols but the model's output layer has "
+                        f"{len(task.target_dictionary)}: it is another model's dictionary")
+    logger.info("target dictionary of %s: %s", ", ".join(present), path)
+    task.load_state_dict({"target_dictionary": dictionary})
 
 
 def main(argv: List[str]) -> Optional[int]:
@@ -481,6 +542,9 @@ def open_subset(cfg: Any, trust_checkpoint: bool = False, checkpoint: Optional[T
     autocast with ``common.fp16`` (CUDA) or ``common.bf16``."""
     task, model, task_cfg = load_task_and_model(cfg, trust_checkpoint, checkpoint)
     subset = cfg.dataset.gen_subset
+    languages = subset_languages(subset, task_cfg)
+    if languages:
+        use_language_dictionary(task, task_cfg, languages)
     task.load_dataset(subset, task_cfg=task_cfg)
     dataset = task.dataset(subset)
     logger.info("%s %s: %d examples", cfg.task.data, subset, len(dataset))
@@ -559,10 +623,12 @@ def chunk_rows(emitter: EmissionModel, sample: Dict[str, Any], window: int, over
     """Windowed emissions of each waveform of a batch (its valid samples only)."""
     source = sample["net_input"]["source"]
     padding = sample["net_input"].get("padding_mask")
+    keys = sample["net_input"].get("corpus_key")
     rows = []
     for b in range(source.size(0)):
         length = int((~padding[b]).sum()) if padding is not None else source.size(1)
-        rows.append(emitter.chunked(source[b, :length], window, overlap, max_tokens))
+        key = None if keys is None else int(keys[b])
+        rows.append(emitter.chunked(source[b, :length], window, overlap, max_tokens, key))
     return rows
 
 

@@ -65,8 +65,10 @@ class DecodingConfig(FairseqDataclass):
 
 @dataclass
 class InferConfig(FairseqConfig):
-    """fairseq's ``InferConfig``: the usual groups plus ``decoding`` and ``is_ax``."""
+    """fairseq's ``InferConfig``: the usual groups plus ``decoding`` and ``is_ax``; ``lang`` is fairseq_lite's."""
 
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     is_ax: bool = field(default=False, metadata=help_text(
         "if true, assumes we are using ax for tuning and returns a tuple for ax to consume"))
+    lang: Optional[str] = field(default=None, metadata=help_text(
+        "MMS: decode dataset.gen_subset as this language (fairseq_lite's; fairseq writes dataset.gen_subset=eng:dev)"))
