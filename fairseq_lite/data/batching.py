@@ -103,9 +103,9 @@ def batch_by_size(
 
     bounds = []
     s = 0
-    next_start = (starts + size).tolist()
+    next_start = starts + size  # followed batch by batch, not converted to a list of n Python ints
     while s < n:
         bounds.append(s)
-        s = next_start[s]
+        s = int(next_start[s])
     ends = bounds[1:] + [n]
     return [indices[a:b] for a, b in zip(bounds, ends)]

@@ -108,7 +108,8 @@ class FileAudioDataset(torch.utils.data.Dataset):
                 raise DataError("task.num_batch_buckets needs padding: set task.enable_padding=true (or labels)")
             self.buckets = bucket_boundaries(np.minimum(self.sizes, self.max_sample_size), num_buckets)
             logger.info("%d bucket lengths for %s: %s", len(self.buckets), manifest_path, self.buckets.tolist())
-        logger.info("loaded %d examples from %s, skipped %d", len(self), manifest_path, len(self.skipped_indices))
+        logger.info("loaded %d examples from %s, skipped %d (%.1f MB of manifest arrays)", len(self), manifest_path,
+                    len(self.skipped_indices), self.manifest.nbytes / 1e6)
 
     # -- sizes and order -------------------------------------------------------------------------
 
