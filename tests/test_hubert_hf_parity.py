@@ -159,3 +159,49 @@ def test_hf_hubert_for_ctc_to_hubert_ctc_and_back(tmp_path, layout):
     assert (again - theirs).abs().max() <= 1e-5
     processor = transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "hf_back", local_files_only=True)
     assert processor.tokenizer.convert_ids_to_tokens([0, 4]) == ["<pad>", "|"]  # what pipeline() decodes with
+
+
+def hf_backbone_folder(folder, mask_time_prob):
+    """A random HF HubertModel (BASE's layout: group-norm CNN, post-LN) saved without a feature extractor; with
+    ``mask_time_prob`` 0 HF builds no ``masked_spec_embed``."""
+    _, hf = ours_and_hf("group_norm_post_ln")
+    torch.manual_seed(2)
+    hf = transformers.HubertModel(transformers.HubertConfig(**{**hf.config.to_dict(), "mask_time_prob": mask_time_prob,
+                                                               "mask_feature_prob": 0.0})).eval()
+    hf.save_pretrained(folder)
+    return hf
+
+
+@pytest.mark.parametrize("mask_time_prob", [0.05, 0.0])
+def test_hf_hubert_model_import_gives_hf_hidden_states_in_both_feature_scripts(tmp_path, mask_time_prob):
+    """An HF HubertModel (a backbone without pretraining heads) → convert_from_hf.py → dump_hubert_feature.py
+    (1-based layer) and scripts/extract_features.py (0-based) on a one-file manifest: HF's hidden_states[layer]
+    (post-LN: layer k's output) within 1e-5; HF's masked_spec_embed is kept as mask_emb."""
+    import numpy as np
+    import soundfile as sf
+    from test_hubert_units import REPO, tool
+
+    hf = hf_backbone_folder(tmp_path / "hf", mask_time_prob)
+    script("convert_from_hf.py", tmp_path / "hf", tmp_path / "hubert.pt")
+    stored = load_checkpoint_to_cpu(str(tmp_path / "hubert.pt"))["model"]
+    assert ("mask_emb" in stored) == (mask_time_prob > 0)
+    if mask_time_prob > 0:
+        assert torch.equal(stored["mask_emb"], hf.masked_spec_embed)
+    torch.manual_seed(3)
+    wav = (torch.randn(5000) * 0.1).numpy()
+    sf.write(tmp_path / "a.wav", wav, 16000, subtype="FLOAT")
+    (tmp_path / "one.tsv").write_text(f"{tmp_path}\na.wav\t{len(wav)}\n")
+    with torch.no_grad():
+        hidden = hf(torch.from_numpy(wav).unsqueeze(0), output_hidden_states=True).hidden_states
+    dump = tool("dump_hubert_feature").main
+    for layer in (1, 2):
+        feat_dir = tmp_path / f"feat{layer}"
+        assert dump([str(tmp_path), "one", str(tmp_path / "hubert.pt"), str(layer), "1", "0", str(feat_dir),
+                     "--device", "cpu"]) == 0
+        assert np.abs(np.load(feat_dir / "one_0_1.npy") - hidden[layer][0].numpy()).max() <= 1e-5
+    extract = tool("extract_features", os.path.join(REPO, "scripts")).main
+    assert extract(["--checkpoint", str(tmp_path / "hubert.pt"), "--output", str(tmp_path / "out"), "--layers", "0",
+                    "1", "--device", "cpu", str(tmp_path / "one.tsv")]) == 0
+    written = np.load(tmp_path / "out" / "a.npy")
+    assert written.shape == (2, *hidden[1][0].shape)
+    assert np.abs(written - torch.stack(hidden[1:3], 1)[0].numpy()).max() <= 1e-5

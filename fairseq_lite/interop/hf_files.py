@@ -344,7 +344,9 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequen
         logger.warning("%s: Hugging Face's HubertModel has no pretraining head (final_proj, label_embs_concat): the "
                        "hubert checkpoint is a backbone for fine-tuning (model.w2v_path) and feature extraction",
                        hf_dir)
-        cfg = _finalize({"task": pretrain_task, "model": pretrain_model, "criterion": {"_name": "hubert"}})
+        # no label sets (task.labels=[]): loading needs no dict.km.txt and builds the model without label embeddings
+        cfg = _finalize({"task": {**pretrain_task, "labels": []}, "model": pretrain_model,
+                         "criterion": {"_name": "hubert"}})
         weights, task_state = wav2vec2_from_hf_state_dict(hf_state, hf_prefix=""), {}
         name, criterion_name = "hubert", "HubertCriterion"
     else:

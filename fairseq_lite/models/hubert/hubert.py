@@ -173,10 +173,13 @@ class HubertModel(BaseFairseqModel):
 
     def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, model_cfg: Any = None):
         """Load weights (``label_embs`` renamed; label embeddings adopted by a fine-tuning model); a backbone file
-        without ``final_proj`` (imported from HF, which has no pretraining head) drops the pretraining heads."""
+        without ``final_proj`` (imported from HF, which has no pretraining head) drops the pretraining heads, and
+        keeps this model's fresh ``mask_emb`` where the file has none (HF builds no ``masked_spec_embed`` when its
+        config never masks)."""
         self.adopt_label_embeddings(state_dict.get("label_embs_concat", state_dict.get("label_embs")))
         if "final_proj.weight" not in state_dict and self.label_embs_concat is None:
             self.remove_pretraining_modules()
+            state_dict = {"mask_emb": self.mask_emb.detach(), **state_dict}
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
