@@ -20,6 +20,7 @@ from fairseq_lite.cli import hydra_infer, hydra_train, infer
 from fairseq_lite.cli.common import run_cli
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu
+from fairseq_lite.interop.fairseq_schema import EXTRA_STATE_KEY
 from fairseq_lite.models.wav2vec.wav2vec2_asr import ADAPTERS_ONLY_FREEZE_REGEX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,3 +219,39 @@ def test_mms_infer_errors_are_one_line(run, tmp_path, capsys, case):
     expected = ("unknown language 'xyz' (subset xyz:dev): the model knows eng, fra, swh" if case == "language"
                 else f"audio file {audio[0]} does not exist (--audio)")
     assert exit_info.value.code in (1, 2) and err[-1] == f"error: {expected}"
+
+
+def mms_layout_file(run, path):
+    """Our 3-language checkpoint in the layout of fairseq's released MMS files (mms1b_all.pt): one adapter row in the
+    model (task.multi_corpus_keys=eng) and each language's rows, output layer and dictionary in state["adapter"]."""
+    state = load_checkpoint_to_cpu(checkpoint(run))
+    per_language = {}
+    for k, lang in enumerate(LANGS):
+        weights = {key: value[k : k + 1].clone() for key, value in state["model"].items() if ".adapter_layer." in key}
+        weights.update({key: value.clone() for key, value in state["model"].items()
+                        if key.startswith("w2v_encoder.proj.")})
+        per_language[lang] = {"model": weights, "task_state": state["task_state"]}
+    state["model"].update(per_language["eng"]["model"])
+    state["adapter"] = per_language
+    state["extra_state"].pop(EXTRA_STATE_KEY, None)  # the cfg below, not our checkpoint's stash of it, is the file's
+    state["cfg"]["task"]["multi_corpus_keys"] = "eng"
+    for model_cfg in (state["cfg"]["model"], state["cfg"]["model"]["w2v_args"]["model"]):
+        model_cfg["adp_num"] = 1
+    torch.save(state, path)
+    return str(path)
+
+
+def test_a_fairseq_mms_file_decodes_each_language_from_its_adapter_entry(run, tmp_path):
+    mms = mms_layout_file(run, tmp_path / "mms1b_all.pt")
+    dumps = []
+    for path in (checkpoint(run), mms):  # swh: row 2 of ours, the file's only row once loaded
+        out = str(tmp_path / f"swh_{len(dumps)}.npz")
+        assert infer.main([run.plain, "--task", "audio_finetuning", "--labels", "ltr", "--path", path,
+                           "--gen-subset", "dev", "--lang", "swh", "--dump-emissions", out, "--cpu"]) == 0
+        with np.load(out) as data:
+            dumps.append(data["emissions"])
+    np.testing.assert_allclose(dumps[1], dumps[0], rtol=1e-5, atol=1e-5)
+    out = legacy(run, str(tmp_path / "swh"), "--gen-subset", "swh:dev", "--path", mms)
+    assert "hypo.word-mms1b_all.pt-swh:dev.txt" in os.listdir(out)
+    with pytest.raises(ConfigError, match=r"unknown language 'xyz' \(subset xyz:dev\): the model knows eng, fra, swh"):
+        legacy(run, str(tmp_path / "x"), "--gen-subset", "xyz:dev", "--path", mms)

@@ -515,8 +515,9 @@ def as_finetuning_task(task: Any) -> Any:
 
 def load_task_and_model(cfg: Any, trust_checkpoint: bool = False,
                         checkpoint: Optional[Tuple[str, Dict[str, Any]]] = None
-                        ) -> Tuple[Any, Optional[torch.nn.Module], Any]:
-    """(task, CTC model or None without ``common_eval.path``, the task config the subset is read with).
+                        ) -> Tuple[Any, Optional[torch.nn.Module], Any, Optional[Dict[str, Any]]]:
+    """(task, CTC model or None without ``common_eval.path``, the task config the subset is read with, the
+    per-language entries ``state["adapter"]`` of an MMS file such as mms1b_all.pt, else None).
 
     The task is ``cfg.task``'s, the model is built on it (fairseq's ``load_model_ensemble(task=...)``);
     ``checkpoint`` is the ``read_ctc_checkpoint`` result when the caller has read it already."""
@@ -524,15 +525,44 @@ def load_task_and_model(cfg: Any, trust_checkpoint: bool = False,
     from fairseq_lite.tasks import setup_task
 
     task = setup_task(cfg.task)
-    model = saved_cfg = None
+    model = saved_cfg = adapters = None
     if cfg.common_eval.path:
         path, state = checkpoint or read_ctc_checkpoint(cfg, trust_checkpoint)
         models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], task=task, state=state)
-        model = models[0]
+        model, adapters = models[0], state.get("adapter") or None
     if task.target_dictionary is None:
         raise ConfigError("no target dictionary: set the task's labels (--labels ltr, task.labels=ltr) with "
                           "dict.ltr.txt in the data folder")
-    return task, model, dataset_task_cfg(task.cfg, saved_cfg)
+    return task, model, dataset_task_cfg(task.cfg, saved_cfg), adapters
+
+
+def load_language_adapter(model: torch.nn.Module, task: Any, task_cfg: Any, adapters: Dict[str, Any],
+                          subset: str) -> str:
+    """fairseq's MMS files keep each language's adapters, output layer and dictionary in ``state["adapter"][lang]``
+    (``model`` and ``task_state``): put the subset's language into the model and the task, as fairseq's
+    new/infer.py does, and return the subset under the file's own corpus key (whose adapter row now holds it)."""
+    named = {entry.partition(":")[0] for entry in subset.split(",") if ":" in entry}
+    if len(named) != 1 or "," in subset:
+        raise ConfigError(f"{subset}: this MMS file holds {len(adapters)} languages, one decoded at a time: give "
+                          "one, e.g. --gen-subset eng:dev or lang=eng")
+    lang = named.pop()
+    if lang not in adapters:
+        raise ConfigError(f"unknown language {lang!r} (subset {subset}): the model knows {', '.join(sorted(adapters))}")
+    weights, params = adapters[lang]["model"], dict(model.named_parameters())
+    proj = weights.get("w2v_encoder.proj.weight")
+    if proj is not None:  # a language's output layer has its own dictionary's size
+        model.w2v_encoder.proj = torch.nn.Linear(proj.size(1), proj.size(0)).to(params["w2v_encoder.proj.weight"])
+        params = dict(model.named_parameters())
+    wrong = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"the {lang} adapter of the checkpoint does not fit its model: {wrong[0]} (and "
+                              f"{len(wrong) - 1} more) missing or of another shape")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    task.load_state_dict(adapters[lang].get("task_state") or {})
+    logger.info("loaded the %s adapter (%d tensors)", lang, len(weights))
+    return f"{parse_corpus_keys(task_cfg.multi_corpus_keys)[0]}:{subset.partition(':')[2]}"
 
 
 def open_subset(cfg: Any, trust_checkpoint: bool = False, checkpoint: Optional[Tuple[str, Dict[str, Any]]] = None
@@ -540,9 +570,13 @@ def open_subset(cfg: Any, trust_checkpoint: bool = False, checkpoint: Optional[T
     """(task, dataset of ``dataset.gen_subset``, its task config, the model's EmissionModel or None): what both
     front ends (infer.py and new/infer.py) decode from. The model runs on CUDA unless ``common.cpu``, under
     autocast with ``common.fp16`` (CUDA) or ``common.bf16``."""
-    task, model, task_cfg = load_task_and_model(cfg, trust_checkpoint, checkpoint)
+    task, model, task_cfg, adapters = load_task_and_model(cfg, trust_checkpoint, checkpoint)
     subset = cfg.dataset.gen_subset
-    languages = subset_languages(subset, task_cfg)
+    if adapters and ":" in subset:
+        languages = [subset.partition(":")[0]]
+        subset = load_language_adapter(model, task, task_cfg, adapters, subset)
+    else:
+        languages = subset_languages(subset, task_cfg)
     if languages:
         use_language_dictionary(task, task_cfg, languages)
     task.load_dataset(subset, task_cfg=task_cfg)
