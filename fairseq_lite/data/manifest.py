@@ -153,6 +153,7 @@ def _parse_entries(path: str, body: np.ndarray) -> Tuple[PathTable, np.ndarray]:
     ntabs = np.searchsorted(tabs, ends) - first
     tab = tabs[np.minimum(first, len(tabs) - 1)] if len(tabs) else np.zeros(len(starts), dtype=np.int64)
     ok = ntabs == 1
+    del tabs, first, ntabs  # a manifest's worth of int64s each: gone before the paths are gathered
     sizes = _parse_sizes(body, tab + 1, ends, ok)
     for i in np.flatnonzero(~ok).tolist():
         line = body[starts[i] : ends[i]].tobytes().decode("utf-8")
