@@ -27,6 +27,8 @@ keeps the earlier ones; fairseq truncates them first), ``decoding.results_path``
 fails), beam search without a lexicon or LM is one message (fairseq asserts), and the WER needs no CUDA. ``-m`` runs
 a sweep's jobs one after another (Hydra's basic sweeper); the ax sweeper and submitit launcher are refused. The
 older keys of HuBERT's README, ``decoding.decoder.<key>`` and ``decoding.exp_dir``, are read as fairseq 0.12's.
+MMS: ``dataset.gen_subset=eng:dev`` as in fairseq (examples/mms/asr/config/infer_common.yaml), or ``lang=eng`` (ours);
+see infer.py for where the languages, adapters and dictionaries come from.
 """
 
 from __future__ import annotations

@@ -25,6 +25,12 @@ padding forced to blank; fairseq dumps log-softmax instead, which its decoders d
 ``--load-emissions FILE`` decodes from such a file. The file is a numpy ``.npz`` (no pickle), unlike
 fairseq's pickled object array, which is refused.
 
+MMS (per-language adapters): ``--gen-subset eng:dev`` decodes ``dev`` as the language ``eng`` (fairseq's spelling),
+and ``--lang eng --gen-subset dev`` is the same. The languages are ``task.multi_corpus_keys`` of the command line or
+else the checkpoint's; the batch's ``corpus_key`` picks the adapter row; ``{data}/dict/<lang>.txt`` (the layout of
+MMS's ``dict/<model>/<lang>.txt`` downloads), when present, is the target dictionary; fairseq's released files,
+whose languages live in ``state["adapter"][lang]``, load that language's adapters, output layer and dictionary.
+
 The decoding functions here (``open_subset``, ``make_decoder``, ``decode_batches``, ``report``, ``ResultWriter``) are
 also those of fairseq's Hydra front end ``examples/speech_recognition/new/infer.py`` (``cli/hydra_infer.py``).
 """

@@ -80,6 +80,17 @@ def read_hypotheses(path: str) -> List[Tuple[int, str]]:
     return sorted(outputs)
 
 
+class DummyLabelFilter(logging.Filter):
+    """Drops the task's ``<unk>`` warning about the dummy labels in ``folder`` (they are not the model's letters)."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.folder)
+
+
 def main(argv: List[str]) -> Optional[int]:
     args = get_parser().parse_args(argv)
     if not os.path.isfile(args.model):
@@ -88,7 +99,12 @@ def main(argv: List[str]) -> Optional[int]:
         print(">>> preparing tmp manifest dir ...", file=sys.stderr)
         write_manifest(folder, args.audio)
         print(">>> loading model & running inference ...", file=sys.stderr)
-        hydra_infer.main(infer_overrides(args, folder))
+        task_logger, quiet = logging.getLogger("fairseq_lite.tasks.audio_finetuning"), DummyLabelFilter(folder)
+        task_logger.addFilter(quiet)
+        try:
+            hydra_infer.main(infer_overrides(args, folder))
+        finally:
+            task_logger.removeFilter(quiet)
         for index, text in read_hypotheses(os.path.join(folder, "hypo.word")):
             print(f"===============\nInput: {args.audio[index]}\nOutput: {text}")
     return 0
