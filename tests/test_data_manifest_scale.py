@@ -7,12 +7,15 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 
 from fairseq_lite.data.data_utils import numpy_seed
 from fairseq_lite.data.iterators import EpochBatchIterator
+from fairseq_lite.data.labels import dictionary_from_labels, letters
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.data.raw_audio_dataset import FileAudioDataset
 from fairseq_lite.errors import DataError
+from fairseq_lite.tasks import setup_task
 from fairseq_lite.tasks.fairseq_task import FairseqTask
 from test_data_iterators import greedy_reference
 
@@ -124,3 +127,28 @@ def test_batches_equal_greedy_packing_over_the_line_by_line_sizes(tmp_path, pad)
     ranks = [EpochBatchIterator(dataset, dataset.collater, got, num_shards=3, shard_id=r) for r in range(3)]
     shards = [r._shard_batches(shuffle=True, fix_batches_to_gpus=False) for r in ranks]
     assert sorted(np.concatenate([b for shard in shards for b in shard]).tolist()) == list(range(len(dataset)))
+
+
+def test_200k_label_lines_stream_into_the_int32_buffer(tmp_path):
+    """audio_finetuning's labels: encoded a chunk at a time, never a list of line strings or tensors."""
+    lines = 200_000
+    path, _, _ = big_manifest(str(tmp_path), lines)
+    words = ["THE", "CAT", "SEES", "A", "DOG"]
+    texts = [" ".join(words[(i + k) % 5] for k in range(1 + i % 4)) for i in range(lines)]
+    label_path = tmp_path / "train.ltr"
+    label_path.write_text("".join(letters(t) + "\n" for t in texts))
+    dictionary_from_labels(letters(w) for w in words).save(str(tmp_path / "dict.ltr.txt"))
+    task = setup_task({"_name": "audio_finetuning", "data": str(tmp_path), "labels": "ltr"})
+    audio = FileAudioDataset(path, RATE)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = task.load_labels(str(label_path), audio)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # the lengths and offsets arrays (16 bytes a line) and their temporaries; a list of the lines is 60+ a line
+    assert (peak - before) / lines < 40, (peak - before) / lines
+    assert len(table) == lines and table.tokens.dtype == torch.int32
+    lines_read = label_path.read_text().splitlines()
+    for i in (0, 1, 8191, 8192, lines - 1):
+        assert torch.equal(table[i], task.target_dictionary.encode_line(lines_read[i]))

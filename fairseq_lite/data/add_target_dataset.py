@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+import itertools
+from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,27 @@ class LabelTable:
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.tokens = torch.cat([t.to(torch.int32) for t in encoded]) if len(encoded) else torch.zeros(0, dtype=torch.int32)
         self.lengths = lengths
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], encode: Callable[[str], torch.Tensor], chunk: int = 8192
+                   ) -> "LabelTable":
+        """Encode ``lines`` ``chunk`` at a time straight into the int32 buffer, so that millions of label lines
+        never exist as Python strings or tensors all at once."""
+        table = cls([])
+        pieces, lengths, batch = [], [], []
+        for line in itertools.chain(lines, [None]):
+            if line is not None:
+                batch.append(encode(line))
+            if batch and (line is None or len(batch) == chunk):
+                lengths.append(np.fromiter((len(t) for t in batch), dtype=np.int64, count=len(batch)))
+                pieces.append(torch.cat(batch).to(torch.int32))
+                batch = []
+        if pieces:
+            table.lengths = np.concatenate(lengths)
+            table.offsets = np.zeros(len(table.lengths) + 1, dtype=np.int64)
+            np.cumsum(table.lengths, out=table.offsets[1:])
+            table.tokens = torch.cat(pieces)
+        return table
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+import numpy as np
+
 from fairseq_lite.data.add_target_dataset import AddTargetDataset, LabelTable
 from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.dataclass import help_text
@@ -100,31 +102,35 @@ class AudioFinetuningTask(AudioPretrainingTask):
         )
 
     def load_labels(self, label_path: str, audio: Any) -> LabelTable:
-        """Encode the label lines kept by ``audio`` (its skipped manifest lines are skipped here too)."""
-        try:
-            with open(label_path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
+        """Encode the label lines kept by ``audio`` (its skipped manifest lines are skipped here too), streamed
+        from the file into one int32 buffer (a corpus of millions of lines is never a list of strings)."""
+        if not os.path.isfile(label_path):
             raise DataError(
                 f"label file {label_path} does not exist: write it with examples/wav2vec/libri_labels.py "
                 "or scripts/make_labels.py"
             )
         manifest = audio.manifest
         total = len(audio) + len(manifest.skipped_indices)
-        if len(lines) != total:
+        with open(label_path, encoding="utf-8") as f:
+            lines = sum(1 for _ in f)
+        if lines != total:
             raise DataError(
-                f"{label_path} has {len(lines)} lines but {manifest.path} lists {total} audio files: "
+                f"{label_path} has {lines} lines but {manifest.path} lists {total} audio files: "
                 "there must be one label line per manifest entry, in the same order"
             )
-        keep = set(range(total)).difference(manifest.skipped_indices.tolist())
+        keep = np.ones(total, dtype=bool)
+        keep[manifest.skipped_indices] = False
         dictionary = self.target_dictionary
-        encoded = [dictionary.encode_line(line) for i, line in enumerate(lines) if i in keep]
-        unknown = sum(int((t == dictionary.unk()).sum()) for t in encoded)
+        with open(label_path, encoding="utf-8") as f:
+            kept = (line.rstrip("\n") for line, wanted in zip(f, keep) if wanted)
+            table = LabelTable.from_lines(kept, dictionary.encode_line)
+        unknown = int((table.tokens == dictionary.unk()).sum())
         if unknown:
             known = set(dictionary.symbols)
-            examples = sorted({w for line in lines for w in line.split() if w not in known})[:10]
+            with open(label_path, encoding="utf-8") as f:
+                examples = sorted({w for line in f for w in line.split() if w not in known})[:10]
             logger.warning(
                 "%s: %d label tokens are not in the dictionary and map to <unk> (e.g. %s)",
                 label_path, unknown, " ".join(examples),
             )
-        return LabelTable(encoded)
+        return table
