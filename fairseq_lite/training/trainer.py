@@ -383,8 +383,9 @@ class Trainer:
             sync = self.model.no_sync() if self.use_torch_ddp and not last else contextlib.nullcontext()
             if self.use_fsdp:
                 fsdp.set_gradient_sync(self._model, last)
+            ids = torch.as_tensor(raw["id"]).view(-1).tolist() if "id" in raw else None  # the host copy
             if self.cfg.common.seed_per_batch and not is_dummy:
-                self._seed_batch(raw)  # the host copy of the ids
+                self._seed_batch(ids)
             try:
                 with sync:
                     loss, size, logging_output = self.task.train_step(
@@ -401,15 +402,15 @@ class Trainer:
                 continue
             logging_outputs.append(logging_output)
             sample_size = sample_size + (size if self.is_xla else float(size))  # XLA: may stay on the device
-            if "id" in raw:  # the host copy of the ids
-                batch_ids.extend(int(x) for x in torch.as_tensor(raw["id"]).view(-1).tolist())
+            if ids is not None:
+                batch_ids.extend(int(x) for x in ids)
         return logging_outputs, sample_size, batch_ids
 
-    def _seed_batch(self, sample: Dict[str, Any]) -> None:
-        if "id" not in sample:
+    def _seed_batch(self, ids: Optional[List[int]]) -> None:
+        """``common.seed_per_batch``: seed torch (and the XLA device) for the micro-batch of examples ``ids``."""
+        if ids is None:
             raise FairseqLiteError("common.seed_per_batch needs batches with example ids ('id'): this task's "
                                    "batches have none; set common.seed_per_batch=false")
-        ids = torch.as_tensor(sample["id"]).view(-1).tolist()
         seed = batch_seed(self.cfg.common.seed, self.num_updates, ids)
         torch.manual_seed(seed)
         if self.is_xla:
