@@ -72,6 +72,11 @@ def atomic_save(obj: Any, path: str) -> None:
     _write_then_rename(path, lambda f: torch.save(obj, f, pickle_module=fairseq_pickle))
 
 
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path`` through a unique temporary file (as ``atomic_save``)."""
+    _write_then_rename(path, lambda f: f.write(data))
+
+
 def atomic_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` through a unique temporary file (as ``atomic_save``)."""
     with open(src, "rb") as fin:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from fairseq_lite.data.multi_corpus import parse_corpus_keys
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.interop.huggingface import (
     adapter_row_to_hf,
@@ -142,7 +143,7 @@ def _export_languages(state: Dict[str, Any], cfg: Any, langs: Optional[Sequence[
         return []
     if not langs:
         keys = (state["cfg"].get("task") or {}).get("multi_corpus_keys")
-        langs = [k.strip() for k in str(keys).split(",")] if keys else []
+        langs = parse_corpus_keys(keys) if keys else []
     if len(langs) != cfg.adp_num or len(set(langs)) != len(langs):
         found = ",".join(langs) or "none in task.multi_corpus_keys"
         raise ConfigError(f"{checkpoint_path} has adp_num={cfg.adp_num} language adapters: name them, in adapter "
@@ -162,15 +163,13 @@ def _write_adapter_files(out_dir: str, files: Dict[str, StateDict]) -> None:
     """Each language's ``adapter.<lang>.safetensors`` in ``out_dir``, written to a temporary file and renamed."""
     import os
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from fairseq_lite.file_io import temp_path_for
+    from fairseq_lite.file_io import atomic_write_bytes
 
     for lang, tensors in files.items():
-        path = os.path.join(out_dir, HF_ADAPTER_FILE.format(lang))
-        tmp = temp_path_for(path)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
+        atomic_write_bytes(save({k: v.contiguous() for k, v in tensors.items()}),
+                           os.path.join(out_dir, HF_ADAPTER_FILE.format(lang)))
 
 
 def _pretraining_weights_to_hf(state_dict: StateDict, cfg: Any, family: str, checkpoint_path: str
