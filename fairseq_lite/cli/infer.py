@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from fairseq_lite.cli.common import check_output_dir, run_cli, setup_logging
 from fairseq_lite.data.data_utils import post_process
-from fairseq_lite.data.multi_corpus import parse_corpus_keys
+from fairseq_lite.data.multi_corpus import names_corpora, parse_corpus_keys, split_keys
 from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.dataclass.legacy_parser import build_help, parse_legacy_args
 from fairseq_lite.decoding import W2L_DECODER_CHOICES, ErrorCounter, build_decoder, edit_distance, word_spans
@@ -381,7 +381,7 @@ def language_subset(subset: str, lang: Optional[str], flag: str) -> str:
     unchanged without one. A subset that already names another language is an error."""
     if not lang:
         return subset
-    named = {entry.partition(":")[0] for entry in subset.split(",") if ":" in entry}
+    named = split_keys(subset)
     if named - {lang}:
         raise ConfigError(f"{flag} {lang} but the subset {subset} names {', '.join(sorted(named))}: give one of them")
     return subset if named else ",".join(f"{lang}:{entry}" for entry in subset.split(","))
@@ -390,7 +390,7 @@ def language_subset(subset: str, lang: Optional[str], flag: str) -> str:
 def subset_languages(subset: str, task_cfg: Any) -> List[str]:
     """The languages a ``key:file`` subset names, each checked against the model's ``multi_corpus_keys`` (one
     line listing the known ones otherwise); [] for a plain subset (or a file whose name holds a colon)."""
-    if ":" not in subset or os.path.exists(os.path.join(task_cfg.data, f"{subset}.tsv")):
+    if not names_corpora(task_cfg.data, subset):
         return []
     named = [entry.partition(":")[0] for entry in subset.split(",")]
     keys = parse_corpus_keys(task_cfg.multi_corpus_keys) if task_cfg.multi_corpus_keys else []
@@ -547,7 +547,7 @@ def load_language_adapter(model: torch.nn.Module, task: Any, task_cfg: Any, adap
     """fairseq's MMS files keep each language's adapters, output layer and dictionary in ``state["adapter"][lang]``
     (``model`` and ``task_state``): put the subset's language into the model and the task, as fairseq's
     new/infer.py does, and return the subset under the file's own corpus key (whose adapter row now holds it)."""
-    named = {entry.partition(":")[0] for entry in subset.split(",") if ":" in entry}
+    named = split_keys(subset)
     if len(named) != 1 or "," in subset:
         raise ConfigError(f"{subset}: this MMS file holds {len(adapters)} languages, one decoded at a time: give "
                           "one, e.g. --gen-subset eng:dev or lang=eng")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -68,6 +68,17 @@ def parse_sampling_weights(text: Optional[str], keys: Sequence[str]) -> Optional
         fixed = format_weights(np.asarray(weights) / total) if total > 0 else "weights that sum to 1"
         raise ConfigError(f"{where} sums to {total:.9g}, not 1 (±{WEIGHT_TOLERANCE:g}): use e.g. {fixed}")
     return weights
+
+
+def names_corpora(data: str, split: str) -> bool:
+    """Whether ``split`` is written ``key:file,...`` rather than naming a manifest ``{data}/{split}.tsv`` whose name
+    holds a colon."""
+    return ":" in split and not os.path.exists(os.path.join(data, f"{split}.tsv"))
+
+
+def split_keys(split: str) -> Set[str]:
+    """The corpus keys the ``key:file`` entries of ``split`` name (entries without a key left out)."""
+    return {entry.partition(":")[0] for entry in split.split(",") if ":" in entry}
 
 
 def parse_split(split: str, keys: Sequence[str]) -> List[CorpusSplit]:

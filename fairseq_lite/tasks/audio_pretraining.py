@@ -13,7 +13,8 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from fairseq_lite.data.multi_corpus import MultiCorpusDataset, parse_corpus_keys, parse_sampling_weights, parse_split
+from fairseq_lite.data.multi_corpus import (MultiCorpusDataset, names_corpora, parse_corpus_keys,
+                                           parse_sampling_weights, parse_split)
 from fairseq_lite.data.raw_audio_dataset import AudioAugmentation, FileAudioDataset
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import ConfigError
@@ -105,7 +106,7 @@ class AudioPretrainingTask(FairseqTask):
         cfg = task_cfg or self.cfg
         keys, weights = corpus_options(cfg)
         if keys is None:
-            if ":" in split and not os.path.exists(os.path.join(cfg.data, f"{split}.tsv")):
+            if names_corpora(cfg.data, split):
                 raise ConfigError(f"split {split!r} is written key:file but task.multi_corpus_keys is not set: set it "
                                   f"to the corpus keys, e.g. task.multi_corpus_keys={split.partition(':')[0]}")
             self.datasets[split] = self.load_corpus(cfg, split)
