@@ -30,7 +30,7 @@ FIXTURES = sorted(name for name in os.listdir(WRITTEN) if os.path.isdir(os.path.
 EXPECTED = {"w2v2_base_pretrain", "w2v2_large_pretrain", "w2v2_conformer_abs_pretrain", "w2v2_conformer_rope_pretrain",
             "w2v2_conformer_rel_pos_pretrain", "w2v2_ctc_base_10m",
             "wav2vec1_cnn", "vq_wav2vec_gumbel", "vq_wav2vec_kmeans", "transformer_lm", "hubert_base_pretrain",
-            "hubert_ctc_base_10h"}
+            "hubert_ctc_base_10h", "hubert_ctc_from_hf"}
 
 
 def _our_outputs(model, arch, inputs):
@@ -126,3 +126,13 @@ def test_fairseq_read_hubert_files_without_label_folders_or_the_pretrained_file(
         assert task_state["target_dictionary"].symbols == letters.symbols
     assert set(needed) <= set(read["absent_at_load"])
     assert [d.symbols[4:] for d in task_state["dictionaries"]] == [[str(i) for i in range(8)]]
+
+
+def test_fairseq_reads_a_hubert_for_ctc_import_with_no_label_sets():
+    """HF's HubertForCTC keeps no label embeddings: our import stores no label sets in ``w2v_args`` (genuine fairseq
+    would look for the HF folder's dict.km.txt) and an empty ``label_embs_concat``, which fairseq reads strictly."""
+    read = json.load(open(os.path.join(WRITTEN, "hubert_ctc_from_hf", "fairseq_read.json")))
+    raw = torch.load(os.path.join(WRITTEN, "hubert_ctc_from_hf", "checkpoint.pt"), map_location="cpu",
+                     weights_only=False, pickle_module=fairseq_pickle)
+    assert read["fairseq_class"] == "HubertCtc" and raw["cfg"]["model"]["w2v_args"]["task"]["labels"] == []
+    assert raw["model"]["w2v_encoder.w2v_model.label_embs_concat"].shape == (0, 32)

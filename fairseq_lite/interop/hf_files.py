@@ -459,6 +459,8 @@ def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family:
         dictionary = dictionary_from_hf_vocab(json.load(f))
     adapter_cfg = dict(layer_type="trf_adp", adp_num=len(langs), adp_dim=config.adapter_attn_dim, adp_act_fn="relu",
                        adp_trf_idx="all") if langs else {}
+    if family == "hubert":  # HF keeps no label embeddings: no label sets, so loading needs no dict.km.txt
+        pretrain_task = {**pretrain_task, "labels": []}
     pretraining = _finalize({"task": pretrain_task, "model": {**pretrain_model, **adapter_cfg}})
     pretraining["criterion"] = pretraining["lr_scheduler"] = None
     data, normalize = pretrain_task["data"], pretrain_task["normalize"]
@@ -475,4 +477,8 @@ def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family:
         "criterion": {"_name": "ctc", "zero_infinity": True},
     })
     weights = ctc_from_hf_state_dict(hf_state, family == "conformer", _HF_CTC_PREFIXES[family])
+    if family == "hubert":  # the empty label embeddings fairseq's HubertCtc reads strictly (zero label sets)
+        backbone = pretraining["model"]
+        final_dim = backbone["final_dim"] if backbone["final_dim"] > 0 else backbone["encoder_embed_dim"]
+        weights[CTC_BACKBONE_PREFIX + "label_embs_concat"] = torch.zeros(0, final_dim)
     return cfg, weights, {"target_dictionary": dictionary}

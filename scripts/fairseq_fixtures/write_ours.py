@@ -200,6 +200,32 @@ def _hubert_ctc(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
     return save_dir, {"source": corpus.source}, [os.path.join(corpus.data, "dict.ltr.txt")]
 
 
+def _hubert_ctc_from_hf(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
+    """A random tiny HF ``HubertForCTC`` (BASE's layout: group-norm CNN, post-LN) converted by
+    ``scripts/convert_from_hf.py``: HF keeps no label embeddings, so the file must load with no dict.km.txt."""
+    import json
+
+    import torch
+    import transformers
+
+    hf_dir, save_dir = os.path.join(corpus.work, "hf_hubert_ctc"), corpus.save_dir(name)
+    vocab = {s: i for i, s in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + list(LETTERS))}
+    torch.manual_seed(0)
+    config = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(24, 24, 24),
+        conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False, vocab_size=len(vocab),
+        pad_token_id=0, final_dropout=0.0)
+    transformers.HubertForCTC(config).save_pretrained(hf_dir)
+    with open(os.path.join(hf_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(hf_dir)
+    os.makedirs(save_dir)
+    _run([sys.executable, os.path.join(REPO, "scripts", "convert_from_hf.py"), hf_dir,
+          os.path.join(save_dir, "checkpoint_last.pt")], REPO)
+    return save_dir, {"source": corpus.source}, []
+
+
 def _legacy(flags: Sequence[str]) -> Callable:
     def write(corpus: Corpus, name: str) -> Tuple[str, dict, list]:
         save_dir = corpus.save_dir(name)
@@ -234,6 +260,7 @@ WRITERS: Dict[str, Callable] = {
     "transformer_lm": _language_model,
     "hubert_base_pretrain": _hubert,
     "hubert_ctc_base_10h": _hubert_ctc,
+    "hubert_ctc_from_hf": _hubert_ctc_from_hf,
 }
 REQUIRES = {"w2v2_ctc_base_10m": "w2v2_base_pretrain", "hubert_ctc_base_10h": "hubert_base_pretrain"}
 
