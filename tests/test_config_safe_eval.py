@@ -33,3 +33,15 @@ def test_code_is_refused(text):
                                             ([1, 2], [1.0, 2.0]), (3, [3.0])])
 def test_parse_list(text, expected):
     assert parse_list(text, float) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("ltr", ["ltr"]), ("km,ltr", ["km", "ltr"]), ("[km]", ["km"]),
+                                            ("['km', 'ltr']", ["km", "ltr"]), ("", [])])
+def test_a_list_of_strings_takes_bare_words_as_fairseq_flags_did(text, expected):
+    """``--labels ltr`` (fairseq's HuBERT decoding command) and Hydra's ``[km]`` spelling."""
+    assert parse_list(text, str) == expected
+
+
+def test_a_list_of_numbers_still_refuses_words():
+    with pytest.raises(ConfigError, match="cannot parse"):
+        parse_list("ten", float)

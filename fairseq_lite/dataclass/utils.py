@@ -104,16 +104,30 @@ def safe_eval(text: Any) -> Any:
     return _eval_node(tree, text)
 
 
+def _bare_word(part: str) -> Any:
+    """One item of a list of strings: a quoted literal (``'km'``) or the bare word itself (``km``)."""
+    try:
+        return safe_eval(part.strip())
+    except (ConfigError, ValueError, SyntaxError):
+        return part.strip()
+
+
 def parse_list(text: Any, item_type: type = float) -> list:
-    """A list from a config or command-line value: ``[0.1, 10]``, ``"0.1,10"``, ``"[0.1, 10]"`` or ``0.1``."""
+    """A list from a config or command-line value: ``[0.1, 10]``, ``"0.1,10"``, ``"[0.1, 10]"`` or ``0.1``; a
+    list of strings also takes bare words (``ltr``, ``km,ltr``, ``[km]``), as fairseq's argparse flags did."""
     if isinstance(text, str):
         stripped = text.strip()
-        if stripped.startswith(("[", "(")):
+        if item_type is str and stripped[:1] in "[(" and stripped[-1:] in "])":
+            try:
+                value = safe_eval(stripped)
+            except (ConfigError, ValueError, SyntaxError):
+                value = [_bare_word(part) for part in stripped[1:-1].split(",") if part.strip()]
+        elif stripped.startswith(("[", "(")):
             value = safe_eval(stripped)
         elif stripped == "":
             value = []
         else:
-            value = [safe_eval(part) for part in stripped.split(",")]
+            value = [_bare_word(part) if item_type is str else safe_eval(part) for part in stripped.split(",")]
     else:
         value = text
     if not isinstance(value, (list, tuple)):
