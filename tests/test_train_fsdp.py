@@ -1,6 +1,7 @@
 """ddp_backend=fully_sharded on torch's FSDP2 with 2 gloo ranks on the CPU: the same parameters as one process
 (and so as DDP, see test_train_distributed.py) with update_freq and clipping, checkpoints in fairseq's layout that
-load into a plain model, into DDP and back into FSDP; the wrapping policy on wav2vec 2.0."""
+load into a plain model, into DDP and back into FSDP; layerdrop that drops the same layers on every rank; the
+wrapping policy on wav2vec 2.0."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from test_train_distributed import wav2vec2_reference
 from test_train_wav2vec2 import corpus  # noqa: F401 (the fixture)
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.training.checkpoint import load_checkpoint_file
-from fairseq_lite.training.fsdp import check_fsdp_supported, fsdp_units
+from fairseq_lite.training.fsdp import check_fsdp_supported, fsdp_units, share_layerdrop
 
 # clip_norm below the toy's gradient norm: every update is clipped by the norm over both ranks' shards
 # 3 validation batches: rank 1's second is empty (under FSDP it still runs a forward)
@@ -121,7 +122,52 @@ def test_fsdp_units_are_the_encoder_layers_of_wav2vec2():
     model = Wav2Vec2Model(cfg)
     assert [id(m) for m in fsdp_units(model)] == [id(m) for m in model.encoder.layers]
     check_fsdp_supported(model, torch.nn.Module())  # no layerdrop, a criterion without parameters
+    assert share_layerdrop(model) == []
 
     dropping = Wav2Vec2Model(Wav2Vec2Config(**{**cfg.__dict__, "encoder_layerdrop": 0.1}))
-    with pytest.raises(ConfigError, match="fully_sharded with layerdrop 0.1.*pytorch_ddp"):
-        check_fsdp_supported(dropping, torch.nn.Module())
+    check_fsdp_supported(dropping, torch.nn.Module())
+    assert share_layerdrop(dropping) == [dropping.encoder]
+    assert isinstance(dropping.encoder.layerdrop_generator, torch.Generator)
+    with pytest.raises(ConfigError, match="criterion Linear has trained parameters.*pytorch_ddp"):
+        check_fsdp_supported(model, torch.nn.Linear(2, 2))
+    toy = train_toy.ToyModel(train_toy.ToyModelConfig(layerdrop=0.2))  # draws from the global RNG
+    with pytest.raises(ConfigError, match="fully_sharded with layerdrop 0.2 in ToyModel.*pytorch_ddp"):
+        check_fsdp_supported(toy, torch.nn.Module())
+
+
+def _layerdrop_run(tmp_path, name, max_update):
+    """Encoder layerdrop 0.5 (and dropout, seed_per_batch: the global RNG differs per rank) on 2 FSDP ranks
+    × update_freq 2 over the toy's 15 batches; returns the log and, per rank, the layers run per micro-batch."""
+    save_dir, record = tmp_path / name, tmp_path / f"{name}_layers"
+    record.mkdir(exist_ok=True)
+    model = {"_name": "toy_encoder", "layers": 4, "layerdrop": 0.5, "dropout": 0.1, "record_layers": str(record)}
+    out = _run(tmp_path, save_dir, optimization={"max_update": max_update, "update_freq": [2]},
+               common={"cpu": True, "seed_per_batch": True}, task={"num_examples": 60}, model=model,
+               checkpoint={"save_interval_updates": 2},
+               distributed_training={"distributed_world_size": 2, "ddp_backend": "fully_sharded"})
+    return out, [[json.loads(line) for line in (record / f"layers.{rank}.jsonl").read_text().splitlines()]
+                 for rank in (0, 1)]
+
+
+def test_fsdp_layerdrop_drops_the_same_layers_on_every_rank(tmp_path):
+    """4 updates (rank 1's last micro-batch is the dummy batch): the run completes, both ranks ran the same
+    encoder layers in each of their 8 micro-batches while the micro-batches drop different sets; resumed from the
+    checkpoint of update 2 it drops what the uninterrupted run did; the checkpoint loads into the plain model."""
+    out, ran = _layerdrop_run(tmp_path, "fsdp", 4)
+    assert "fully_sharded: 5 FSDP units (4 layers and the root)" in out
+    assert len(ran[0]) == 8 and ran[0] == ran[1]
+    assert len({tuple(layers) for layers in ran[0]}) > 1 and min(map(len, ran[0])) < 4
+    assert sorted(_losses(tmp_path / "fsdp")) == [1, 2, 3, 4]
+
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(tmp_path / "fsdp" / "checkpoint_1_2.pt", tmp_path / "resumed" / "checkpoint_last.pt")
+    out, resumed = _layerdrop_run(tmp_path, "resumed", 4)
+    assert "loaded checkpoint" in out and resumed == [ran[0][4:]] * 2
+
+    state = load_checkpoint_file(str(tmp_path / "fsdp" / "checkpoint_last.pt"))
+    plain = train_toy.ToyEncoderModel(train_toy.ToyEncoderConfig(layers=4, layerdrop=0.5))
+    plain.load_state_dict(state["model"], strict=True)
+    assert plain.encoder.layerdrop_generator is None
+    data = train_toy.ToyDataset(4, 4, 8, 1)
+    batch = data.collater([data[i] for i in range(4)])
+    assert torch.isfinite(plain.eval()(**batch["net_input"])).all()

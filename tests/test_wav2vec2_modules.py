@@ -11,7 +11,7 @@ from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import Masker, compute_mask_indices
 from fairseq_lite.modules.multihead_attention import MultiheadAttention
 from fairseq_lite.modules.negatives import sample_negatives
-from fairseq_lite.modules.transformer_encoder import WeightNormConv1d, make_conv_pos
+from fairseq_lite.modules.transformer_encoder import TransformerEncoder, WeightNormConv1d, make_conv_pos
 
 BASE_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
@@ -246,3 +246,37 @@ def test_pos_conv_equals_torch_weight_norm_and_loads_parametrization_names():
     x = torch.randn(2, 16, 11)
     assert torch.allclose(fresh(x), reference(x), atol=1e-5)
     assert pos(x).shape == x.shape  # SamePad trims the extra frame of the even kernel
+
+
+def _layers_run(encoder, x):
+    """The indices of the encoder layers one forward of ``x`` runs."""
+    ran = []
+    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: ran.append(i))
+             for i, layer in enumerate(encoder.layers)]
+    encoder(x)
+    for hook in hooks:
+        hook.remove()
+    return ran
+
+
+def test_layerdrop_draws_from_the_encoders_generator_or_the_global_rng():
+    """layerdrop's per-layer draws: torch's global RNG by default (as fairseq), the encoder's
+    ``layerdrop_generator`` when set (FSDP training: the same on every rank), whatever the global RNG does."""
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, 8, 16, 2, dropout=0.0, layerdrop=0.5, conv_pos=2, conv_pos_groups=2).train()
+    x = torch.randn(2, 5, 16)
+    assert encoder.layerdrop_generator is None
+    torch.manual_seed(1)
+    kept = (torch.rand(8) > 0.5).nonzero().view(-1).tolist()
+    torch.manual_seed(1)
+    assert _layers_run(encoder, x) == kept
+
+    kept = (torch.rand(8, generator=torch.Generator().manual_seed(7)) > 0.5).nonzero().view(-1).tolist()
+    encoder.layerdrop_generator = torch.Generator()
+    runs = []
+    for global_seed in (2, 3):
+        torch.manual_seed(global_seed)
+        encoder.layerdrop_generator.manual_seed(7)
+        runs.append(_layers_run(encoder, x))
+    assert runs[0] == runs[1] == kept and 0 < len(kept) < 8
+    assert _layers_run(encoder.eval(), x) == list(range(8))

@@ -1,12 +1,15 @@
 """Test-only task, model and criterion for the training tests (registered under toy_* names).
 
 A tiny per-frame regression: variable-length inputs (so sample_size normalisation matters), a stack of
-residual layers with optional layerdrop, a frozen layer, and a submodule that records set_num_updates.
+residual layers with optional layerdrop, a frozen layer, and a submodule that records set_num_updates; and the
+same regression through fairseq_lite's TransformerEncoder (``toy_encoder``), which can record the layers it ran.
 Imported by the training tests and by the scripts they run in subprocesses.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from torch import nn
 from fairseq_lite.criterions import CRITERION_REGISTRY, FairseqCriterion
 from fairseq_lite.dataclass.configs import FairseqDataclass
 from fairseq_lite.models import MODEL_REGISTRY, BaseFairseqModel
+from fairseq_lite.modules.transformer_encoder import TransformerEncoder
 from fairseq_lite.tasks import TASK_REGISTRY, FairseqTask
 
 
@@ -129,6 +133,41 @@ class ToyModel(BaseFairseqModel):
                 continue
             h = h + torch.tanh(self.dropout(layer(h)))
         return self.out(h).squeeze(-1)
+
+
+@dataclass
+class ToyEncoderConfig(ToyModelConfig):
+    record_layers: str = ""  # a folder: each training forward appends the layers it ran to layers.<rank>.jsonl
+
+
+@MODEL_REGISTRY.register("toy_encoder", dataclass=ToyEncoderConfig)
+class ToyEncoderModel(BaseFairseqModel):
+    """The toy regression through a tiny TransformerEncoder (its layerdrop); records the encoder layers run."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.record_layers = cfg.record_layers
+        self.proj = nn.Linear(cfg.dim, cfg.hidden)
+        self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.hidden, 2, dropout=cfg.dropout,
+                                          attention_dropout=0.0, layerdrop=cfg.layerdrop, conv_pos=2,
+                                          conv_pos_groups=2)
+        self.out = nn.Linear(cfg.hidden, 1)
+        self.ran = []
+        for i, layer in enumerate(self.encoder.layers):
+            layer.register_forward_pre_hook(lambda module, args, i=i: self.ran.append(i))
+
+    @classmethod
+    def build_model(cls, cfg, task=None):
+        return cls(cfg)
+
+    def forward(self, source, padding_mask=None):
+        self.ran = []
+        x, _ = self.encoder(torch.tanh(self.proj(source)), padding_mask)
+        if self.training and self.record_layers:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            with open(os.path.join(self.record_layers, f"layers.{rank}.jsonl"), "a") as f:
+                f.write(json.dumps(self.ran) + "\n")
+        return self.out(x).squeeze(-1)
 
 
 @dataclass

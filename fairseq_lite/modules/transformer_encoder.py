@@ -119,7 +119,9 @@ class TransformerEncoder(nn.Module):
         activation_dropout: dropout after the feed-forward activation (``activation_dropout``).
         activation_fn: feed-forward activation (``activation_fn``).
         layer_norm_first: pre-LN layers and a final LayerNorm, as in Large (``layer_norm_first``).
-        layerdrop: probability of skipping each layer in training (``encoder_layerdrop``).
+        layerdrop: probability of skipping each layer in training (``encoder_layerdrop``); the draws come from
+            the ``layerdrop_generator`` attribute, a ``torch.Generator`` (None, the default: torch's global RNG),
+            which FSDP training seeds alike on every rank.
         conv_pos: kernel size of the convolutional positions (``conv_pos``).
         conv_pos_groups: groups of that convolution (``conv_pos_groups``).
         pos_conv_depth: number of stacked position convolutions (``pos_conv_depth``).
@@ -152,6 +154,7 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first = layer_norm_first
         self.layer_norm = nn.LayerNorm(self.embedding_dim)
         self.layerdrop = layerdrop
+        self.layerdrop_generator: Optional[torch.Generator] = None
         self.checkpoint_activations = checkpoint_activations
         self.apply(init_bert_params)
 
@@ -214,7 +217,9 @@ class TransformerEncoder(nn.Module):
         """The layer loop: layerdrop (one draw per layer, training only), activation checkpointing, early
         stop after ``tgt_layer``; returns that layer's output (or the last one's) and the layer results."""
         layer_results: List[LayerResult] = []
-        drops = torch.rand(len(self.layers)).tolist() if self.training and self.layerdrop > 0 else None
+        drops = None
+        if self.training and self.layerdrop > 0:
+            drops = torch.rand(len(self.layers), generator=self.layerdrop_generator).tolist()
         for i, layer in enumerate(self.layers):
             if drops is None or drops[i] > self.layerdrop:
                 if self.checkpoint_activations and self.training and torch.is_grad_enabled():

@@ -10,6 +10,11 @@ options keep their meaning where FSDP2 has one:
 - fp16/bf16 runs keep fp32 sharded parameters and compute in half precision (``MixedPrecisionPolicy``);
   gradients are reduce-scattered in that half type, or in fp32 with ``fp32_reduce_scatter``.
 
+layerdrop: ranks that drop different layers issue FSDP all-gathers that do not match (an error, a hang or
+mixed-up parameters). Every encoder with layerdrop gets its own ``layerdrop_generator``, seeded before
+each micro-batch from what all ranks share (seed, update, micro-batch index, dummy batches included), so every
+rank drops the same layers in the same micro-batch and different micro-batches drop different ones.
+
 Checkpoints hold the full, unsharded state in fairseq's layout (``model`` keyed as the plain model's
 state dict, ``last_optimizer_state`` keyed by parameter index as torch optimizers write it), gathered to
 rank 0's CPU: they load into a model without FSDP, into DDP, or back into FSDP on any number of ranks.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,20 +46,43 @@ def fsdp_units(model: nn.Module) -> List[nn.Module]:
     return units
 
 
+def _dropping(model: nn.Module) -> List[nn.Module]:
+    """The modules of ``model`` with a ``layerdrop`` above 0, in ``modules()`` order (the same on every rank)."""
+    return [m for m in model.modules() if float(getattr(m, "layerdrop", 0) or 0) > 0]
+
+
 def check_fsdp_supported(model: nn.Module, criterion: nn.Module) -> None:
     """ConfigErrors for what this FSDP set-up cannot train correctly."""
-    dropping = sorted({float(m.layerdrop) for m in model.modules() if float(getattr(m, "layerdrop", 0) or 0) > 0})
-    if dropping:
+    unshared = [m for m in _dropping(model) if not hasattr(m, "layerdrop_generator")]
+    if unshared:
         raise ConfigError(
-            f"distributed_training.ddp_backend=fully_sharded with layerdrop {dropping[0]}: each rank drops its own "
-            "layers, so their FSDP all-gathers would not match; set the model's encoder_layerdrop/layerdrop to 0 "
-            "or use distributed_training.ddp_backend=pytorch_ddp"
+            f"distributed_training.ddp_backend=fully_sharded with layerdrop {float(unshared[0].layerdrop)} in "
+            f"{type(unshared[0]).__name__}, which draws its drops from the global RNG: each rank would drop its "
+            "own layers and the FSDP all-gathers would not match; set its layerdrop to 0 or use "
+            "distributed_training.ddp_backend=pytorch_ddp"
         )
     if any(p.requires_grad for p in criterion.parameters()):
         raise ConfigError(
             f"distributed_training.ddp_backend=fully_sharded shards the model only, but the criterion "
             f"{type(criterion).__name__} has trained parameters: use distributed_training.ddp_backend=pytorch_ddp"
         )
+
+
+def share_layerdrop(model: nn.Module) -> List[nn.Module]:
+    """Give every encoder with layerdrop its own ``layerdrop_generator`` (see :func:`seed_layerdrop`);
+    returns those encoders."""
+    encoders = _dropping(model)
+    for encoder in encoders:
+        encoder.layerdrop_generator = torch.Generator()
+    return encoders
+
+
+def seed_layerdrop(encoders: List[nn.Module], seed: int, num_updates: int, micro_batch: int) -> None:
+    """Seed the encoders' layerdrop generators for one micro-batch from values every rank shares: the run's
+    seed, the update and the micro-batch's index in it (dummy batches count), never its example ids."""
+    for k, encoder in enumerate(encoders):
+        words = [int(seed), int(num_updates), int(micro_batch), k]
+        encoder.layerdrop_generator.manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]))
 
 
 def shard_model(model: nn.Module, dt: Any, device: torch.device, compute_dtype: Optional[torch.dtype]) -> nn.Module:
@@ -138,7 +167,8 @@ def load_full_model_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> N
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
     """Load an index-keyed optimizer state (as :func:`full_optimizer_state` writes, or a DDP run's) into the
-    optimizer of the sharded model; every rank holds the full state."""
+    optimizer of the sharded model; every rank holds the full state. A trained parameter may have no state yet,
+    as in a torch optimizer's own ``state_dict()``: one whose layer layerdrop dropped in every update so far."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     names = _trained_names(model)
@@ -147,4 +177,4 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
         "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
                          for group in state["param_groups"]],
     }
-    set_optimizer_state_dict(model, optimizer, by_name, options=_options())
+    set_optimizer_state_dict(model, optimizer, by_name, options=_options(strict=False))

@@ -153,6 +153,7 @@ class Trainer:
         if self.use_fsdp:
             fsdp.check_fsdp_supported(self._model, self._criterion)
             fsdp.shard_model(self._model, cfg.distributed_training, self.device, self.float_dtype)
+        self._layerdrop_encoders = fsdp.share_layerdrop(self._model) if self.use_fsdp else []
         self.use_torch_ddp = self.world_size > 1 and not self.is_xla and backend in TORCH_DDP_BACKENDS
         self._wrapped_model: Optional[torch.nn.Module] = None
         self._optimizer = None
@@ -386,6 +387,8 @@ class Trainer:
             ids = torch.as_tensor(raw["id"]).view(-1).tolist() if "id" in raw else None  # the host copy
             if self.cfg.common.seed_per_batch and not is_dummy:
                 self._seed_batch(ids)
+            if self._layerdrop_encoders:  # FSDP: the same layers dropped on every rank
+                fsdp.seed_layerdrop(self._layerdrop_encoders, self.cfg.common.seed, self.num_updates, i)
             try:
                 with sync:
                     loss, size, logging_output = self.task.train_step(
