@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_lite", "fairseq_lite.*"]),
-    package_data={"fairseq_lite": ["config/model/*/*.yaml", "interop/*.json"]},
+    package_data={"fairseq_lite": ["config/model/*/*.yaml", "interop/*.json", "recipes/cards/*.yaml"]},
     install_requires=[
         "torch>=2.4",  # fused CPU AdamW; tested with 2.9 (torch-xla) and 2.13
         "hydra-core>=1.3,<1.4",

@@ -15,15 +15,16 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 #: What each package must not import (fairseq_lite subpackages, or third-party configuration libraries).
 FORBIDDEN = {
     "modules": {"dataclass", "models", "tasks", "criterions", "optim", "training", "cli", "interop", "data",
-                "decoding", "omegaconf", "hydra"},
-    "models": {"tasks", "criterions", "optim", "training", "cli", "omegaconf", "hydra"},
-    "data": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra"},
-    "decoding": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra"},
-    "tasks": {"training", "cli", "hydra"},
-    "criterions": {"training", "cli", "hydra"},
-    "optim": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra"},
-    "interop": {"training", "cli", "tasks", "criterions", "hydra"},
-    "training": {"cli", "hydra"},
+                "decoding", "omegaconf", "hydra", "recipes"},
+    "models": {"tasks", "criterions", "optim", "training", "cli", "omegaconf", "hydra", "recipes"},
+    "data": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra", "recipes"},
+    "decoding": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra", "recipes"},
+    "tasks": {"training", "cli", "hydra", "recipes"},
+    "criterions": {"training", "cli", "hydra", "recipes"},
+    "optim": {"models", "tasks", "criterions", "training", "cli", "interop", "hydra", "recipes"},
+    "interop": {"training", "cli", "tasks", "criterions", "hydra", "recipes"},
+    "training": {"cli", "hydra", "recipes"},
+    "cli": {"recipes"},  # recipes (fairseq2-style commands) sit above cli
 }
 
 
