@@ -23,7 +23,6 @@ random-weight ``wav2vec_ctc`` and its HF copy (``ctc_pair``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import RATE, alternate, markdown_table  # noqa: E402
+from common import RATE, alternate, markdown_table, print_report  # noqa: E402
 
 DEMO_CHECKPOINT = "demo_out/hubert/finetune/checkpoint_best.pt"
 DEMO_DATA = "demo_out/hubert/data"
@@ -240,12 +239,7 @@ def main() -> None:
         report["precision"] = precision_rows(args.data, args.checkpoint, hf_dir, work, args.repeats, trained=True)
         if args.base_files:
             report["base_rtf"] = base_rtf(args.data, args.repeats, args.base_files)
-    print(tables(report))
-    print(json.dumps(report, indent=1))
-    if args.json:
-        with open(args.json + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+    print_report(tables(report), report, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import gc
 import multiprocessing
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -281,6 +281,18 @@ def peak_memory(build: Callable, args: tuple = (), threads: int = 2) -> int:
     result = queue.get()
     proc.join()
     return result
+
+
+def print_report(text: str, report: dict, json_path: Optional[str] = None) -> None:
+    """Print a benchmark's tables and its JSON report; also write the JSON to ``json_path`` (atomically)."""
+    import json
+
+    from fairseq_lite.file_io import atomic_write_bytes
+
+    print(text)
+    print(json.dumps(report, indent=1))
+    if json_path:
+        atomic_write_bytes(json.dumps(report, indent=1).encode("utf-8"), json_path)
 
 
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:

@@ -19,7 +19,11 @@ medians of ``--repeats``):
 6. HuBERT: forward+backward of our BASE ``hubert`` backbone against HF ``HubertModel`` (bench_hubert.py), and the
    label tools' audio seconds per second against real time: MFCC, BASE layer features on the CPU, k-means labels
    (bench_labels.py);
-7. peak memory (resident set of a fresh process) of each side of 1, 2 and the HuBERT backbone.
+7. peak memory (resident set of a fresh process) of each side of 1, 2 and the HuBERT backbone, and of the BASE
+   update and BASE CTC inference against genuine fairseq 0.12.2 too, each side importing only its own library
+   (bench_memory.py);
+8. feature extraction of the demo test split, every layer to .npy: extract_features.py against HF's
+   ``output_hidden_states`` on the demo HuBERT exported to HF (bench_features.py; skipped without it).
 Where a goal (≥ 1.3× HF for 1 and 2, ≥ 60 % of the matmul peak for 3) is not met, the profiler's split of one
 update's CPU time says what bounds it. ``--device cuda`` runs the models of 1–3, the HuBERT backbone of 6 and
 the probes of 7 on a GPU (the bf16 rows under CUDA autocast, SDPA choosing the GPU's attention kernels; peak
@@ -45,8 +49,10 @@ from fairseq_lite.data.manifest import write_manifest  # noqa: E402
 
 import bench_data  # noqa: E402
 import bench_decoding  # noqa: E402
+import bench_features  # noqa: E402
 import bench_hubert  # noqa: E402
 import bench_labels  # noqa: E402
+import bench_memory  # noqa: E402
 from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, backbone_steps, count_flops, ctc_pair,  # noqa: E402
                     device, gemm_rate, markdown_table, peak_memory, pretraining_config, pretraining_pair,
                     profile_breakdown, use_device)
@@ -347,6 +353,41 @@ def label_tool_rows(args, rows: list, notes: list) -> None:
                  "fitted on the same features by learn_kmeans.py.")
 
 
+def feature_rows(args, rows: list, notes: list) -> None:
+    """extract_features.py (all layers to .npy) against HF ``output_hidden_states`` (bench_features.py) on the
+    demo HuBERT, when scripts/run_demo.py --model hubert has left it."""
+    checkpoint = os.path.join(REPO, bench_features.DEMO_CHECKPOINT)
+    if not os.path.isfile(checkpoint):
+        notes.append(f"*Feature extraction*: not measured, {bench_features.DEMO_CHECKPOINT} is missing (run "
+                     "scripts/run_demo.py --model hubert).")
+        return
+    report = bench_features.run(bench_features.parse_args([
+        "--checkpoint", checkpoint, "--audio", os.path.join(REPO, bench_features.DEMO_AUDIO),
+        "--repeats", str(args.repeats), "--threads", str(args.threads)]))
+    hf = report[bench_features.HF_RUN]
+    for name in bench_features.OURS:
+        ours = report[name]
+        rows.append([f"feature extraction, all layers to .npy, {report['files']} demo test files, {name} "
+                     "(audio s / s)",
+                     f"{ours['audio_s_per_s']:.1f} (max abs diff {ours['max_abs_diff']:.1e})",
+                     f"{hf['audio_s_per_s']:.1f} (HF output_hidden_states, one file at a time)",
+                     f"**{ours['ratio_over_hf']:.2f}×** (CPU time {ours['cpu_ratio_over_hf']:.2f}×)", "", ""])
+    notes.append("*Feature extraction*: the demo's HuBERT (1.1 M parameters, group-norm CNN) exported with "
+                 "convert_to_hf.py; batched features differ from HF's single-file ones because that norm sees the "
+                 "padding (extract_features.py --help), --max-tokens 0 gives HF's features to float rounding.")
+
+
+def memory_rows(args, rows: list, notes: list) -> None:
+    """Peak RSS of the BASE update and BASE CTC inference, ours against genuine fairseq 0.12.2 and HF, each in
+    a fresh process (bench_memory.py); skipped without the genuine fairseq venv."""
+    mem_args = bench_memory.parse_args(["--batch", str(args.batch), "--seconds", str(args.seconds),
+                                        "--ctc-seconds", str(args.ctc_seconds), "--threads", str(args.threads)])
+    if not os.path.exists(mem_args.fairseq_python):
+        notes.append(f"*Peak memory against genuine fairseq*: not measured, no {mem_args.fairseq_python}.")
+        return
+    rows.extend(bench_memory.rows(bench_memory.run(mem_args), mem_args))
+
+
 def run(args) -> str:
     """Every measurement; the caption, the table and the notes as markdown."""
     torch.set_num_threads(args.threads)
@@ -363,6 +404,9 @@ def run(args) -> str:
     decoding_rows(args, rows, notes)
     hubert_rows(args, rows)
     label_tool_rows(args, rows, notes)
+    feature_rows(args, rows, notes)
+    if args.memory and device().type == "cpu":
+        memory_rows(args, rows, notes)
     # the allocator moves the ratios: big temporaries that glibc serves by mmap cost page faults on every step
     allocator = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATOR_VARIABLES if k in os.environ)
     where = (f"{torch.cuda.get_device_name()} GPU (peak memory: GPU memory allocated), data loading and decoding "
