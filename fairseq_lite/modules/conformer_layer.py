@@ -21,14 +21,18 @@ from fairseq_lite.modules.multihead_attention import MultiheadAttention
 
 
 class FeedForwardModule(nn.Module):
-    """LayerNorm -> Linear ``w_1`` -> swish -> dropout -> Linear ``w_2`` -> dropout (fairseq's ``FeedForwardModule``)."""
+    """LayerNorm -> Linear ``w_1`` -> swish -> dropout -> Linear ``w_2`` -> dropout (fairseq's ``FeedForwardModule``).
 
-    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float):
+    ``activation_dropout``: the dropout after the activation when it differs from ``dropout`` (HF w2v-BERT's
+    ``activation_dropout``; fairseq uses ``dropout`` for both).
+    """
+
+    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float, activation_dropout: float | None = None):
         super().__init__()
         self.layer_norm = nn.LayerNorm(embed_dim)
         self.w_1 = nn.Linear(embed_dim, ffn_dim)
         self.w_2 = nn.Linear(ffn_dim, embed_dim)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout if activation_dropout is None else activation_dropout)
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,34 +44,58 @@ class ConvolutionModule(nn.Module):
     GLU -> depthwise conv (``depthwise_conv_kernel_size``, same padding) -> BatchNorm -> swish -> pointwise conv
     -> dropout. No conv biases, as in fairseq.
 
-    Like fairseq (and HF), padded frames are not zeroed before the depthwise convolution, so they reach the
-    last valid frames and the BatchNorm statistics; released conformer checkpoints were trained that way.
+    Like fairseq (and HF's wav2vec2-conformer), padded frames are not zeroed before the depthwise convolution, so
+    they reach the last valid frames and the BatchNorm statistics; released conformer checkpoints were trained
+    that way.
+
+    Options for w2v-BERT 2.0's block (HF ``Wav2Vec2BertConvolutionModule``): ``causal`` pads the depthwise
+    convolution on the left only (``kernel - 1`` frames), ``norm="layer_norm"`` replaces the BatchNorm by a
+    LayerNorm named ``depthwise_layer_norm``, ``zero_padding`` zeroes padded frames after the first LayerNorm.
     """
 
-    def __init__(self, embed_dim: int, depthwise_kernel_size: int, dropout: float):
+    def __init__(self, embed_dim: int, depthwise_kernel_size: int, dropout: float, causal: bool = False,
+                 norm: str = "batch_norm", zero_padding: bool = False):
         super().__init__()
         if depthwise_kernel_size % 2 == 0:
             raise ConfigError(
                 f"depthwise_conv_kernel_size={depthwise_kernel_size} must be odd (same padding); e.g. use 31"
             )
+        if norm not in ("batch_norm", "layer_norm"):
+            raise ConfigError(f"conformer convolution norm {norm!r} is unknown: choose batch_norm or layer_norm")
+        self.causal = causal
+        self.zero_padding = zero_padding
         self.layer_norm = nn.LayerNorm(embed_dim)
         self.pointwise_conv1 = nn.Conv1d(embed_dim, 2 * embed_dim, kernel_size=1, bias=False)
         self.depthwise_conv = nn.Conv1d(
             embed_dim,
             embed_dim,
             depthwise_kernel_size,
-            padding=(depthwise_kernel_size - 1) // 2,
+            padding=0 if causal else (depthwise_kernel_size - 1) // 2,
             groups=embed_dim,
             bias=False,
         )
-        self.batch_norm = nn.BatchNorm1d(embed_dim)
+        if norm == "batch_norm":
+            self.batch_norm = nn.BatchNorm1d(embed_dim)
+        else:
+            self.depthwise_layer_norm = nn.LayerNorm(embed_dim)
         self.pointwise_conv2 = nn.Conv1d(embed_dim, embed_dim, kernel_size=1, bias=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(x).transpose(1, 2)  # B x C x T
-        x = F.glu(self.pointwise_conv1(x), dim=1)
-        x = F.silu(self.batch_norm(self.depthwise_conv(x)))
+    def depthwise_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm after the depthwise convolution, on B x C x T."""
+        if hasattr(self, "batch_norm"):
+            return self.batch_norm(x)
+        return self.depthwise_layer_norm(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` B x T x C; ``padding_mask`` B x T (True at padding) is used only with ``zero_padding``."""
+        x = self.layer_norm(x)
+        if self.zero_padding and padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)  # B x C x T
+        if self.causal:
+            x = F.pad(x, (self.depthwise_conv.kernel_size[0] - 1, 0))
+        x = F.silu(self.depthwise_norm(self.depthwise_conv(x)))
         return self.dropout(self.pointwise_conv2(x)).transpose(1, 2)
 
 
@@ -93,6 +121,12 @@ class ConformerWav2Vec2EncoderLayer(nn.Module):
 
     ``dropout`` is used everywhere (FFNs, attention probabilities, convolution module), as in fairseq, which
     builds the layer from ``cfg.dropout`` and always uses swish.
+
+    Keyword options for w2v-BERT 2.0 (HF ``Wav2Vec2BertEncoderLayer``), each None/False = fairseq's behaviour:
+    ``self_attn`` a prebuilt attention module (e.g. ``ShawRelativeKeyMultiHeadedAttention``) used instead of the
+    one ``attn_type``/``pos_enc_type`` name; ``activation_dropout`` inside the FFNs; ``self_attn_dropout`` on the
+    attention output (HF uses its ``attention_dropout`` there); ``conv_dropout``; ``conv_causal``, ``conv_norm``
+    and ``conv_zero_padding`` as in ``ConvolutionModule``.
     """
 
     def __init__(
@@ -104,15 +138,26 @@ class ConformerWav2Vec2EncoderLayer(nn.Module):
         depthwise_conv_kernel_size: int = 31,
         attn_type: str = "espnet",
         pos_enc_type: str = "abs",
+        *,
+        self_attn: nn.Module | None = None,
+        activation_dropout: float | None = None,
+        self_attn_dropout: float | None = None,
+        conv_dropout: float | None = None,
+        conv_causal: bool = False,
+        conv_norm: str = "batch_norm",
+        conv_zero_padding: bool = False,
     ):
         super().__init__()
         self.pos_enc_type = pos_enc_type
-        self.ffn1 = FeedForwardModule(embed_dim, ffn_embed_dim, dropout)
+        self.ffn1 = FeedForwardModule(embed_dim, ffn_embed_dim, dropout, activation_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
-        self.self_attn_dropout = nn.Dropout(dropout)
-        self.self_attn = build_conformer_attention(embed_dim, attention_heads, dropout, attn_type, pos_enc_type)
-        self.conv_module = ConvolutionModule(embed_dim, depthwise_conv_kernel_size, dropout)
-        self.ffn2 = FeedForwardModule(embed_dim, ffn_embed_dim, dropout)
+        self.self_attn_dropout = nn.Dropout(dropout if self_attn_dropout is None else self_attn_dropout)
+        self.self_attn = self_attn if self_attn is not None else build_conformer_attention(
+            embed_dim, attention_heads, dropout, attn_type, pos_enc_type)
+        self.conv_module = ConvolutionModule(
+            embed_dim, depthwise_conv_kernel_size, dropout if conv_dropout is None else conv_dropout,
+            causal=conv_causal, norm=conv_norm, zero_padding=conv_zero_padding)
+        self.ffn2 = FeedForwardModule(embed_dim, ffn_embed_dim, dropout, activation_dropout)
         self.final_layer_norm = nn.LayerNorm(embed_dim)
 
     def forward(
@@ -135,7 +180,7 @@ class ConformerWav2Vec2EncoderLayer(nn.Module):
         else:
             attn = self.self_attn(h, padding_mask, attn_mask)
         x = x + self.self_attn_dropout(attn)
-        x = x + self.conv_module(x)
+        x = x + self.conv_module(x, padding_mask)
         ffn_output = self.ffn2(x)
         x = self.final_layer_norm(x + 0.5 * ffn_output)
         return x, ffn_output

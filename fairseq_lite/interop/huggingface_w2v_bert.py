@@ -1,0 +1,143 @@
+"""Hugging Face Transformers ↔ fairseq_lite for w2v-BERT 2.0: state-dict key maps and config maps.
+
+HF ``Wav2Vec2BertModel`` keys ↔ our ``w2v_bert`` keys: ``feature_projection.layer_norm`` ↔ ``layer_norm``,
+``feature_projection.projection`` ↔ ``post_extract_proj``, ``masked_spec_embed`` ↔ ``mask_emb``, and inside the
+layers the wav2vec 2.0 conformer renames (``ffn{1,2}_layer_norm`` ↔ ``ffn{1,2}.layer_norm``,
+``ffn{1,2}.{intermediate,output}_dense`` ↔ ``ffn{1,2}.w_{1,2}``; ``self_attn.*``, ``conv_module.*`` and the layer
+norms keep their names). ``Wav2Vec2BertForCTC`` adds the prefix ``wav2vec2_bert.`` and ``lm_head``, which are
+``w2v_encoder.w2v_model.*`` and ``w2v_encoder.proj`` in ``w2v_bert_ctc``. HF keeps no ``masked_spec_embed``
+when its config never masks; the import then keeps the model's freshly drawn ``mask_emb``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict
+
+import torch
+
+from fairseq_lite.errors import ConfigError
+from fairseq_lite.interop.huggingface import (
+    CTC_BACKBONE_PREFIX, CTC_PROJ_PREFIX, HF_LM_HEAD_PREFIX, StateDict, conformer_layer_key_from_hf,
+    conformer_layer_key_to_hf,
+)
+
+#: HF's backbone prefix in ``Wav2Vec2BertForCTC`` (none in ``Wav2Vec2BertModel``).
+HF_W2V_BERT_PREFIX = "wav2vec2_bert."
+
+#: ours → HF outside the layers.
+_TOP_LEVEL_RENAMES = (
+    ("mask_emb", "masked_spec_embed"),
+    ("layer_norm.", "feature_projection.layer_norm."),
+    ("post_extract_proj.", "feature_projection.projection."),
+)
+_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+
+
+def _rename(key: str, pairs, layer_map) -> str:
+    layer = _LAYER.match(key)
+    if layer:
+        return f"encoder.layers.{layer.group(1)}.{layer_map(layer.group(2))}"
+    for source, target in pairs:
+        if key == source or (source.endswith(".") and key.startswith(source)):
+            return target + key[len(source):]
+    raise KeyError(f"unexpected w2v-BERT key '{key}'")
+
+
+def w2v_bert_to_hf_state_dict(state_dict: StateDict, hf_prefix: str = "") -> StateDict:
+    """Our ``w2v_bert`` state dict → HF ``Wav2Vec2BertModel`` names (``ForCTC``'s with ``hf_prefix="wav2vec2_bert."``)."""
+    return {hf_prefix + _rename(k, _TOP_LEVEL_RENAMES, conformer_layer_key_to_hf): v for k, v in state_dict.items()}
+
+
+def w2v_bert_from_hf_state_dict(hf_state_dict: StateDict) -> StateDict:
+    """HF ``Wav2Vec2BertModel`` state dict (prefix ``wav2vec2_bert.`` or none) → our ``w2v_bert`` names; keys of
+    anything else (``adapter``, ``intermediate_ffn``, heads) raise a KeyError naming them."""
+    inverse = [(theirs, ours) for ours, theirs in _TOP_LEVEL_RENAMES]
+    out: StateDict = {}
+    for key, value in hf_state_dict.items():
+        body = key[len(HF_W2V_BERT_PREFIX):] if key.startswith(HF_W2V_BERT_PREFIX) else key
+        out[_rename(body, inverse, conformer_layer_key_from_hf)] = value
+    return out
+
+
+def w2v_bert_ctc_to_hf_state_dict(state_dict: StateDict) -> StateDict:
+    """Our ``w2v_bert_ctc`` state dict → HF ``Wav2Vec2BertForCTC`` names."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if key.startswith(CTC_PROJ_PREFIX):
+            out[HF_LM_HEAD_PREFIX + key[len(CTC_PROJ_PREFIX):]] = value
+        elif key.startswith(CTC_BACKBONE_PREFIX):
+            out.update(w2v_bert_to_hf_state_dict({key[len(CTC_BACKBONE_PREFIX):]: value}, HF_W2V_BERT_PREFIX))
+        else:
+            raise KeyError(f"unexpected w2v_bert_ctc key '{key}'")
+    return out
+
+
+def w2v_bert_ctc_from_hf_state_dict(hf_state_dict: StateDict) -> StateDict:
+    """HF ``Wav2Vec2BertForCTC`` state dict → our ``w2v_bert_ctc`` names."""
+    heads = {k: v for k, v in hf_state_dict.items() if k.startswith(HF_LM_HEAD_PREFIX)}
+    backbone = w2v_bert_from_hf_state_dict({k: v for k, v in hf_state_dict.items() if k not in heads})
+    out = {CTC_BACKBONE_PREFIX + k: v for k, v in backbone.items()}
+    out.update({CTC_PROJ_PREFIX + k[len(HF_LM_HEAD_PREFIX):]: v for k, v in heads.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs: our field ↔ HF ``Wav2Vec2BertConfig`` field, for the fields whose meaning is the same.
+
+_CONFIG_FIELDS = (
+    ("encoder_layers", "num_hidden_layers"),
+    ("encoder_embed_dim", "hidden_size"),
+    ("encoder_ffn_embed_dim", "intermediate_size"),
+    ("encoder_attention_heads", "num_attention_heads"),
+    ("dropout", "hidden_dropout"),
+    ("attention_dropout", "attention_dropout"),
+    ("activation_dropout", "activation_dropout"),
+    ("conformer_conv_dropout", "conformer_conv_dropout"),
+    ("dropout_input", "feat_proj_dropout"),
+    ("encoder_layerdrop", "layerdrop"),
+    ("depthwise_conv_kernel_size", "conv_depthwise_kernel_size"),
+    ("left_max_position_embeddings", "left_max_position_embeddings"),
+    ("right_max_position_embeddings", "right_max_position_embeddings"),
+    ("mask_prob", "mask_time_prob"),
+    ("mask_length", "mask_time_length"),
+    ("mask_channel_prob", "mask_feature_prob"),
+    ("mask_channel_length", "mask_feature_length"),
+)
+#: HF settings our model implements one way only: field → the value it must have.
+_HF_FIXED = {"position_embeddings_type": "relative_key", "hidden_act": "swish", "layer_norm_eps": 1e-5,
+             "add_adapter": False, "use_intermediate_ffn_before_adapter": False, "apply_spec_augment": True}
+#: The fbank frames HF's feature extractor stacks (``stride``): our ``feature_stride``.
+_HF_FEATURE_STRIDE = 2
+
+
+def hf_w2v_bert_config_kwargs(cfg: Any) -> Dict[str, Any]:
+    """Keyword arguments for ``transformers.Wav2Vec2BertConfig`` describing our ``W2vBertConfig`` ``cfg`` (a
+    dataclass or a dict)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda name: getattr(cfg, name)
+    kwargs = {theirs: get(ours) for ours, theirs in _CONFIG_FIELDS}
+    kwargs["feature_projection_input_dim"] = get("num_mel_bins") * get("feature_stride")
+    kwargs.update(_HF_FIXED)
+    return kwargs
+
+
+def w2v_bert_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """Our ``w2v_bert`` model config (a dict with ``_name``) for a ``transformers.Wav2Vec2BertConfig``; settings
+    we do not implement (another position type or activation, the adapter) raise a ConfigError naming them."""
+    for name, value in _HF_FIXED.items():
+        if getattr(hf_config, name, value) != value:
+            raise ConfigError(f"Hugging Face config {name}={getattr(hf_config, name)!r} is not supported by w2v_bert "
+                              f"(it implements {name}={value!r} only)")
+    dim = hf_config.feature_projection_input_dim
+    if dim % _HF_FEATURE_STRIDE:
+        raise ConfigError(f"feature_projection_input_dim={dim} is not {_HF_FEATURE_STRIDE} stacked fbank frames")
+    cfg = {ours: getattr(hf_config, theirs) for ours, theirs in _CONFIG_FIELDS}
+    return {"_name": "w2v_bert", **cfg, "num_mel_bins": dim // _HF_FEATURE_STRIDE,
+            "feature_stride": _HF_FEATURE_STRIDE}
+
+
+def with_mask_emb(weights: StateDict, mask_emb: torch.Tensor, prefix: str = "") -> StateDict:
+    """``weights`` with ``mask_emb`` (the model's fresh one) where HF saved no ``masked_spec_embed``."""
+    key = prefix + "mask_emb"
+    return weights if key in weights else {key: mask_emb, **weights}
+
