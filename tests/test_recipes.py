@@ -168,6 +168,22 @@ def test_mapping_both_ways(kind):
     assert {key: back[key] for key in mapped} == {key: flat[key] for key in mapped}
 
 
+def test_fairseq2_spellings_load(tmp_path):
+    """fairseq2's asr/configs/base_10h.yaml values as that file writes them (5e-05, 800_000, quoted dtype)."""
+    config = tmp_path / "base_10h.yaml"
+    config.write_text('model:\n  arch: "base_10h"\n  family: "wav2vec2_asr"\n  config_overrides:\n'
+                      '    encoder_config:\n      first_pass_dropout_p: 0.1\noptimizer:\n  config:\n    lr: 5e-05\n'
+                      'dataset:\n  name: "librilight_asr_10h"\n  max_audio_len: 800_000\n  num_prefetch: 4\n'
+                      'trainer:\n  mixed_precision:\n    dtype: "torch.float16"\nregime:\n'
+                      '  validate_after_n_steps: 10_000\n')
+    rec = load_recipe_config("asr", str(config), ["optimizer.config.lr=3e-5"])
+    assert rec["optimizer"]["config"]["lr"] == 3e-5 and rec["dataset"]["max_audio_len"] == 800000
+    cfg = finalize_config(recipe_to_fairseq("asr", rec, "/data", "/ckpt", None, "/w2v.pt"))
+    assert cfg.optimization.lr == [3e-5] and cfg.common.fp16 and cfg.dataset.validate_after_updates == 10000
+    assert cfg.model.mask_prob == 0.65 and cfg.model.freeze_finetune_updates == 10000  # fairseq's base_10h.yaml
+    assert cfg.model.dropout_input == 0.1  # fairseq2's encoder_config.first_pass_dropout_p
+
+
 def test_eval_mapping_sets_precision_and_splits():
     rec = load_recipe_config("ssl.eval", config_path("ssl.eval"), ["evaluator.amp=true",
                                                                   "evaluator.amp_dtype=torch.bfloat16"])

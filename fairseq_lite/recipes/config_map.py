@@ -131,6 +131,8 @@ def merge_checked(base: dict, user: dict, where: str, prefix: str = "", model_fi
             base[key] = {**base[key], **value} if dotted == "model.config_overrides" else dict(value)
         elif isinstance(base[key], dict):
             merge_checked(base[key], value, where, dotted + ".", model_fields)
+        elif isinstance(value, str) and isinstance(base[key], float) and _is_number(value):
+            base[key] = float(value)  # YAML 1.1 reads 5e-05 (fairseq2's base_10h.yaml lr) as a string
         elif not _same_type(base[key], value):
             raise ConfigError(f"{where}: key '{dotted}' is {value!r}, expected a {type(base[key]).__name__} "
                               f"like the default {base[key]!r}")
@@ -138,10 +140,34 @@ def merge_checked(base: dict, user: dict, where: str, prefix: str = "", model_fi
             base[key] = value
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+#: fairseq2 model config names (as its shipped recipe configs write them) → fairseq's model field
+FAIRSEQ2_MODEL_FIELDS = {"encoder_config.first_pass_dropout_p": "dropout_input"}
+
+
+def fairseq_model_overrides(overrides: dict, prefix: str = "") -> dict:
+    """``model.config_overrides`` with fairseq2's nested names (FAIRSEQ2_MODEL_FIELDS) as fairseq field names."""
+    flat = {}
+    for key, value in overrides.items():
+        dotted = prefix + str(key)
+        if isinstance(value, dict) and any(name.startswith(dotted + ".") for name in FAIRSEQ2_MODEL_FIELDS):
+            flat.update(fairseq_model_overrides(value, dotted + "."))
+        else:
+            flat[FAIRSEQ2_MODEL_FIELDS.get(dotted, dotted)] = value
+    return flat
+
+
 def _check_model_fields(overrides: dict, fields: Sequence[str], where: str) -> None:
     from fairseq_lite.dataclass.utils import closest_match
 
-    for key in overrides:
+    for key in fairseq_model_overrides(overrides):
         if fields and key not in fields:
             close = closest_match(str(key), list(fields))
             hint = f": did you mean '{close}'?" if close else " (config_overrides take fairseq's model field names)"
@@ -305,7 +331,7 @@ def model_section(kind: str, recipe: dict) -> dict:
         if arch not in ASR_ARCHS:
             raise ConfigError(f"model.arch '{arch}' is not a wav2vec2_asr arch here: use one of {', '.join(ASR_ARCHS)}")
         model = {"_name": MODEL_NAMES[kind], **ASR_ARCHS[arch]}
-    return {**model, **recipe["model"]["config_overrides"]}
+    return {**model, **fairseq_model_overrides(recipe["model"]["config_overrides"])}
 
 
 def _lr_scheduler(recipe: dict) -> dict:
