@@ -9,12 +9,19 @@ Writes a LibriSpeech-shaped corpus that the wav2vec tools read as they read Libr
     OUT/lm_text.txt       LM training text: one upper-case sentence per line, same grammar, no valid/test sentence
     OUT/SPEAKERS.TXT      LibriSpeech-style speaker table (id, sex, subset, minutes, espeak-ng voice)
 
+With --extra it writes instead the two splits `make demo` synthesises at run time (not committed):
+
+    OUT/pool/...          the unlabelled pretraining pool: about 6x the labelled train audio, the train voices at
+                          new pitches plus voices of their own, wider speaking rates, sentences of no labelled split
+    OUT/unseen/...        a second test set: voices (espeak-ng variants) of no other split, new sentences
+
 Sentences come from a small grammar over a letters-only vocabulary; every speaker is one espeak-ng voice
 (accent + variant + base pitch), and the voice variants of valid and test never occur in train.
 The same seed gives byte-identical files on the same espeak-ng version: every random choice is drawn in
 the main process before synthesis, and each file depends only on its own (text, voice, speed, pitch, level).
 
     python scripts/make_speech_corpus.py demo/corpus --overwrite      # regenerates the committed corpus
+    python scripts/make_speech_corpus.py demo_out/extra --extra       # the demo's pool and unseen-voices split
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_SEED = 1
 DEFAULT_LM_SENTENCES = 10000
 DEFAULT_UTTS_PER_SPEAKER = {"train": 13, "valid": 10, "test": 14}  # sized to keep the corpus under ~15 MB
+EXTRA_SPLITS = ("pool", "unseen")
+#: per pool / unseen speaker; 36 pool speakers x 40 utterances are about 60 minutes, 6x the labelled train audio
+DEFAULT_EXTRA_UTTS = {"pool": 40, "unseen": 14}
+POOL_SPEED_RANGE = (120, 200)
 SPEED_RANGE = (140, 180)  # espeak-ng words per minute, drawn per utterance
 PITCH_JITTER = 6  # per-utterance pitch = speaker pitch +- this
 LEVEL_RANGE_DB = (-30.0, -24.0)  # RMS level in dBFS, drawn per utterance
@@ -180,6 +191,16 @@ SPEAKERS = [
     Speaker(301, "test", "en-us+m5", 50), Speaker(302, "test", "en-gb+f5", 50),
     Speaker(303, "test", "en-us+klatt4", 45),
 ]
+#: the pool: every train voice again at another pitch (4xx), and 20 voices of its own (45x-46x); none of valid/test
+POOL_SPEAKERS = [Speaker(300 + s.id, "pool", s.voice, (s.pitch + 23) % 40 + 30) for s in SPEAKERS if s.split == "train"]
+POOL_SPEAKERS += [Speaker(451 + i, "pool", voice, 35 + 5 * (i % 6)) for i, voice in enumerate([
+    "en-us+Andy", "en-gb+belinda", "en-us+robert", "en-gb+steph", "en-us-nyc+john", "en-029+paul",
+    "en-us+Gene", "en-gb-x-rp+linda", "en-us+david", "en-gb-scotland+Mike", "en-us+edward", "en-gb+Lee",
+    "en-us+max", "en-029+rob", "en-us+quincy", "en-gb+anika", "en-us+m6", "en-gb+f1", "en-us-nyc+klatt3",
+    "en-gb-x-rp+m3"])]
+#: the unseen-voices split: espeak-ng variants that no other split uses
+UNSEEN_SPEAKERS = [Speaker(501, "unseen", "en-us+Annie", 50), Speaker(502, "unseen", "en-gb+Michael", 45),
+                   Speaker(503, "unseen", "en-us+Alex", 50), Speaker(504, "unseen", "en-gb-x-rp+aunty", 55)]
 
 
 @dataclass(frozen=True)
@@ -214,14 +235,7 @@ def plan_corpus(seed: int, utts_per_speaker: dict[str, int],
     seen: set[str] = set()
     utterances = []
     for speaker in SPEAKERS:
-        for index in range(utts_per_speaker[speaker.split]):
-            text = make_sentence(rng)
-            while text in seen:
-                text = make_sentence(rng)
-            seen.add(text)
-            pitch = min(99, max(0, speaker.pitch + rng.randint(-PITCH_JITTER, PITCH_JITTER)))
-            utterances.append(Utterance(speaker, index, text, rng.randint(*SPEED_RANGE), pitch,
-                                        round(rng.uniform(*LEVEL_RANGE_DB), 1)))
+        utterances += draw_utterances(rng, speaker, utts_per_speaker[speaker.split], seen, SPEED_RANGE)
     held_out = {u.text for u in utterances if u.speaker.split != "train"}
     lm_rng = random.Random(f"{seed}:lm")
     lm_lines = []
@@ -230,6 +244,37 @@ def plan_corpus(seed: int, utts_per_speaker: dict[str, int],
         if text not in held_out:
             lm_lines.append(text)
     return utterances, lm_lines
+
+
+def plan_extra(seed: int, utts_per_speaker: dict[str, int]) -> list[Utterance]:
+    """The pool and unseen-voices utterances, drawn from their own random stream so that the labelled splits
+    (plan_corpus at its defaults) stay as committed; no sentence repeats, nor one of a labelled split, and no
+    unseen sentence is in lm_text.txt."""
+    labelled, lm_lines = plan_corpus(seed, DEFAULT_UTTS_PER_SPEAKER, DEFAULT_LM_SENTENCES)
+    seen = {u.text for u in labelled}
+    rng = random.Random(f"{seed}:extra")
+    utterances = []
+    for speaker in POOL_SPEAKERS + UNSEEN_SPEAKERS:
+        speeds = POOL_SPEED_RANGE if speaker.split == "pool" else SPEED_RANGE
+        if speaker.split == "unseen":
+            seen.update(lm_lines)
+        utterances += draw_utterances(rng, speaker, utts_per_speaker[speaker.split], seen, speeds)
+    return utterances
+
+
+def draw_utterances(rng: random.Random, speaker: Speaker, count: int, seen: set[str],
+                    speeds: tuple[int, int]) -> list[Utterance]:
+    """count utterances of one speaker: a sentence not in seen (added to it), speed, pitch jitter and level."""
+    utterances = []
+    for index in range(count):
+        text = make_sentence(rng)
+        while text in seen:
+            text = make_sentence(rng)
+        seen.add(text)
+        pitch = min(99, max(0, speaker.pitch + rng.randint(-PITCH_JITTER, PITCH_JITTER)))
+        utterances.append(Utterance(speaker, index, text, rng.randint(*speeds), pitch,
+                                    round(rng.uniform(*LEVEL_RANGE_DB), 1)))
+    return utterances
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,16 +311,20 @@ def synthesise(utt: Utterance, root: Path) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # Text files
 # ---------------------------------------------------------------------------------------------------------
-def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list[str]) -> None:
-    """Transcripts per chapter, dict.ltr.txt, lm_text.txt and SPEAKERS.TXT."""
+def write_transcripts(root: Path, utterances) -> None:
+    """One LibriSpeech <speaker>-<chapter>.trans.txt per chapter folder."""
     by_directory: dict[Path, list[Utterance]] = {}
-    for utt in durations:
+    for utt in utterances:
         by_directory.setdefault(utt.directory, []).append(utt)
     for directory, utts in by_directory.items():
         speaker = utts[0].speaker
         lines = "".join(f"{u.id} {u.text}\n" for u in utts)
         (root / directory / f"{speaker.id}-{speaker.chapter}.trans.txt").write_text(lines)
 
+
+def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list[str]) -> None:
+    """Transcripts per chapter, dict.ltr.txt, lm_text.txt and SPEAKERS.TXT."""
+    write_transcripts(root, durations)
     train_labels = [letters(u.text) for u in durations if u.speaker.split == "train"]
     dictionary_from_labels(train_labels).save(str(root / "dict.ltr.txt"))
     (root / "lm_text.txt").write_text("".join(line + "\n" for line in lm_lines))
@@ -293,23 +342,42 @@ def write_text_files(root: Path, durations: dict[Utterance, int], lm_lines: list
 GENERATED = [*SPLITS, "dict.ltr.txt", "lm_text.txt", "SPEAKERS.TXT"]
 
 
-def generate(root: Path, seed: int, utts_per_speaker: dict[str, int], lm_sentences: int,
-             workers: int, overwrite: bool) -> dict[Utterance, int]:
-    """Write the whole corpus under root; returns the number of samples of every utterance."""
+def clear(root: Path, names, overwrite: bool) -> None:
+    """Remove the generator's earlier output under root, or stop when there is some and overwrite is not set."""
     if shutil.which("espeak-ng") is None:
         sys.exit("error: espeak-ng is not on PATH; install it (Debian: apt-get install espeak-ng) "
                  "or use the committed corpus in demo/corpus")
-    existing = [name for name in GENERATED if (root / name).exists()]
+    existing = [name for name in names if (root / name).exists()]
     if existing and not overwrite:
         sys.exit(f"error: {root} already holds a corpus ({', '.join(existing)}); pass --overwrite to replace it")
     for name in existing:
         path = root / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+
+def generate(root: Path, seed: int, utts_per_speaker: dict[str, int], lm_sentences: int,
+             workers: int, overwrite: bool) -> dict[Utterance, int]:
+    """Write the whole corpus under root; returns the number of samples of every utterance."""
+    clear(root, GENERATED, overwrite)
     utterances, lm_lines = plan_corpus(seed, utts_per_speaker, lm_sentences)
+    durations = synthesise_all(root, utterances, workers)
+    write_text_files(root, durations, lm_lines)
+    return durations
+
+
+def generate_extra(root: Path, seed: int, utts_per_speaker: dict[str, int], workers: int,
+                   overwrite: bool) -> dict[Utterance, int]:
+    """Write the pool and unseen-voices splits under root; returns the number of samples of every utterance."""
+    clear(root, EXTRA_SPLITS, overwrite)
+    durations = synthesise_all(root, plan_extra(seed, utts_per_speaker), workers)
+    write_transcripts(root, durations)
+    return durations
+
+
+def synthesise_all(root: Path, utterances: list[Utterance], workers: int) -> dict[Utterance, int]:
+    """Synthesise the utterances in parallel into their folders under root; returns their sample counts."""
     for directory in {u.directory for u in utterances}:
         (root / directory).mkdir(parents=True, exist_ok=True)
-
     durations = {}
     step = max(1, len(utterances) // 10)
     with multiprocessing.Pool(workers) as pool:
@@ -321,14 +389,13 @@ def generate(root: Path, seed: int, utts_per_speaker: dict[str, int], lm_sentenc
                     print(f"synthesised {done}/{len(utterances)} utterances", flush=True)
         except RuntimeError as error:
             sys.exit(f"error: {error}")
-    write_text_files(root, durations, lm_lines)
     return durations
 
 
 def summary(root: Path, durations: dict[Utterance, int]) -> str:
     """Per-split hours, utterances and speakers, vocabulary size and size on disk."""
     lines = []
-    for split in SPLITS:
+    for split in dict.fromkeys(u.speaker.split for u in durations):
         utts = [u for u in durations if u.speaker.split == split]
         seconds = sum(durations[u] for u in utts) / SAMPLE_RATE
         speakers = {u.speaker.id for u in utts}
@@ -345,13 +412,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: the committed corpus)")
     for split, default in DEFAULT_UTTS_PER_SPEAKER.items():
         parser.add_argument(f"--{split}-utts", type=int, default=default, help=f"utterances per {split} speaker")
+    for split, default in DEFAULT_EXTRA_UTTS.items():
+        parser.add_argument(f"--{split}-utts", type=int, default=default,
+                            help=f"utterances per {split} speaker (with --extra)")
+    parser.add_argument("--extra", action="store_true",
+                        help="write only the unlabelled pool and the unseen-voices split (what make demo adds)")
     parser.add_argument("--lm-sentences", type=int, default=DEFAULT_LM_SENTENCES, help="sentences in lm_text.txt")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="synthesis processes")
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in root")
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
-    utts_per_speaker = {split: getattr(args, f"{split}_utts") for split in SPLITS}
-    durations = generate(args.root, args.seed, utts_per_speaker, args.lm_sentences, args.workers, args.overwrite)
+    if args.extra:
+        counts = {split: getattr(args, f"{split}_utts") for split in EXTRA_SPLITS}
+        durations = generate_extra(args.root, args.seed, counts, args.workers, args.overwrite)
+    else:
+        utts_per_speaker = {split: getattr(args, f"{split}_utts") for split in SPLITS}
+        durations = generate(args.root, args.seed, utts_per_speaker, args.lm_sentences, args.workers,
+                             args.overwrite)
     print(summary(args.root, durations))
 
 

@@ -209,3 +209,46 @@ def test_generator_refuses_to_overwrite_unless_asked(tmp_path):
     durations = msc.generate(tmp_path, 2, {"train": 0, "valid": 1, "test": 0}, 5, workers=1, overwrite=True)
     assert not (tmp_path / "train").exists()
     assert sorted(p.stem for p in tmp_path.rglob("*.flac")) == sorted(u.id for u in durations)
+
+
+def test_demo_pool_and_unseen_voices_plan():
+    """make demo's extra splits: a pool ~7x the train utterances with more voices, no valid/test voice in it,
+    unseen voices of no other split, no sentence of a labelled split (nor, for unseen, of lm_text.txt)."""
+    extra = msc.plan_extra(msc.DEFAULT_SEED, msc.DEFAULT_EXTRA_UTTS)
+    labelled, lm_lines = msc.plan_corpus(msc.DEFAULT_SEED, msc.DEFAULT_UTTS_PER_SPEAKER, msc.DEFAULT_LM_SENTENCES)
+    by_split = {split: [u for u in extra if u.speaker.split == split] for split in msc.EXTRA_SPLITS}
+    train = [u for u in labelled if u.speaker.split == "train"]
+    assert len(by_split["pool"]) >= 6 * len(train)
+
+    def variants(speakers):
+        return {s.voice.split("+")[1] for s in speakers}
+
+    splits = {split: [s for s in msc.SPEAKERS if s.split == split] for split in msc.SPLITS}
+    pool, unseen = variants(msc.POOL_SPEAKERS), variants(msc.UNSEEN_SPEAKERS)
+    assert len(pool) > len(variants(splits["train"])) and variants(splits["train"]) < pool
+    for held_out in (splits["valid"], splits["test"]):
+        assert not pool & variants(held_out) and not unseen & variants(held_out)
+    assert not unseen & pool
+    texts = [u.text for u in extra]
+    assert len(set(texts)) == len(texts) and not set(texts) & {u.text for u in labelled}
+    assert not {u.text for u in by_split["unseen"]} & set(lm_lines)
+    ids = [u.id for u in extra] + [u.id for u in labelled]
+    assert len(set(ids)) == len(ids)
+
+
+@needs_espeak
+def test_generator_writes_the_extra_splits_without_touching_a_corpus(tmp_path):
+    counts = {"pool": 1, "unseen": 1}
+    first = msc.generate_extra(tmp_path / "a", 1, counts, workers=2, overwrite=False)
+    assert {u.speaker.split for u in first} == set(msc.EXTRA_SPLITS)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(msc.EXTRA_SPLITS)
+    assert {u.id: u.text for u in first} == {u.id: u.text for u in msc.plan_extra(1, counts)}
+    for utt in first:
+        transcript = (tmp_path / "a" / utt.directory).glob("*.trans.txt")
+        assert f"{utt.id} {utt.text}" in next(transcript).read_text().splitlines()
+        assert sf.info(tmp_path / "a" / utt.path).frames == first[utt]
+    msc.generate_extra(tmp_path / "b", 1, counts, workers=2, overwrite=False)
+    for path in (tmp_path / "a").rglob("*.flac"):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        msc.generate_extra(tmp_path / "a", 1, counts, workers=1, overwrite=False)
