@@ -2,18 +2,25 @@
 """`make demo`: the whole wav2vec 2.0 (or HuBERT) recipe on the bundled speech corpus, with the real command-line tools.
 
     python scripts/run_demo.py [--model wav2vec2|hubert] [--out demo_out] [--pretrain-updates N]
-                               [--finetune-updates N] [--finetune-overrides KEY=VALUE ...]
+                               [--finetune-updates N] [--pretrain-overrides KEY=VALUE ...]
+                               [--finetune-overrides KEY=VALUE ...] [--pool-utts N] [--unseen-utts N]
 
 Steps, each announced with its command line:
-  1. manifests and labels   examples/wav2vec/wav2vec_manifest.py + libri_labels.py for train, valid, test
-  2. pretraining            fairseq-hydra-train --config-dir config/pretraining --config-name demo
+  0. unlabelled pool        scripts/make_speech_corpus.py --extra: about 70 minutes of unlabelled speech (7x the
+                            10 labelled minutes, more voices and sentences) and an unseen-voices test split
+  1. manifests and labels   examples/wav2vec/wav2vec_manifest.py + libri_labels.py for train, valid, test, unseen,
+                            and the pool's manifest
+  2. pretraining            fairseq-hydra-train --config-dir config/pretraining --config-name demo, on the pool
   3. fine-tuning            fairseq-hydra-train --config-dir config/finetuning --config-name demo
   4. the same fine-tuning from random weights (model.no_pretrained_weights=true)
   5. LM and lexicon         scripts/build_kenlm.sh on demo/corpus/lm_text.txt, scripts/make_lexicon.py
-  6. decoding               examples/speech_recognition/infer.py on test, viterbi and kenlm, for both models
+  6. decoding               examples/speech_recognition/infer.py on test and unseen, viterbi and kenlm, both models
   7. plots                  scripts/plot.py
 and a WER table at the end (also written to OUT/results.md). Everything is written under OUT; a run starts
 from scratch (previous training folders in OUT are removed so fairseq-hydra-train does not resume them).
+
+Without espeak-ng (or with ``--pool-utts 0``) the pool and the unseen split are skipped: pretraining reads the
+labelled train audio, as before issue 23, and only test is decoded.
 
 ``--model hubert`` runs the same workflow and budget with HuBERT (output in demo_out/hubert by default): before
 pretraining, the first iteration's targets with examples/hubert/simple_kmeans (dump_mfcc_feature.py,
@@ -35,12 +42,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("train", "valid", "test")
+#: the splits make_speech_corpus.py --extra synthesises at demo time: the unlabelled pool and the unseen voices
+POOL, UNSEEN = "pool", "unseen"
 #: KenLM decoding settings: fairseq's README values (lm_weight 2, word_score -1, sil_weight 0), beam 50.
 KENLM_FLAGS = ["--lm-weight", "2", "--word-score", "-1", "--sil-weight", "0", "--beam", "50"]
 WER_LINE = re.compile(r"\bWER: ([0-9.]+)")
 #: per --model: the yaml name under config/pretraining and config/finetuning, and the pretraining banner
-MODELS = {"wav2vec2": ("demo", "wav2vec 2.0 pretraining on the unlabelled train audio"),
-          "hubert": ("hubert_demo", "HuBERT pretraining on the unlabelled train audio, k-means MFCC targets")}
+MODELS = {"wav2vec2": ("demo", "wav2vec 2.0 pretraining on the unlabelled audio"),
+          "hubert": ("hubert_demo", "HuBERT pretraining on the unlabelled audio, k-means MFCC targets")}
 #: k-means clusters of the HuBERT demo's MFCC targets (fairseq: 100 on LibriSpeech's 960 h; the demo has 10 min)
 N_CLUSTERS = 50
 KMEANS_TOOLS = os.path.join("examples", "hubert", "simple_kmeans")
@@ -53,6 +62,9 @@ class Demo:
         self.out = os.path.abspath(out)
         self.corpus = os.path.abspath(corpus)
         self.data = os.path.join(self.out, "data")
+        #: the pretraining manifest folder: the pool's once make_pool has run, else the labelled train audio's
+        self.pretrain_data = self.data
+        self.subsets = ["test"]
         self.bin = os.path.dirname(sys.executable)
         self.timings: Dict[str, float] = {}
         self.start = time.time()
@@ -88,18 +100,43 @@ class Demo:
 
     # -- the steps ------------------------------------------------------------------------------------
 
-    def prepare_data(self) -> None:
+    def make_pool(self, pool_utts: int, unseen_utts: int) -> Optional[str]:
+        """The unlabelled pool and the unseen-voices split (make_speech_corpus.py --extra); returns their folder,
+        or None when there is no espeak-ng or no pool is asked for."""
+        if pool_utts <= 0 or shutil.which("espeak-ng") is None:
+            print("note: no unlabelled pool (--pool-utts 0 or no espeak-ng): pretraining reads the train audio")
+            return None
+        self.banner("unlabelled pool and unseen-voices split (scripts/make_speech_corpus.py --extra)")
+        extra = os.path.join(self.out, "extra_corpus")
+        self.timed("pool", [sys.executable, "scripts/make_speech_corpus.py", extra, "--extra", "--overwrite",
+                            "--pool-utts", str(pool_utts), "--unseen-utts", str(unseen_utts)])
+        self.pretrain_data = os.path.join(self.out, "pool_data")
+        self.subsets = ["test", UNSEEN] if unseen_utts > 0 else ["test"]
+        return extra
+
+    def manifest(self, root: str, split: str, data: str, labels: bool) -> None:
+        """wav2vec_manifest.py of one split folder into data/<split>.tsv, and libri_labels.py's letters."""
+        manifest_dir = os.path.join(self.out, "manifest", split)
+        self.run([sys.executable, "examples/wav2vec/wav2vec_manifest.py", os.path.join(root, split),
+                  "--dest", manifest_dir, "--ext", "flac", "--valid-percent", "0"])
+        os.makedirs(data, exist_ok=True)
+        tsv = os.path.join(data, f"{split}.tsv")
+        shutil.copyfile(os.path.join(manifest_dir, "train.tsv"), tsv)
+        if labels:
+            self.run([sys.executable, "examples/wav2vec/libri_labels.py", tsv, "--output-dir", data,
+                      "--output-name", split])
+
+    def prepare_data(self, extra: Optional[str]) -> None:
         self.banner("manifests and letter labels (wav2vec_manifest.py, libri_labels.py)")
         began = time.time()
-        os.makedirs(self.data, exist_ok=True)
         for split in SPLITS:
-            manifest_dir = os.path.join(self.out, "manifest", split)
-            self.run([sys.executable, "examples/wav2vec/wav2vec_manifest.py", os.path.join(self.corpus, split),
-                      "--dest", manifest_dir, "--ext", "flac", "--valid-percent", "0"])
-            tsv = os.path.join(self.data, f"{split}.tsv")
-            shutil.copyfile(os.path.join(manifest_dir, "train.tsv"), tsv)
-            self.run([sys.executable, "examples/wav2vec/libri_labels.py", tsv, "--output-dir", self.data,
-                      "--output-name", split])
+            self.manifest(self.corpus, split, self.data, labels=True)
+        if extra is not None:
+            if UNSEEN in self.subsets:
+                self.manifest(extra, UNSEEN, self.data, labels=True)
+            self.manifest(extra, POOL, self.pretrain_data, labels=False)
+            # audio_pretraining reads <data>/train.tsv
+            os.replace(os.path.join(self.pretrain_data, f"{POOL}.tsv"), os.path.join(self.pretrain_data, "train.tsv"))
         shutil.copyfile(os.path.join(self.corpus, "dict.ltr.txt"), os.path.join(self.data, "dict.ltr.txt"))
         self.timings["data"] = time.time() - began
 
@@ -110,17 +147,19 @@ class Demo:
         feat_dir, lab_dir = os.path.join(self.out, "mfcc"), os.path.join(self.out, "km_labels")
         for folder in (feat_dir, lab_dir):
             shutil.rmtree(folder, ignore_errors=True)
-        for argv in label_commands(sys.executable, self.data, feat_dir, os.path.join(feat_dir, "km.bin"), lab_dir,
+        for argv in label_commands(sys.executable, self.pretrain_data, feat_dir, os.path.join(feat_dir, "km.bin"), lab_dir,
                                    n_clusters):
             self.run(argv)
         self.timings["labels"] = time.time() - began
         return lab_dir
 
-    def train(self, name: str, config_dir: str, overrides: List[str], config_name: str = "demo") -> str:
-        """fairseq-hydra-train with the demo config ``config_name`` of ``config_dir``; returns the save_dir."""
+    def train(self, name: str, config_dir: str, overrides: List[str], config_name: str = "demo",
+              data: Optional[str] = None) -> str:
+        """fairseq-hydra-train with the demo config ``config_name`` of ``config_dir`` on ``data`` (default the
+        labelled manifests); returns the save_dir."""
         save_dir = os.path.join(self.out, name)
         shutil.rmtree(save_dir, ignore_errors=True)
-        self.timed(name, [os.path.join(self.bin, "fairseq-hydra-train"), f"task.data={self.data}",
+        self.timed(name, [os.path.join(self.bin, "fairseq-hydra-train"), f"task.data={data or self.data}",
                           f"checkpoint.save_dir={save_dir}", *overrides,
                           "--config-dir", config_dir, "--config-name", config_name])
         return save_dir
@@ -140,27 +179,28 @@ class Demo:
         self.timings["lm"] = time.time() - began
         return {"arpa": arpa, "lexicon": lexicon}
 
-    def decode(self, checkpoint: str, decoder: str, results: str, lm: Dict[str, str]) -> float:
-        """infer.py on the test split (commands.md's command); returns the WER it reports."""
+    def decode(self, checkpoint: str, decoder: str, results: str, lm: Dict[str, str], subset: str) -> float:
+        """infer.py on one split (commands.md's command); returns the WER it reports."""
         argv = [sys.executable, "examples/speech_recognition/infer.py", self.data, "--task", "audio_finetuning",
-                "--nbest", "1", "--path", checkpoint, "--gen-subset", "test", "--results-path", results,
+                "--nbest", "1", "--path", checkpoint, "--gen-subset", subset, "--results-path", results,
                 "--w2l-decoder", decoder, "--criterion", "ctc", "--labels", "ltr", "--max-tokens", "4000000",
                 "--post-process", "letter", "--cpu", "--quiet"]
         if decoder == "kenlm":
             argv += ["--lexicon", lm["lexicon"], "--lm-model", lm["arpa"], *KENLM_FLAGS]
-        output = self.timed(f"infer {os.path.basename(os.path.dirname(checkpoint))} {decoder}", argv, capture=True)
+        output = self.timed(f"infer {os.path.basename(os.path.dirname(checkpoint))} {decoder} {subset}", argv,
+                            capture=True)
         found = WER_LINE.findall(output)
         if not found:
             raise SystemExit(f"demo: infer.py printed no 'WER:' line for {checkpoint} ({decoder})")
         return float(found[-1])
 
 
-def letter_error_rate(results: str, checkpoint: str) -> float:
+def letter_error_rate(results: str, checkpoint: str, subset: str = "test") -> float:
     """Letter error rate (%) from infer.py's ref.units/hypo.units files (word boundaries '|' included)."""
     from fairseq_lite.decoding import edit_distance
 
     def lines(prefix: str) -> Dict[str, List[str]]:
-        path = os.path.join(results, f"{prefix}-{os.path.basename(checkpoint)}-test.txt")
+        path = os.path.join(results, f"{prefix}-{os.path.basename(checkpoint)}-{subset}.txt")
         with open(path, encoding="utf-8") as f:
             return {line.rsplit(" (", 1)[1]: line.rsplit(" (", 1)[0].split() for line in f if line.strip()}
 
@@ -169,11 +209,14 @@ def letter_error_rate(results: str, checkpoint: str) -> float:
     return 100.0 * errors / max(1, sum(len(v) for v in refs.values()))
 
 
-def wer_table(rows: List[Dict[str, object]]) -> str:
-    """The markdown table printed at the end of the demo."""
-    lines = ["| model | fine-tuned from | decoder | test WER % | test letter ER % |", "|---|---|---|---|---|"]
+def wer_table(rows: List[Dict[str, object]], subsets: Sequence[str] = ("test",)) -> str:
+    """The markdown table printed at the end of the demo: a row per model and decoder, WER and letter ER of each
+    subset (a row holds ``subset: (wer, ler)``)."""
+    head = "".join(f" {subset} WER % | {subset} letter ER % |" for subset in subsets)
+    lines = [f"| model | fine-tuned from | decoder |{head}", "|---|---|---|" + "---|---|" * len(subsets)]
     for row in rows:
-        lines.append(f"| {row['model']} | {row['init']} | {row['decoder']} | {row['wer']:.2f} | {row['ler']:.2f} |")
+        scores = "".join(" {:.2f} | {:.2f} |".format(*row[subset]) for subset in subsets)
+        lines.append(f"| {row['model']} | {row['init']} | {row['decoder']} |{scores}")
     return "\n".join(lines)
 
 
@@ -209,9 +252,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "(default: config/pretraining/demo.yaml or hubert_demo.yaml)")
     parser.add_argument("--finetune-updates", type=int, help="optimization.max_update of both fine-tuning runs "
                         "(default: config/finetuning/demo.yaml or hubert_demo.yaml)")
+    parser.add_argument("--pretrain-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more fairseq-hydra-train overrides for pretraining, e.g. optimization.lr=[0.002]")
     parser.add_argument("--finetune-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more fairseq-hydra-train overrides for both fine-tuning runs, e.g. "
                              "model.feature_grad_mult=1.0")
+    parser.add_argument("--pool-utts", type=int, default=40, help="utterances per pool speaker (36 speakers; "
+                        "default 40: about 70 minutes); 0: pretrain on the labelled train audio")
+    parser.add_argument("--unseen-utts", type=int, default=14, help="utterances per unseen-voices speaker (4)")
     parser.add_argument("--no-plots", action="store_true", help="skip scripts/plot.py")
     args = parser.parse_args(argv)
     if args.out is None:
@@ -226,10 +274,12 @@ def train_all(demo: Demo, args: argparse.Namespace) -> Tuple[str, str, str]:
     km_labels = demo.km_labels(N_CLUSTERS) if args.model == "hubert" else None
     pre_labels, ft_labels = label_overrides(args.model, demo.data, km_labels)
     pre_overrides = [f"optimization.max_update={args.pretrain_updates}"] if args.pretrain_updates else []
+    pre_overrides += args.pretrain_overrides
     ft_overrides = [f"optimization.max_update={args.finetune_updates}"] if args.finetune_updates else []
     ft_overrides += ft_labels + args.finetune_overrides
     demo.banner(f"{title} (fairseq-hydra-train)")
-    pretrain = demo.train("pretrain", "config/pretraining", pre_labels + pre_overrides, config_name)
+    pretrain = demo.train("pretrain", "config/pretraining", pre_labels + pre_overrides, config_name,
+                          demo.pretrain_data)
     pretrained = os.path.join(pretrain, "checkpoint_last.pt")
     demo.banner("CTC fine-tuning from the pretrained model (fairseq-hydra-train)")
     finetune = demo.train("finetune", "config/finetuning", [f"model.w2v_path={pretrained}", *ft_overrides],
@@ -242,17 +292,20 @@ def train_all(demo: Demo, args: argparse.Namespace) -> Tuple[str, str, str]:
 
 
 def decode_all(demo: Demo, runs: Sequence[Tuple[str, str]], lm: Dict[str, str]) -> List[Dict[str, object]]:
-    """Viterbi and KenLM decoding of test for each (fine-tuning save_dir, how it was initialised): table rows."""
+    """Viterbi and KenLM decoding of the test subsets for each (fine-tuning save_dir, how it was initialised):
+    table rows."""
     rows = []
     for run_dir, init in runs:
         checkpoint = os.path.join(run_dir, "checkpoint_best.pt")
         for decoder in ("viterbi", "kenlm"):
-            demo.banner(f"decoding test with {decoder}: {os.path.relpath(checkpoint, demo.out)} (infer.py)")
+            row = {"model": os.path.relpath(checkpoint, demo.out), "init": init,
+                   "decoder": decoder + (" + 4-gram" if decoder == "kenlm" else "")}
             results = os.path.join(demo.out, "results", f"{os.path.basename(run_dir)}-{decoder}")
-            wer = demo.decode(checkpoint, decoder, results, lm)
-            rows.append({"model": os.path.relpath(checkpoint, demo.out), "init": init,
-                         "decoder": decoder + (" + 4-gram" if decoder == "kenlm" else ""),
-                         "wer": wer, "ler": letter_error_rate(results, checkpoint)})
+            for subset in demo.subsets:
+                demo.banner(f"decoding {subset} with {decoder}: {os.path.relpath(checkpoint, demo.out)} (infer.py)")
+                wer = demo.decode(checkpoint, decoder, results, lm, subset)
+                row[subset] = (wer, letter_error_rate(results, checkpoint, subset))
+            rows.append(row)
     return rows
 
 
@@ -270,7 +323,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     demo = Demo(args.out, args.corpus)
     print(f"fairseq_lite demo ({args.model}): corpus {demo.corpus}, output {demo.out}", flush=True)
-    demo.prepare_data()
+    demo.prepare_data(demo.make_pool(args.pool_utts, args.unseen_utts))
     pretrain, finetune, scratch = train_all(demo, args)
     lm = demo.build_lm()
     config_name = MODELS[args.model][0]
@@ -282,14 +335,15 @@ def main(argv: Sequence[str] = None) -> None:
                              *plot_arguments(args.model, demo.out, demo.data, pretrain, finetune, scratch)])
 
     total = time.time() - demo.start
-    table = wer_table(rows)
+    table = wer_table(rows, demo.subsets)
     timings = "\n".join(f"- {name}: {seconds:.0f} s" for name, seconds in demo.timings.items())
     report = f"{table}\n\nStep times (wall clock):\n{timings}\n- total: {total / 60:.1f} min\n"
     with open(os.path.join(demo.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(report)
     with open(os.path.join(demo.data, "test.tsv"), encoding="utf-8") as f:
         utterances = sum(1 for _ in f) - 1
-    print(f"\n=== results (test split: {utterances} utterances, voices unseen in training) ===\n{report}")
+    print(f"\n=== results (test split: {utterances} utterances, voices unseen in training"
+          + (f"; {UNSEEN}: voices of no other split" if UNSEEN in demo.subsets else "") + f") ===\n{report}")
     print(f"written: {os.path.join(demo.out, 'results.md')}" + ("" if args.no_plots else
                                                                  f", plots in {os.path.join(demo.out, 'plots')}"))
 

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 
@@ -27,6 +28,7 @@ from fairseq_lite.training.train import main as train_main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(REPO, "demo", "corpus")
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+import make_speech_corpus  # noqa: E402
 import plot  # noqa: E402
 import run_demo  # noqa: E402
 
@@ -152,9 +154,11 @@ def test_driver_reads_infer_result_files(tmp_path):
     (tmp_path / f"ref.units-{checkpoint}-test.txt").write_text("A B | C | (None-0)\nD | (None-1)\n")
     (tmp_path / f"hypo.units-{checkpoint}-test.txt").write_text("A | C | (None-0)\nD | (None-1)\n")
     assert run_demo.letter_error_rate(str(tmp_path), checkpoint) == pytest.approx(100 * 1 / 7)
-    table = run_demo.wer_table([{"model": "m", "init": "pretrained", "decoder": "viterbi", "wer": 12.345,
-                                 "ler": 3.0}])
-    assert table.splitlines()[-1] == "| m | pretrained | viterbi | 12.35 | 3.00 |"
+    table = run_demo.wer_table([{"model": "m", "init": "pretrained", "decoder": "viterbi", "test": (12.345, 3.0),
+                                 "unseen": (20.0, 5.5)}], ["test", "unseen"])
+    assert table.splitlines()[0] == ("| model | fine-tuned from | decoder | test WER % | test letter ER % |"
+                                     " unseen WER % | unseen letter ER % |")
+    assert table.splitlines()[-1] == "| m | pretrained | viterbi | 12.35 | 3.00 | 20.00 | 5.50 |"
     assert run_demo.WER_LINE.findall("2026 | INFO | fairseq_lite.infer | WER: 7.5\n") == ["7.5"]
 
 
@@ -165,17 +169,28 @@ def test_driver_help_runs_as_a_script():
 
 
 def test_whole_demo_runs_end_to_end_with_two_updates_per_training(tmp_path):
-    """`make demo`'s driver on the bundled corpus, every step a real command, budgets cut to 2 updates."""
+    """`make demo`'s driver on the bundled corpus, every step a real command, budgets cut to 2 updates and the
+    unlabelled pool and unseen-voices split to one utterance per speaker (skipped without espeak-ng)."""
     out = tmp_path / "demo_out"
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "run_demo.py"), "--out", str(out),
-                             "--pretrain-updates", "2", "--finetune-updates", "2", "--no-plots"],
+                             "--pretrain-updates", "2", "--finetune-updates", "2", "--no-plots",
+                             "--pool-utts", "1", "--unseen-utts", "1"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
-    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| finetune")]
+    report = (out / "results.md").read_text().splitlines()
+    rows = [line for line in report if line.startswith("| finetune")]
     assert len(rows) == 4  # {pretrained, random weights} × {viterbi, kenlm}
+    subsets = ["test"] + (["unseen"] if shutil.which("espeak-ng") else [])
+    assert report[0].count("letter ER %") == len(subsets) and all(row.count("|") == 4 + 2 * len(subsets)
+                                                                  for row in rows)
     for init in ("finetune", "finetune_scratch"):
         for decoder in ("viterbi", "kenlm"):
-            assert (out / "results" / f"{init}-{decoder}" / "hypo.word-checkpoint_best.pt-test.txt").is_file()
+            for subset in subsets:
+                assert (out / "results" / f"{init}-{decoder}" / f"hypo.word-checkpoint_best.pt-{subset}.txt").is_file()
+    if shutil.which("espeak-ng"):
+        pool = (out / "pool_data" / "train.tsv").read_text().splitlines()
+        assert len(pool) == 1 + len(make_speech_corpus.POOL_SPEAKERS)
+        assert any(line.startswith("- pool:") for line in report)
 
 
 def hubert_demo_config(kind, overrides):
@@ -230,8 +245,8 @@ def test_hubert_demo_commands_label_pretrain_and_fine_tune(data, tmp_path):
     assert pretrained["model"]["final_proj.weight"].shape[0] == 64  # final_dim (untied: 1 label set)
     train_main(hubert_demo_config("finetuning", quiet + ft_labels + [
         f"checkpoint.save_dir={tmp_path / 'ft'}", f"model.w2v_path={tmp_path / 'pre' / 'checkpoint_last.pt'}",
-        "dataset.valid_subset=test", "dataset.validate_interval_updates=1"]))
+        "dataset.valid_subset=test", "dataset.validate_interval_updates=1", "model.feature_grad_mult=0.0"]))
     finetuned = load_checkpoint_file(str(tmp_path / "ft" / "checkpoint_best.pt"))
     assert finetuned["cfg"]["model"]["_name"] == "hubert_ctc"
-    key = "feature_extractor.conv_layers.0.0.weight"  # frozen (feature_grad_mult 0): still the pretrained CNN
+    key = "feature_extractor.conv_layers.0.0.weight"  # frozen here (the demo trains it): still the pretrained CNN
     assert torch.equal(finetuned["model"][f"w2v_encoder.w2v_model.{key}"], pretrained["model"][key])
