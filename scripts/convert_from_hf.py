@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert a local Hugging Face wav2vec 2.0 or HuBERT folder into a checkpoint with fairseq's layout.
+"""Convert a local Hugging Face wav2vec 2.0, HuBERT or w2v-BERT folder into a checkpoint with fairseq's layout.
 
     python scripts/convert_from_hf.py hf_model/ wav2vec_ctc.pt
 
@@ -11,7 +11,8 @@ no HuBERT pretraining head, so ``HubertModel`` becomes a ``hubert`` backbone (no
 ``label_embs_concat``) to fine-tune from with ``model.w2v_path`` or extract features from. A ``Wav2Vec2ForCTC``
 with adapters (``adapter_attn_dim``) becomes an MMS ``trf_adp`` model with one adapter row per
 ``adapter.<lang>.safetensors`` (all of them, or ``--langs eng,fra``), stored as ``task.multi_corpus_keys``.
-Nothing is downloaded: the folder must be local.
+``Wav2Vec2BertModel`` (w2v-BERT 2.0; HF dropped its quantizer) becomes a ``w2v_bert`` backbone and
+``Wav2Vec2BertForCTC`` a ``w2v_bert_ctc`` checkpoint. Nothing is downloaded: the folder must be local.
 """
 
 from __future__ import annotations

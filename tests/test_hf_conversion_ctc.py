@@ -184,7 +184,8 @@ def run_script(name, *args):
 def test_convert_to_hf_cli_refuses_a_non_wav2vec2_checkpoint_in_one_line(tmp_path):
     torch.save({"args": None, "cfg": {"model": {"_name": "transformer_lm"}}, "model": {}}, tmp_path / "lm.pt")
     assert run_script("convert_to_hf.py", tmp_path / "lm.pt", tmp_path / "out") == (2, [
-        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2, wav2vec_ctc, hubert and hubert_ctc convert to HF"])
+        f"error: {tmp_path / 'lm.pt'} holds a 'transformer_lm' model; only wav2vec2, wav2vec_ctc, hubert, hubert_ctc, "
+        "w2v_bert, w2v_bert_ctc convert to HF"])
 
 
 def test_convert_to_hf_cli_names_weights_that_do_not_fit_the_stored_config_in_one_line(tmp_path):
@@ -203,6 +204,6 @@ def test_convert_from_hf_cli_refuses_a_bare_wav2vec2_model_in_one_line(tmp_path)
     config_cls, _, extra = LAYOUTS["group_norm_post_ln"]
     transformers.Wav2Vec2Model(config_cls(**SMALL, **extra)).save_pretrained(tmp_path / "hf")
     assert run_script("convert_from_hf.py", tmp_path / "hf", tmp_path / "out.pt") == (2, [
-        f"error: {tmp_path / 'hf'} holds a Wav2Vec2Model: only ...ForCTC, ...ForPreTraining and HubertModel folders convert (a "
-        "bare Wav2Vec2Model has no pretraining heads, and HF would fill them with random weights)"])
+        f"error: {tmp_path / 'hf'} holds a Wav2Vec2Model: only ...ForCTC, ...ForPreTraining, HubertModel and "
+        "Wav2Vec2BertModel folders convert (a bare Wav2Vec2Model has no pretraining heads, and HF would fill them with random weights)"])
     assert not (tmp_path / "out.pt").exists()

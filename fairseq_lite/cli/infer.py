@@ -69,7 +69,7 @@ RESULT_PREFIXES = {"hypo.words": "hypo.word", "hypo.units": "hypo.units", "ref.w
 #: Input samples per output frame of wav2vec 2.0's CNN (20 ms at 16 kHz)
 BASE_FRAME_STRIDE = 320
 #: Registered models whose checkpoints infer.py decodes (they emit CTC frames over the target dictionary).
-CTC_MODELS = ("wav2vec_ctc", "hubert_ctc")
+CTC_MODELS = ("wav2vec_ctc", "hubert_ctc", "w2v_bert_ctc")
 DEFAULT_MAX_TOKENS = 4_000_000  # fairseq's infer.py default when neither --max-tokens nor --batch-size is set
 DEFAULT_DECODE_WORKERS = min(4, os.cpu_count() or 1)
 #: How each utterance is logged when not quiet: (hypothesis line, reference line, separator), fairseq's infer.py

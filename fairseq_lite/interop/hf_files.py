@@ -5,7 +5,9 @@ variants too) with its config, weights and, for CTC models, the tokenizer and fe
 ``transformers.pipeline("automatic-speech-recognition", model=folder)`` needs; ``import_checkpoint_from_hf``
 writes a fairseq-layout checkpoint from such a folder. MMS models with language adapters (``layer_type=trf_adp``)
 go both ways as HF's ``adapter_attn_dim`` models with one ``adapter.<lang>.safetensors`` per language, which
-``model.load_adapter(lang)`` reads. The key and config maps themselves are in ``interop/huggingface.py``.
+``model.load_adapter(lang)`` reads. w2v-BERT 2.0 goes both ways as ``Wav2Vec2BertModel`` / ``Wav2Vec2BertForCTC``
+with HF's ``SeamlessM4TFeatureExtractor``. The key and config maps themselves are in ``interop/huggingface.py``
+(``interop/huggingface_w2v_bert.py`` for w2v-BERT).
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ from fairseq_lite.interop.huggingface import (
     wav2vec2_from_hf_state_dict,
     wav2vec2_to_hf_state_dict,
 )
+from fairseq_lite.interop.huggingface_w2v_bert import (
+    hf_w2v_bert_config_kwargs,
+    W2V_BERT_BACKBONE_PREFIXES,
+    w2v_bert_config_from_hf,
+    w2v_bert_ctc_from_hf_state_dict,
+    w2v_bert_ctc_to_hf_state_dict,
+    w2v_bert_from_hf_state_dict,
+    w2v_bert_to_hf_state_dict,
+    with_mask_emb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +67,15 @@ _HF_CLASS_NAMES = {
     "conformer": {"ctc": "Wav2Vec2ConformerForCTC", "pretraining": "Wav2Vec2ConformerForPreTraining",
                   "backbone": "Wav2Vec2ConformerModel"},
     "hubert": {"ctc": "HubertForCTC", "backbone": "HubertModel"},
+    "w2v_bert": {"ctc": "Wav2Vec2BertForCTC", "backbone": "Wav2Vec2BertModel"},
 }
-_HF_CONFIG_NAMES = {"wav2vec2": "Wav2Vec2Config", "conformer": "Wav2Vec2ConformerConfig", "hubert": "HubertConfig"}
+_HF_CONFIG_NAMES = {"wav2vec2": "Wav2Vec2Config", "conformer": "Wav2Vec2ConformerConfig", "hubert": "HubertConfig",
+                    "w2v_bert": "Wav2Vec2BertConfig"}
 #: HF's backbone prefix in each family's CTC model.
 _HF_CTC_PREFIXES = {"wav2vec2": "wav2vec2.", "conformer": HF_CONFORMER_PREFIX, "hubert": HF_HUBERT_PREFIX}
 #: The pretraining heads of our Wav2Vec2Model and HubertModel: not part of HF's bare ``...Model``.
 _PRETRAINING_HEADS = ("quantizer.", "project_q.", "final_proj.", "target_glu.", "label_embs")
-_EXPORTABLE_KINDS = ("wav2vec2", "wav2vec_ctc", "hubert", "hubert_ctc")
+_EXPORTABLE_KINDS = ("wav2vec2", "wav2vec_ctc", "hubert", "hubert_ctc", "w2v_bert", "w2v_bert_ctc")
 
 
 def _hf_classes(family: str, head: str):
@@ -73,7 +87,8 @@ def _hf_classes(family: str, head: str):
 
 def _hf_config_kwargs(family: str, cfg: Any) -> Dict[str, Any]:
     """The HF config's keyword arguments for our backbone config ``cfg``."""
-    maps = {"wav2vec2": hf_config_kwargs, "conformer": hf_conformer_config_kwargs, "hubert": hf_hubert_config_kwargs}
+    maps = {"wav2vec2": hf_config_kwargs, "conformer": hf_conformer_config_kwargs, "hubert": hf_hubert_config_kwargs,
+            "w2v_bert": hf_w2v_bert_config_kwargs}
     return maps[family](cfg)
 
 
@@ -87,7 +102,8 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
     becomes ``Wav2Vec2ForPreTraining``, or ``Wav2Vec2Model`` when it was pretrained on continuous targets
     (``quantize_targets=false``: HF's pretraining head always quantizes, so ``final_proj``/``project_q`` are left
     out); ``hubert`` becomes ``HubertModel`` (HF has no HuBERT pretraining head: ``final_proj`` and
-    ``label_embs_concat`` are left out). Conformers get the ``Wav2Vec2Conformer*`` twins. ``dictionary_path``
+    ``label_embs_concat`` are left out). Conformers get the ``Wav2Vec2Conformer*`` twins; ``w2v_bert`` /
+    ``w2v_bert_ctc`` become ``Wav2Vec2BertModel`` (without pretraining heads) / ``Wav2Vec2BertForCTC``. ``dictionary_path``
     (a dict.ltr.txt) is needed only when a CTC checkpoint stores no dictionary. A CTC model with adapters also gets
     ``adapter.<lang>.safetensors`` per language, ``langs`` naming adapter rows 0, 1 … (default: the checkpoint's
     ``task.multi_corpus_keys``); its main weights hold the first language's adapters."""
@@ -98,13 +114,13 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
     state = load_checkpoint_to_cpu(checkpoint_path, trust_checkpoint=trust_checkpoint)
     kind = checkpoint_kind(state)
     if kind not in _EXPORTABLE_KINDS:
-        raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only wav2vec2, wav2vec_ctc, hubert and "
-                          "hubert_ctc convert to HF")
+        raise ConfigError(f"{checkpoint_path} holds a '{kind}' model; only {', '.join(_EXPORTABLE_KINDS)} convert "
+                          "to HF")
     model_cfg = state["cfg"]["model"]
     ctc = kind.endswith("_ctc")
     w2v_model_cfg = pretraining_config_from(model_cfg["w2v_args"])["model"] if ctc else model_cfg
     cfg = MODEL_REGISTRY.build_config(w2v_model_cfg, from_checkpoint=True)
-    family = "hubert" if kind.startswith("hubert") else ("conformer" if is_conformer_config(cfg) else "wav2vec2")
+    family = _export_family(kind, cfg)
     kwargs = dict(_hf_config_kwargs(family, cfg), **hf_adapter_kwargs(cfg))
     model_weights, adapters = split_adapters(state["model"])
     if (adapters or langs) and not ctc:
@@ -123,21 +139,37 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
         head, weights = _pretraining_weights_to_hf(state["model"], cfg, family, checkpoint_path)
     config_cls, model_cls = _hf_classes(family, head)
     hf_model = model_cls(config_cls(**kwargs))
-    _load_hf_strict(hf_model, weights)
+    _load_hf_strict(hf_model, _without_absent_mask_emb(hf_model, weights))
     hf_model.save_pretrained(out_dir)
+    task_cfg = state["cfg"].get("task") or {}
     if ctc:
         _write_adapter_files(out_dir, adapter_files)
-        save_hf_processor(out_dir, dictionary, state["cfg"].get("task") or {})
-    elif family == "hubert":  # HuBERT's HF folders carry the feature extractor (task.normalize) as HF's do
-        hf_feature_extractor(state["cfg"].get("task") or {}).save_pretrained(out_dir)
+        save_hf_processor(out_dir, dictionary, task_cfg, family)
+    elif family in ("hubert", "w2v_bert"):  # their HF folders carry the feature extractor, as HF's do
+        hf_feature_extractor(task_cfg, family).save_pretrained(out_dir)
     return model_cls.__name__
+
+
+def _export_family(kind: str, cfg: Any) -> str:
+    """The HF family (wav2vec2, conformer, hubert, w2v_bert) of a checkpoint of ``kind`` with backbone ``cfg``."""
+    for family in ("hubert", "w2v_bert"):
+        if kind.startswith(family):
+            return family
+    return "conformer" if is_conformer_config(cfg) else "wav2vec2"
+
+
+def _without_absent_mask_emb(hf_model: Any, weights: StateDict) -> StateDict:
+    """HF's w2v-BERT builds ``masked_spec_embed`` only when its config masks (mask_time_prob or mask_feature_prob
+    > 0): without one there, our ``mask_emb`` is left out."""
+    names = set(hf_model.state_dict())
+    return {k: v for k, v in weights.items() if not k.endswith("masked_spec_embed") or k in names}
 
 
 def _export_languages(state: Dict[str, Any], cfg: Any, langs: Optional[Sequence[str]], checkpoint_path: str
                       ) -> List[str]:
     """The language of each adapter row: ``langs``, else the checkpoint's ``task.multi_corpus_keys``; none
     without adapters."""
-    if str(cfg.layer_type) != "trf_adp":
+    if str(getattr(cfg, "layer_type", "transformer")) != "trf_adp":
         if langs:
             raise ConfigError(f"--langs is for models with language adapters; {checkpoint_path} has none")
         return []
@@ -176,6 +208,8 @@ def _pretraining_weights_to_hf(state_dict: StateDict, cfg: Any, family: str, che
                                ) -> Tuple[str, StateDict]:
     """(HF head, HF weights) of a pretraining checkpoint: ``...ForPreTraining`` for quantized wav2vec 2.0, else
     the bare backbone without the pretraining heads (one warning line)."""
+    if family == "w2v_bert":
+        return "backbone", _w2v_bert_backbone_to_hf(state_dict, checkpoint_path)
     if family != "hubert" and cfg.quantize_targets:
         to_hf = wav2vec2_conformer_to_hf_state_dict if family == "conformer" else wav2vec2_to_hf_state_dict
         return "pretraining", to_hf(state_dict)
@@ -189,6 +223,16 @@ def _pretraining_weights_to_hf(state_dict: StateDict, cfg: Any, family: str, che
     backbone = {k: v for k, v in state_dict.items() if not k.startswith(_PRETRAINING_HEADS)}
     to_hf = wav2vec2_conformer_to_hf_state_dict if family == "conformer" else wav2vec2_to_hf_state_dict
     return "backbone", to_hf(backbone, hf_prefix="")
+
+
+def _w2v_bert_backbone_to_hf(state_dict: StateDict, checkpoint_path: str) -> StateDict:
+    """A ``w2v_bert`` state dict as HF ``Wav2Vec2BertModel`` weights: HF has no w2v-BERT pretraining head, so the
+    pretraining modules (quantizer, projections) are left out with one warning line."""
+    backbone = {k: v for k, v in state_dict.items() if k.startswith(W2V_BERT_BACKBONE_PREFIXES)}
+    if len(backbone) < len(state_dict):
+        logger.warning("%s: Hugging Face's Wav2Vec2BertModel has no pretraining head: writing the encoder without "
+                       "the %d pretraining tensors", checkpoint_path, len(state_dict) - len(backbone))
+    return w2v_bert_to_hf_state_dict(backbone)
 
 
 def _ctc_dictionary(state: Dict[str, Any], checkpoint_path: str, dictionary_path: Optional[str]) -> Any:
@@ -207,8 +251,11 @@ def _ctc_weights_to_hf(state_dict: StateDict, model_cfg: Dict[str, Any], vocab_s
     """A ``wav2vec_ctc`` / ``hubert_ctc`` state dict with HF names; ``blank_weight`` (blank_mode add) folded into the
     blank's bias. The frozen, unused ``label_embs_concat`` fairseq keeps in fine-tuned HuBERT files is left out."""
     unused = CTC_BACKBONE_PREFIX + "label_embs"
-    weights = ctc_to_hf_state_dict({k: v for k, v in state_dict.items() if not k.startswith(unused)},
-                                   family == "conformer", _HF_CTC_PREFIXES[family])
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(unused)}
+    if family == "w2v_bert":
+        weights = w2v_bert_ctc_to_hf_state_dict(kept)
+    else:
+        weights = ctc_to_hf_state_dict(kept, family == "conformer", _HF_CTC_PREFIXES[family])
     outputs = weights[HF_LM_HEAD_PREFIX + "weight"].shape[0]
     if outputs != vocab_size:
         raise ConfigError(f"the dictionary has {vocab_size} symbols but the output layer {outputs}: pass the "
@@ -223,14 +270,14 @@ def _ctc_weights_to_hf(state_dict: StateDict, model_cfg: Dict[str, Any], vocab_s
     return weights
 
 
-def save_hf_processor(out_dir: str, dictionary: Any, task_cfg: Dict[str, Any]) -> None:
+def save_hf_processor(out_dir: str, dictionary: Any, task_cfg: Dict[str, Any], family: str = "wav2vec2") -> None:
     """What ``pipeline("automatic-speech-recognition")`` loads besides the model: vocab.json (HF's names for
     fairseq's specials, ``<pad>`` = index 0 = the CTC blank), a ``Wav2Vec2CTCTokenizer`` with the word delimiter
     ``|``, and a ``Wav2Vec2FeatureExtractor`` with ``do_normalize`` = ``task.normalize`` and the task's sample rate.
 
     ``return_attention_mask`` is true whatever the CNN's norm: fairseq fine-tuning pads its batches and masks the
     padding in the encoder (HF's converter turns the mask off for group-norm models, so their batched output
-    would differ from fairseq's)."""
+    would differ from fairseq's). w2v-BERT gets HF's ``Wav2Vec2BertProcessor`` with its fbank extractor."""
     import json
     import os
 
@@ -242,14 +289,20 @@ def save_hf_processor(out_dir: str, dictionary: Any, task_cfg: Dict[str, Any]) -
         json.dump(hf_vocab(dictionary), f, ensure_ascii=False)
     tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_file, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                                   eos_token="</s>", word_delimiter_token="|")
-    extractor = hf_feature_extractor(task_cfg)
-    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    extractor = hf_feature_extractor(task_cfg, family)
+    processor = transformers.Wav2Vec2BertProcessor if family == "w2v_bert" else transformers.Wav2Vec2Processor
+    processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out_dir)
     extractor.save_pretrained(out_dir)  # preprocessor_config.json: transformers 5 keeps it inside processor_config.json
 
 
-def hf_feature_extractor(task_cfg: Dict[str, Any]) -> Any:
-    """A ``Wav2Vec2FeatureExtractor`` with ``do_normalize`` = ``task.normalize`` and the task's sample rate."""
+def hf_feature_extractor(task_cfg: Dict[str, Any], family: str = "wav2vec2") -> Any:
+    """A ``Wav2Vec2FeatureExtractor`` with ``do_normalize`` = ``task.normalize`` and the task's sample rate; for
+    w2v-BERT the ``SeamlessM4TFeatureExtractor`` our front end computes (HF's defaults, ``padding_value=1``)."""
     import transformers
+
+    if family == "w2v_bert":
+        return transformers.SeamlessM4TFeatureExtractor(sampling_rate=int(task_cfg.get("sample_rate", 16000)),
+                                                        padding_value=1.0, return_attention_mask=True)
 
     return transformers.Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=int(task_cfg.get("sample_rate", 16000)), padding_value=0.0,
@@ -272,26 +325,30 @@ def _load_hf_strict(hf_model: Any, weights: StateDict) -> None:
                           f"unexpected {unexpected[:5]}")
 
 
-_FAMILIES = {"wav2vec2": "wav2vec2", "wav2vec2-conformer": "conformer", "hubert": "hubert"}
+_FAMILIES = {"wav2vec2": "wav2vec2", "wav2vec2-conformer": "conformer", "hubert": "hubert",
+             "wav2vec2-bert": "w2v_bert"}
+#: The bare backbone class each family without an HF pretraining head converts from.
+_HF_BACKBONES = {"hubert": "HubertModel", "w2v_bert": "Wav2Vec2BertModel"}
 
 
 def _convertible_kind(hf_dir: str, config: Any) -> Tuple[str, str]:
-    """(family, head) of an HF folder's config: wav2vec2(-conformer) ForCTC/ForPreTraining, HubertForCTC or the bare
-    HubertModel (HF has no HuBERT pretraining head); anything else is a ConfigError."""
+    """(family, head) of an HF folder's config: wav2vec2(-conformer) ForCTC/ForPreTraining, HubertForCTC /
+    Wav2Vec2BertForCTC or the bare HubertModel / Wav2Vec2BertModel (HF has no pretraining head for these);
+    anything else is a ConfigError."""
     if config.model_type not in _FAMILIES:
-        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2, wav2vec2-conformer or "
-                          "hubert")
+        raise ConfigError(f"{hf_dir} holds a '{config.model_type}' model; expected wav2vec2, wav2vec2-conformer, "
+                          "hubert or wav2vec2-bert")
     family, architectures = _FAMILIES[config.model_type], config.architectures or []
     if any(a.endswith("ForCTC") for a in architectures):
         return family, "ctc"
-    if family == "hubert" and "HubertModel" in architectures:
+    if _HF_BACKBONES.get(family) in architectures:
         return family, "backbone"
-    if family != "hubert" and any(a.endswith("ForPreTraining") for a in architectures):
+    if family not in _HF_BACKBONES and any(a.endswith("ForPreTraining") for a in architectures):
         return family, "pretraining"
     raise ConfigError(
         f"{hf_dir} holds a {'/'.join(architectures) or 'model with no architectures in config.json'}: only "
-        "...ForCTC, ...ForPreTraining and HubertModel folders convert (a bare Wav2Vec2Model has no pretraining "
-        "heads, and HF would fill them with random weights)")
+        "...ForCTC, ...ForPreTraining, HubertModel and Wav2Vec2BertModel folders convert (a bare Wav2Vec2Model has no "
+        "pretraining heads, and HF would fill them with random weights)")
 
 
 def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: Dict[str, Any],
@@ -313,7 +370,8 @@ def _checkpoint_state(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: 
 def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequence[str]] = None) -> str:
     """Write a fairseq-layout checkpoint (``wav2vec2``, ``hubert``, ``wav2vec_ctc`` or ``hubert_ctc``, with the
     dictionary in ``task_state``) for a local HF folder of ``Wav2Vec2ForPreTraining``/``ForCTC``, their conformer
-    twins, ``HubertModel`` or ``HubertForCTC``. Returns our model name. A ``Wav2Vec2ForCTC`` with adapters becomes
+    twins, ``HubertModel`` or ``HubertForCTC``; ``Wav2Vec2BertModel`` / ``Wav2Vec2BertForCTC`` give ``w2v_bert`` /
+    ``w2v_bert_ctc`` (``task.normalize=false``). Returns our model name. A ``Wav2Vec2ForCTC`` with adapters becomes
     a ``trf_adp`` model whose adapter rows are the ``adapter.<lang>.safetensors`` of ``langs`` (default: every
     such file in the folder, sorted), stored as ``task.multi_corpus_keys``."""
     import os
@@ -327,7 +385,7 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequen
     family, head = _convertible_kind(hf_dir, config)
     hf_state = _hf_classes(family, head)[1].from_pretrained(hf_dir, local_files_only=True).state_dict()
     config_from_hf = {"wav2vec2": wav2vec2_config_from_hf, "conformer": wav2vec2_conformer_config_from_hf,
-                      "hubert": hubert_config_from_hf}[family]
+                      "hubert": hubert_config_from_hf, "w2v_bert": w2v_bert_config_from_hf}[family]
     pretrain_model, data = config_from_hf(config), os.path.abspath(hf_dir)
     pretrain_task = _pretraining_task(family, data, _hf_normalize(hf_dir, config, family))
     hf_state, adapters, langs = _import_adapters(hf_dir, hf_state, langs)
@@ -348,6 +406,12 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequen
                          "criterion": {"_name": "hubert"}})
         weights, task_state = wav2vec2_from_hf_state_dict(hf_state, hf_prefix=""), {}
         name, criterion_name = "hubert", "HubertCriterion"
+    elif family == "w2v_bert":
+        logger.warning("%s: Hugging Face's Wav2Vec2BertModel has no pretraining head (the quantizer was dropped by "
+                       "HF's converter): continued pretraining starts with a fresh one", hf_dir)
+        cfg = _finalize({"task": pretrain_task, "model": pretrain_model})
+        weights = with_mask_emb(w2v_bert_from_hf_state_dict(hf_state), pretrain_model["encoder_embed_dim"])
+        task_state, name, criterion_name = {}, "w2v_bert", "W2vBertCriterion"
     else:
         cfg = _finalize({"task": pretrain_task, "model": pretrain_model,
                          "criterion": {"_name": "wav2vec", "infonce": True}})
@@ -382,6 +446,8 @@ def _hf_normalize(hf_dir: str, config: Any, family: str) -> bool:
     converters write (true for layer-norm CNNs, with a warning)."""
     import transformers
 
+    if family == "w2v_bert":  # the fbank front end takes the waveform as loaded and normalises its features
+        return False
     try:
         extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(hf_dir, local_files_only=True)
         return bool(extractor.do_normalize)
@@ -447,6 +513,10 @@ def _shared_head(rows: List[StateDict], langs: Sequence[str], hf_dir: str) -> St
     return head
 
 
+#: Our CTC model for each HF family (wav2vec_ctc for the others).
+_CTC_MODEL_NAMES = {"hubert": "hubert_ctc", "w2v_bert": "w2v_bert_ctc"}
+
+
 def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family: str, pretrain_task: Dict[str, Any],
                           pretrain_model: Dict[str, Any], langs: Sequence[str] = ()
                           ) -> Tuple[Any, StateDict, Dict[str, Any]]:
@@ -472,11 +542,15 @@ def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family:
                 **({"multi_corpus_keys": ",".join(langs)} if langs else {})}
     cfg = _finalize({
         "task": task,
-        "model": {"_name": "hubert_ctc" if family == "hubert" else "wav2vec_ctc", "w2v_path": data,
+        "model": {"_name": _CTC_MODEL_NAMES.get(family, "wav2vec_ctc"), "w2v_path": data,
                   "w2v_args": pretraining, "final_dropout": getattr(config, "final_dropout", 0.0), **adapter_cfg},
         "criterion": {"_name": "ctc", "zero_infinity": True},
     })
-    weights = ctc_from_hf_state_dict(hf_state, family == "conformer", _HF_CTC_PREFIXES[family])
+    if family == "w2v_bert":
+        weights = with_mask_emb(w2v_bert_ctc_from_hf_state_dict(hf_state), pretrain_model["encoder_embed_dim"],
+                                CTC_BACKBONE_PREFIX)
+    else:
+        weights = ctc_from_hf_state_dict(hf_state, family == "conformer", _HF_CTC_PREFIXES[family])
     if family == "hubert":  # the empty label embeddings fairseq's HubertCtc reads strictly (zero label sets)
         backbone = pretraining["model"]
         final_dim = backbone["final_dim"] if backbone["final_dim"] > 0 else backbone["encoder_embed_dim"]

@@ -31,6 +31,8 @@ _TOP_LEVEL_RENAMES = (
     ("layer_norm.", "feature_projection.layer_norm."),
     ("post_extract_proj.", "feature_projection.projection."),
 )
+#: The prefixes of the ``w2v_bert`` keys HF's ``Wav2Vec2BertModel`` has (the rest are pretraining heads).
+W2V_BERT_BACKBONE_PREFIXES = ("mask_emb", "layer_norm.", "post_extract_proj.", "encoder.")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 
 
@@ -45,7 +47,8 @@ def _rename(key: str, pairs, layer_map) -> str:
 
 
 def w2v_bert_to_hf_state_dict(state_dict: StateDict, hf_prefix: str = "") -> StateDict:
-    """Our ``w2v_bert`` state dict → HF ``Wav2Vec2BertModel`` names (``ForCTC``'s with ``hf_prefix="wav2vec2_bert."``)."""
+    """Our ``w2v_bert`` state dict (the backbone) → HF ``Wav2Vec2BertModel`` names (``ForCTC``'s with
+    ``hf_prefix="wav2vec2_bert."``)."""
     return {hf_prefix + _rename(k, _TOP_LEVEL_RENAMES, conformer_layer_key_to_hf): v for k, v in state_dict.items()}
 
 
@@ -136,8 +139,10 @@ def w2v_bert_config_from_hf(hf_config: Any) -> Dict[str, Any]:
             "feature_stride": _HF_FEATURE_STRIDE}
 
 
-def with_mask_emb(weights: StateDict, mask_emb: torch.Tensor, prefix: str = "") -> StateDict:
-    """``weights`` with ``mask_emb`` (the model's fresh one) where HF saved no ``masked_spec_embed``."""
+def with_mask_emb(weights: StateDict, dim: int, prefix: str = "") -> StateDict:
+    """``weights`` with a fresh ``mask_emb`` (uniform in [0, 1), as the model draws it) where HF saved no
+    ``masked_spec_embed`` (its config never masks), so the checkpoint loads strictly and can be fine-tuned with
+    masking."""
     key = prefix + "mask_emb"
-    return weights if key in weights else {key: mask_emb, **weights}
+    return weights if key in weights else {key: torch.empty(dim).uniform_(), **weights}
 

@@ -156,6 +156,8 @@ FINE_TUNING_RECIPES = {
     "wav2vec2": "model._name=wav2vec_ctc with task._name=audio_finetuning (config/finetuning/base_10h.yaml)",
     "hubert": "model._name=hubert_ctc with task._name=hubert_pretraining task.fine_tuning=true "
               "(examples/hubert/config/finetune/base_10h.yaml)",
+    "w2v_bert": "model._name=w2v_bert_ctc with task._name=audio_finetuning task.normalize=false "
+                "(config/finetuning/w2v_bert_2_0_ctc.yaml)",
 }
 
 
@@ -178,7 +180,7 @@ def checkpoint_kind(state: Dict[str, Any]) -> str:
     model_cfg = (state.get("cfg") or {}).get("model") or {}
     name = str(model_cfg.get("_name") or "unknown") if isinstance(model_cfg, dict) else "unknown"
     if any(k.startswith("w2v_encoder.") for k in state.get("model") or {}):
-        return name if name == "hubert_ctc" else "wav2vec_ctc"
+        return name if name in ("hubert_ctc", "w2v_bert_ctc") else "wav2vec_ctc"
     return name
 
 
@@ -274,7 +276,7 @@ def _read_pretraining_checkpoint(path: str, pretrained_model: str) -> Dict[str, 
     require_checkpoint_file("model.w2v_path", path, "the pretrained checkpoint file itself", "checkpoint_best.pt")
     state = load_checkpoint_to_cpu(path)
     kind = checkpoint_kind(state)
-    if kind in ("wav2vec_ctc", "hubert_ctc"):
+    if kind in ("wav2vec_ctc", "hubert_ctc", "w2v_bert_ctc"):
         raise CheckpointError(
             f"model.w2v_path {path} is a fine-tuned CTC checkpoint, not a pretrained one: to fine-tune "
             f"it further, set checkpoint.finetune_from_model={path} and model.w2v_path to the pretrained model "
