@@ -22,6 +22,8 @@ from fairseq_lite import checkpoint_utils  # noqa: E402
 from fairseq_lite.cli import hydra_train, infer  # noqa: E402
 from fairseq_lite.data.labels import write_label_files  # noqa: E402
 from fairseq_lite.data.manifest import write_manifest  # noqa: E402
+from fairseq_lite.dataclass.initialize import compose_config, finalize_config  # noqa: E402
+from fairseq_lite.tasks import setup_task  # noqa: E402
 from fairseq_lite.interop.fairseq_checkpoint import load_checkpoint_to_cpu  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,3 +138,29 @@ def test_the_exported_hf_model_gives_our_logits_on_hf_features(run):
     valid = inputs["attention_mask"].bool()
     assert torch.equal(~net_output["padding_mask"], valid)
     assert (mine - theirs)[valid].abs().max() <= 1e-4
+
+
+def test_the_hf_blog_recipe_yaml_composes_and_its_options_reach_the_encoder(run):
+    """config/finetuning/w2v_bert_2_0_ctc.yaml (HF's blog settings) over the converted model: the values, then
+    layerdrop, masking (on here, as an override) and freeze_finetune_updates acting on the built w2v_bert_ctc."""
+    cfg = finalize_config(compose_config(os.path.join(REPO, "config", "finetuning"), "w2v_bert_2_0_ctc", [
+        f"task.data={run.data}", f"model.w2v_path={os.path.dirname(run.save_dir)}/w2v_bert.pt",
+        f"checkpoint.save_dir={run.save_dir}_blog", "lr_scheduler.total_num_update=1000", "common.fp16=false", "common.cpu=true", "model.layerdrop=0.25",
+        "model.apply_mask=true", "model.mask_prob=0.5", "model.mask_length=2", "model.freeze_finetune_updates=3"]))
+    assert (cfg.optimization.lr[0], list(cfg.optimization.update_freq), cfg.dataset.batch_size) == (5e-5, [2], 16)
+    assert (cfg.lr_scheduler._name, cfg.lr_scheduler.warmup_updates, cfg.optimization.max_epoch) == (
+        "polynomial_decay", 500, 10)
+    assert cfg.model.checkpoint_activations is True and cfg.task.normalize is False
+    task = setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    w2v = model.w2v_encoder.w2v_model
+    assert (w2v.encoder.layerdrop, w2v.masker.mask_prob, w2v.encoder.checkpoint_activations) == (0.25, 0.5, True)
+    torch.manual_seed(0)
+    source = torch.randn(2, 8000) * 0.1
+    model.train()
+    model(source=source, padding_mask=None)["encoder_out"].sum().backward()
+    assert model.w2v_encoder.proj.weight.grad is not None
+    assert all(p.grad is None for p in w2v.parameters())  # frozen for the first freeze_finetune_updates
+    model.w2v_encoder.set_num_updates(3)
+    model(source=source, padding_mask=None)["encoder_out"].sum().backward()
+    assert w2v.post_extract_proj.weight.grad is not None and w2v.mask_emb.grad is not None  # masked frames used it
