@@ -79,6 +79,11 @@ class Wav2vecCriterion(FairseqCriterion):
     def extra_loss_terms(self, model, net_output: Dict[str, Any], sample_size: int) -> List[torch.Tensor]:
         """``loss_weights`` × each of the model's extra losses (codebook diversity, feature penalty) × sample_size;
         one weight may serve every extra loss, a zero weight drops its term."""
+        return [term for _, term in self.indexed_extra_loss_terms(model, net_output, sample_size)]
+
+    def indexed_extra_loss_terms(self, model, net_output: Dict[str, Any], sample_size: int
+                                 ) -> List[Tuple[int, torch.Tensor]]:
+        """``extra_loss_terms`` with each term's index among the model's extra losses (for naming them)."""
         if self.loss_weights is None:
             return []
         extra = model.get_extra_losses(net_output)
@@ -92,7 +97,8 @@ class Wav2vecCriterion(FairseqCriterion):
                 f"criterion.loss_weights has {len(weights)} values but the model has {len(extra)} extra "
                 "losses: give one weight per extra loss (or a single weight for all)"
             )
-        return [coef * term.float() * sample_size for term, coef in zip(extra, weights) if coef != 0 and term is not None]
+        return [(i, coef * term.float() * sample_size)
+                for i, (term, coef) in enumerate(zip(extra, weights)) if coef != 0 and term is not None]
 
     def logging_output(self, sample: Dict[str, Any], net_output: Dict[str, Any], logits: torch.Tensor,
                        target: torch.Tensor, loss: torch.Tensor, losses: List[torch.Tensor], sample_size: int,

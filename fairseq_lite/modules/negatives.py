@@ -1,10 +1,12 @@
-"""Distractor sampling for the contrastive task (fairseq's ``Wav2Vec2Model.sample_negatives``)."""
+"""Distractor sampling and scoring for the contrastive task (fairseq's ``Wav2Vec2Model.sample_negatives`` and
+``compute_preds``), shared by wav2vec 2.0 and w2v-BERT."""
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from fairseq_lite.errors import DataError
 
@@ -65,3 +67,19 @@ def sample_negatives(y: torch.Tensor, num: int, n_negatives: int, cross_sample_n
     negs = y.reshape(-1, fsz)[neg_idxs.reshape(-1)]
     negs = negs.view(bsz, num, total, fsz).permute(2, 0, 1, 3)
     return negs, neg_idxs.reshape(bsz, -1)
+
+
+def contrastive_logits(x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor, logit_temp: float) -> torch.Tensor:
+    """Cosine similarity / ``logit_temp`` of x (B×M×C) with [positive y; negatives], in fp32 → (1+N)×B×M
+    (fairseq's ``compute_preds``). A negative numerically identical to its positive gets −inf."""
+    dtype = x.dtype
+    neg_is_pos = (y == negatives).all(-1)
+    targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
+    # torch.cosine_similarity's formula (each side over its eps-clamped norm, then the dot product), with
+    # x normalised once rather than once per target after broadcasting
+    x = F.normalize(x.float(), dim=-1, eps=1e-8)
+    logits = (x * F.normalize(targets.float(), dim=-1, eps=1e-8)).sum(-1) / logit_temp
+    logits = logits.to(dtype)
+    if neg_is_pos.any():
+        logits[1:] = logits[1:].masked_fill(neg_is_pos, float("-inf"))
+    return logits

@@ -5,12 +5,20 @@ Waveform → ``frontend`` (80-bin Kaldi fbank, two frames stacked: 160-d at 50 H
 ``layer_norm`` + ``post_extract_proj`` (HF ``feature_projection``) → ``dropout_input`` → masking (``mask_emb``, HF
 ``masked_spec_embed``) → ``encoder`` (``W2vBertEncoder``: Shaw relative-key conformer layers, no final norm).
 Field names are fairseq's wav2vec 2.0 ones where the meaning is the same; HF's names for what fairseq lacks
-(``left_max_position_embeddings``, ``right_max_position_embeddings``, ``conformer_conv_dropout``).
+(``left_max_position_embeddings``, ``right_max_position_embeddings``, ``conformer_conv_dropout``), fairseq2's
+w2vbert names for the pretraining objective (``num_bert_encoder_layers``, ``num_target_codebooks``).
+
+Pretraining (fairseq2's ``W2VBertModel``, whose defaults the config keeps): wav2vec 2.0's contrastive task on
+the output of layer ``encoder_layers - num_bert_encoder_layers`` (``final_proj`` against ``project_q`` of the
+Gumbel ``quantizer``'s codewords of the unmasked layer-normed fbank features, distractors from the other masked
+frames) and masked prediction on the top layer: ``mlm_proj`` (fairseq's name; fairseq2's ``final_bert_proj``)
+scores the quantizer's code ids of the masked frames. The criterion is ``w2v_bert``.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,13 +28,20 @@ from torch import nn
 from fairseq_lite.dataclass import FairseqDataclass, field_like, help_text
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
-from fairseq_lite.models.wav2vec.wav2vec2 import MASKING_DISTRIBUTION_CHOICES, Wav2Vec2Config
+from fairseq_lite.models.wav2vec.wav2vec2 import MASKING_DISTRIBUTION_CHOICES, Wav2Vec2Config, Wav2Vec2Model
+from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import masker_from_config
+from fairseq_lite.modules.negatives import contrastive_logits, sample_negatives
 from fairseq_lite.modules.w2v_bert_encoder import W2vBertEncoder
 from fairseq_lite.modules.w2v_bert_frontend import W2vBertFbankFrontend
 
 #: The field of ``Wav2Vec2Config`` named ``name`` (w2v-BERT repeats wav2vec 2.0's masking options).
 _w2v = functools.partial(field_like, Wav2Vec2Config)
+
+#: The pretraining heads: what an HF conversion lacks (HF's converter drops the quantizer and projections).
+PRETRAINING_HEADS = ("quantizer", "project_q", "final_proj", "mlm_proj")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +87,18 @@ class W2vBertConfig(FairseqDataclass):
     no_mask_channel_overlap: bool = _w2v("no_mask_channel_overlap")
     mask_channel_min_space: int = _w2v("mask_channel_min_space")
     checkpoint_activations: bool = _w2v("checkpoint_activations")
+    num_bert_encoder_layers: int = field(default=16, metadata=help_text(
+        "top layers used for masked prediction only: the contrastive loss reads the output of layer "
+        "encoder_layers - num_bert_encoder_layers (fairseq2's w2vbert option)"))
+    num_target_codebooks: int = field(default=1, metadata=help_text(
+        "codebook groups (the first ones) whose ids the masked prediction targets (fairseq2's w2vbert option)"))
+    latent_vars: int = _w2v("latent_vars", default=1024)
+    latent_groups: int = _w2v("latent_groups", default=1)
+    latent_dim: int = _w2v("latent_dim", default=1024)
+    latent_temp: Tuple[float, float, float] = _w2v("latent_temp", default=(2.0, 0.1, 0.999995))
+    final_dim: int = _w2v("final_dim", default=768)
+    num_negatives: int = _w2v("num_negatives")
+    logit_temp: float = _w2v("logit_temp")
 
     @property
     def feature_dim(self) -> int:
@@ -79,12 +106,29 @@ class W2vBertConfig(FairseqDataclass):
         return self.num_mel_bins * self.feature_stride
 
     def check_values(self, cfg: Any) -> None:
-        """The heads divide the width; the conv kernel is odd."""
+        """The heads divide the width; the conv kernel is odd; the MLM targets exist; for pretraining (criterion
+        ``w2v_bert``) the contrastive layer exists and nothing drops it."""
         heads, dim = self.encoder_attention_heads, self.encoder_embed_dim
         if heads <= 0 or dim % heads:
             raise ConfigError(f"model.encoder_attention_heads={heads} does not divide model.encoder_embed_dim={dim}")
         if self.depthwise_conv_kernel_size % 2 == 0:
             raise ConfigError(f"model.depthwise_conv_kernel_size={self.depthwise_conv_kernel_size} must be odd")
+        if not 0 < self.num_target_codebooks <= self.latent_groups:
+            raise ConfigError(f"model.num_target_codebooks={self.num_target_codebooks} must be in 1.."
+                              f"model.latent_groups={self.latent_groups}")
+        if getattr(getattr(cfg, "criterion", None), "_name", None) == "w2v_bert":
+            self._check_pretraining()
+
+    def _check_pretraining(self) -> None:
+        """What the ``w2v_bert`` criterion needs: a contrastive layer inside the encoder, no layerdrop."""
+        if not 0 <= self.num_bert_encoder_layers < self.encoder_layers:
+            raise ConfigError(f"model.num_bert_encoder_layers={self.num_bert_encoder_layers} must be below "
+                              f"model.encoder_layers={self.encoder_layers} (the contrastive loss reads layer "
+                              "encoder_layers - num_bert_encoder_layers)")
+        if self.encoder_layerdrop > 0:
+            raise ConfigError(f"model.encoder_layerdrop={self.encoder_layerdrop} with criterion w2v_bert: the "
+                              "contrastive loss reads a fixed layer, which layerdrop would skip; set it to 0 "
+                              "(fairseq2 refuses layerdrop for w2v-BERT too)")
 
 
 def encoder_from_config(cfg: W2vBertConfig) -> W2vBertEncoder:
@@ -114,6 +158,14 @@ class W2vBertModel(BaseFairseqModel):
         self.masker = masker_from_config(cfg)
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         self.encoder = encoder_from_config(cfg)
+        final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
+        vq_dim = cfg.latent_dim if cfg.latent_dim > 0 else final_dim
+        self.quantizer = GumbelVectorQuantizer(
+            dim=cfg.feature_dim, num_vars=cfg.latent_vars, temp=cfg.latent_temp, groups=cfg.latent_groups,
+            combine_groups=False, vq_dim=vq_dim, time_first=True)
+        self.project_q = nn.Linear(vq_dim, final_dim)
+        self.final_proj = nn.Linear(cfg.encoder_embed_dim, final_dim)
+        self.mlm_proj = nn.Linear(cfg.encoder_embed_dim, cfg.latent_vars * cfg.num_target_codebooks)
 
     @classmethod
     def build_model(cls, cfg: W2vBertConfig, task: Any = None) -> "W2vBertModel":
@@ -146,12 +198,79 @@ class W2vBertModel(BaseFairseqModel):
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True,
                 features_only: bool = False, layer: Optional[int] = None, corpus_key: Any = None) -> Dict[str, Any]:
-        """With ``features_only``: ``extract_features``' dict (what ``Wav2VecEncoder`` and infer.py use)."""
-        if not features_only:
-            raise ValueError("this w2v_bert model has no pretraining heads: call it with features_only=True")
-        return self.extract_features(source, padding_mask, mask=mask, layer=layer)
+        """With ``features_only``: ``extract_features``' dict (what ``Wav2VecEncoder`` and infer.py use).
+
+        Otherwise the pretraining output: ``x`` ((1+N)×B×M contrastive logits, the positive first), the quantizer's
+        ``num_vars``/``code_perplexity``/``prob_perplexity``/``temp``, ``features_pen`` (mean square of the fbank
+        features, as fairseq2's; it has no gradient, the front end having no parameters), ``mlm_logits``
+        (B·M × latent_vars × num_target_codebooks, fairseq2's layout), ``mlm_targets`` (B·M × num_target_codebooks
+        code ids: the quantizer's Gumbel draws in training, its argmax in eval) and ``padding_mask``."""
+        if features_only:
+            return self.extract_features(source, padding_mask, mask=mask, layer=layer)
+        if self.quantizer is None:
+            raise ValueError("the pretraining heads were removed (remove_pretraining_modules): call the model with "
+                             "features_only=True")
+        self.cfg._check_pretraining()
+        features, padding_mask = self.forward_frontend(source, padding_mask)
+        out = self.encode(features, padding_mask, mask=mask)
+        if out["mask_indices"] is None:
+            raise ValueError("the w2v-BERT pretraining forward needs masked frames: call with mask=True and "
+                             "model.mask_prob > 0")
+        result, code_ids = self._quantize_and_contrast(out)
+        result.update(self._masked_prediction(out, code_ids))
+        result.update(features_pen=features.float().pow(2).mean(), padding_mask=out["padding_mask"])
+        return result
+
+    def _quantize_and_contrast(self, out: Dict[str, Any]) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """fairseq2's ``quantize_and_contrast`` on the masked frames: (contrastive logits and the quantizer's
+        statistics, the quantizer's code ids B×M×G)."""
+        q = self.quantizer(_masked(out["features_unprojected"], out["mask_indices"]), produce_targets=True)
+        y = self.project_q(q["x"])
+        negatives, _ = sample_negatives(y, y.size(1), self.cfg.num_negatives)
+        contrast_layer = self.cfg.encoder_layers - self.cfg.num_bert_encoder_layers - 1
+        x = self.final_proj(_masked(out["layer_results"][contrast_layer][0], out["mask_indices"]))
+        result = {k: q[k] for k in ("num_vars", "code_perplexity", "prob_perplexity", "temp")}
+        result["x"] = contrastive_logits(x, y, negatives, self.cfg.logit_temp)
+        return result, q["targets"]
+
+    def _masked_prediction(self, out: Dict[str, Any], code_ids: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``mlm_proj`` of the top layer's masked frames and their targets, the first ``num_target_codebooks``
+        code ids (fairseq2's ``final_bert_proj`` and ``_get_target_indices``)."""
+        groups = self.cfg.num_target_codebooks
+        logits = self.mlm_proj(_masked(out["x"], out["mask_indices"]))
+        return {"mlm_logits": logits.reshape(-1, self.cfg.latent_vars, groups),
+                "mlm_targets": code_ids.reshape(-1, code_ids.size(-1))[:, :groups]}
+
+    # the contrastive part is wav2vec 2.0's: the criterion reads it the same way
+    get_logits = Wav2Vec2Model.get_logits
+    get_targets = Wav2Vec2Model.get_targets
+    get_extra_losses = Wav2Vec2Model.get_extra_losses
+    #: the names of ``get_extra_losses``' terms, in order (the criterion logs ``loss_<name>``)
+    extra_loss_names = ("diversity", "features_pen")
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> Dict[str, torch.Tensor]:
+        """A state dict without any pretraining head (an HF conversion: HF's converter drops the quantizer and the
+        projections, transformers PR #28165) gets this model's freshly initialised heads, with one warning."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = f"{name}." if name else ""
+        heads = {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in PRETRAINING_HEADS}
+        if heads and not any(k[len(prefix):].split(".", 1)[0] in PRETRAINING_HEADS
+                             for k in state_dict if k.startswith(prefix)):
+            logger.warning("the w2v_bert weights have no pretraining heads (%s): initialised their %d tensors "
+                           "freshly, as for continued pretraining from a Hugging Face conversion (HF keeps no "
+                           "quantizer)", ", ".join(PRETRAINING_HEADS), len(heads))
+            state_dict.update({prefix + k: v for k, v in heads.items()})
+        return state_dict
 
     def remove_pretraining_modules(self, last_layer: Optional[int] = None) -> None:
-        """For fine-tuning: keep the layers up to ``last_layer`` (0-based; all by default)."""
+        """For fine-tuning: drop the pretraining heads (they stay registered as None, so a pretraining state dict
+        still loads strictly) and keep the layers up to ``last_layer`` (0-based; all by default)."""
+        for head in PRETRAINING_HEADS:
+            setattr(self, head, None)
         if last_layer is not None:
             self.encoder.layers = nn.ModuleList(l for i, l in enumerate(self.encoder.layers) if i <= last_layer)
+
+
+def _masked(x: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
+    """The masked frames of x (B×T×C) as B×M×C (every row masks M frames: ``require_same_masks``)."""
+    return x[mask_indices].view(x.size(0), -1, x.size(-1))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text
@@ -25,7 +24,7 @@ from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionMod
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import masker_from_config
-from fairseq_lite.modules.negatives import sample_negatives
+from fairseq_lite.modules.negatives import contrastive_logits, sample_negatives
 from fairseq_lite.modules.transformer_encoder import TransformerEncoder
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
@@ -290,17 +289,7 @@ class Wav2Vec2Model(BaseFairseqModel):
     def compute_preds(self, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Cosine similarity / logit_temp of x (B×M×C) with [positive y; negatives], in fp32 → (1+N)×B×M.
         A negative numerically identical to its positive gets −inf."""
-        dtype = x.dtype
-        neg_is_pos = (y == negatives).all(-1)
-        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
-        # torch.cosine_similarity's formula (each side over its eps-clamped norm, then the dot product), with
-        # x normalised once rather than once per target after broadcasting
-        x = F.normalize(x.float(), dim=-1, eps=1e-8)
-        logits = (x * F.normalize(targets.float(), dim=-1, eps=1e-8)).sum(-1) / self.logit_temp
-        logits = logits.to(dtype)
-        if neg_is_pos.any():
-            logits[1:] = logits[1:].masked_fill(neg_is_pos, float("-inf"))
-        return logits
+        return contrastive_logits(x, y, negatives, self.logit_temp)
 
     def _feature_lengths_mask(self, padding_mask: Optional[torch.Tensor], features: torch.Tensor
                               ) -> Optional[torch.Tensor]:
