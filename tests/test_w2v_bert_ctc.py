@@ -147,8 +147,7 @@ def test_the_hf_blog_recipe_yaml_composes_and_its_options_reach_the_encoder(run)
         f"task.data={run.data}", f"model.w2v_path={os.path.dirname(run.save_dir)}/w2v_bert.pt",
         f"checkpoint.save_dir={run.save_dir}_blog", "lr_scheduler.total_num_update=1000", "common.fp16=false",
         "common.cpu=true", "model.layerdrop=0.25", "model.apply_mask=true", "model.mask_prob=0.5",
-        "model.mask_length=2",
-        "model.freeze_finetune_updates=3"]))
+        "model.mask_length=2", "model.freeze_finetune_updates=3"]))
     assert (cfg.optimization.lr[0], list(cfg.optimization.update_freq), cfg.dataset.batch_size) == (5e-5, [2], 16)
     assert (cfg.lr_scheduler._name, cfg.lr_scheduler.warmup_updates, cfg.optimization.max_epoch) == (
         "polynomial_decay", 500, 10)
