@@ -1,13 +1,15 @@
 """Continued w2v-BERT pretraining (issue 17): a tiny random HF ``Wav2Vec2BertModel`` converted to ours
 (scripts/convert_from_hf.py's ``import_checkpoint_from_hf``), trained by fairseq-hydra-train with
 config/pretraining/w2v_bert_demo.yaml on the demo corpus from ``checkpoint.finetune_from_model`` (the heads HF
-lacks start fresh), resumed exactly, exported back to HF (encoder only); the loss terms recomputed by hand.
+lacks start fresh), resumed exactly, exported back to HF (encoder only) and fine-tuned from with CTC; the loss
+terms recomputed by hand.
 """
 
 import glob
 import json
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 import soundfile as sf
@@ -17,12 +19,14 @@ import transformers
 from fairseq_lite import checkpoint_utils
 from fairseq_lite.cli import hydra_train
 from fairseq_lite.criterions.w2v_bert_criterion import W2vBertCriterion
+from fairseq_lite.data.dictionary import Dictionary
 from fairseq_lite.data.manifest import write_manifest
 from fairseq_lite.dataclass.initialize import compose_config, finalize_config
 from fairseq_lite.errors import ConfigError
 from fairseq_lite.interop.hf_files import export_checkpoint_to_hf, import_checkpoint_from_hf
 from fairseq_lite.interop.huggingface_w2v_bert import hf_w2v_bert_config_kwargs
 from fairseq_lite.models.w2v_bert.w2v_bert import PRETRAINING_HEADS, W2vBertConfig, W2vBertModel
+from fairseq_lite.models.w2v_bert.w2v_bert_asr import W2vBertCtc, W2vBertCtcConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_TRAIN = os.path.join(REPO, "demo", "corpus", "train")
@@ -123,6 +127,19 @@ def test_pretrained_checkpoint_exports_to_hf_encoder(runs):
     for (layer_out, _, _), hidden in zip(mine["layer_results"], theirs.hidden_states[1:]):
         torch.testing.assert_close(layer_out[valid], hidden[valid], atol=1e-5, rtol=0)
     torch.testing.assert_close(mine["x"][valid], theirs.last_hidden_state[valid], atol=1e-5, rtol=0)
+
+
+def test_ctc_fine_tuning_starts_from_the_pretrained_encoder(runs):
+    path = str(runs / "straight" / "checkpoint_last.pt")
+    dictionary = Dictionary.load(os.path.join(REPO, "demo", "corpus", "dict.ltr.txt"))
+    cfg = W2vBertCtcConfig(w2v_path=path, normalize=False, data=str(runs))
+    model = W2vBertCtc.build_model(cfg, SimpleNamespace(target_dictionary=dictionary))
+    weights = model.state_dict()
+    pretrained = torch.load(path, weights_only=False)["model"]
+    backbone = {k: v for k, v in pretrained.items() if k.split(".")[0] not in PRETRAINING_HEADS}
+    assert {k for k in weights if k.startswith("w2v_encoder.w2v_model.")} == {
+        "w2v_encoder.w2v_model." + k for k in backbone}
+    assert all(torch.equal(weights["w2v_encoder.w2v_model." + k], v) for k, v in backbone.items())
 
 
 def _batch():
