@@ -235,6 +235,13 @@ def test_continued_yaml_is_w2v_bert_2_0_with_fairseq2s_objective():
             m.final_dim, m.num_negatives, m.logit_temp, m.mask_prob, m.mask_length, tuple(m.latent_temp)) == (
         8, 1, 1024, 1024, 768, 100, 0.1, 0.65, 10, (2.0, 0.1, 0.999995))
     assert (cfg.criterion._name, list(cfg.criterion.loss_weights), cfg.task.normalize) == ("w2v_bert", [0.1, 10], False)
+    with torch.device("meta"):
+        model = W2vBertModel(m)
+        hf_params = sum(p.numel() for p in transformers.Wav2Vec2BertModel(hf).parameters())
+    counts = {head: sum(p.numel() for p in getattr(model, head).parameters()) for head in PRETRAINING_HEADS}
+    assert sum(p.numel() for p in model.parameters()) - sum(counts.values()) == hf_params  # 580M as HF's
+    assert counts == {"quantizer": 161 * 1024 + 1024 * 1024, "project_q": 1025 * 768, "final_proj": 1025 * 768,
+                      "mlm_proj": 1025 * 1024}
     with pytest.raises(ConfigError, match="encoder_layerdrop"):
         finalize_config(compose_config(CONFIG_DIR, "w2v_bert_2_0_continued",
                                        ["task.data=/x", "checkpoint.save_dir=/y", "model.encoder_layerdrop=0.1"]))
