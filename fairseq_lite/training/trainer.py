@@ -23,7 +23,7 @@ from fairseq_lite.errors import CheckpointError, ConfigError, FairseqLiteError
 from fairseq_lite.optim.fp16_optimizer import (AMPOptimizer, FP16Optimizer, MemoryEfficientFP16Optimizer,
                                                build_training_optimizer)
 from fairseq_lite.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
-from fairseq_lite.training import fsdp
+from fairseq_lite.training import fsdp, host_memory
 from fairseq_lite.training.meters import MetersGroup
 
 logger = logging.getLogger("fairseq_lite.trainer")
@@ -164,6 +164,7 @@ class Trainer:
         self.previous_training_time = 0.0
         self._start_time = time.time()
         self.optimizer_history: List[Dict[str, Any]] = []
+        self.heap_trimmer = host_memory.HeapTrimmer()
 
     # -- components ------------------------------------------------------------------------------
 
@@ -370,6 +371,8 @@ class Trainer:
 
         self.set_num_updates(self.num_updates + 1)
         stats = self._reduce_stats(logging_outputs, sample_size, float(grad_norm), time.perf_counter() - step_start)
+        if self.device.type == "cpu":  # batches of varying shape fragment glibc's heap (host_memory.py)
+            self.heap_trimmer.after_update()
         return stats
 
     def _forward_backward(self, samples: Sequence[Any]) -> Tuple[List[Dict[str, Any]], float, List[int]]:
