@@ -156,6 +156,7 @@ def test_the_hf_blog_recipe_yaml_composes_and_its_options_reach_the_encoder(run)
     model = task.build_model(cfg.model)
     w2v = model.w2v_encoder.w2v_model
     assert (w2v.encoder.layerdrop, w2v.masker.mask_prob, w2v.encoder.checkpoint_activations) == (0.25, 0.5, True)
+    assert (len(model.w2v_encoder.adapter.layers), model.w2v_encoder.adapter.stride) == (1, 2)  # HF's add_adapter
     torch.manual_seed(0)
     source = torch.randn(2, 8000) * 0.1
     model.train()
@@ -165,3 +166,4 @@ def test_the_hf_blog_recipe_yaml_composes_and_its_options_reach_the_encoder(run)
     model.w2v_encoder.set_num_updates(3)
     model(source=source, padding_mask=None)["encoder_out"].sum().backward()
     assert w2v.post_extract_proj.weight.grad is not None and w2v.mask_emb.grad is not None  # masked frames used it
+    assert model.w2v_encoder.adapter.layers[0].ffn.w_1.weight.grad is not None

@@ -107,11 +107,15 @@ def test_hf_to_ours_to_hf_is_exact_and_configs_map_back():
     assert {k: getattr(hf.config, k) for k in kwargs} == kwargs
 
 
-def hf_ctc_folder(folder, mask_time_prob=0.05):
+#: HF's adapter (add_adapter, as HF's fine-tuning blog): two layers, narrower than the encoder.
+ADAPTER = dict(add_adapter=True, num_adapter_layers=2, output_hidden_size=24)
+
+
+def hf_ctc_folder(folder, mask_time_prob=0.05, **changes):
     """A random Wav2Vec2BertForCTC saved with vocab.json and a processor; specials 1-3 never win."""
     torch.manual_seed(0)
     config = transformers.Wav2Vec2BertConfig(**{**TINY, "mask_time_prob": mask_time_prob}, vocab_size=len(VOCAB),
-                                             pad_token_id=0, final_dropout=0.0)
+                                             pad_token_id=0, final_dropout=0.0, **changes)
     model = transformers.Wav2Vec2BertForCTC(config).eval()
     with torch.no_grad():
         model.lm_head.bias[1:4] = -50.0
@@ -128,11 +132,21 @@ def load_ctc(path):
     return model, state
 
 
-@pytest.mark.parametrize("mask_time_prob", [0.05, 0.0])
-def test_hf_ctc_to_w2v_bert_ctc_and_back(tmp_path, mask_time_prob):
-    """Wav2Vec2BertForCTC → convert_from_hf.py → w2v_bert_ctc (same logits) → convert_to_hf.py → the same
-    tensors and config; HF's masked_spec_embed, absent when it never masks, stays absent."""
-    hf = hf_ctc_folder(tmp_path / "hf", mask_time_prob)
+def our_ctc_logits(model, features, padding):
+    """w2v_bert_ctc's logits B×T'×V and padding mask for precomputed features (encoder, adapter, proj)."""
+    encoded = model.w2v_encoder.w2v_model.encode(features, padding)
+    x, padding = encoded["x"], encoded["padding_mask"]
+    if model.w2v_encoder.adapter is not None:
+        x, padding = model.w2v_encoder.adapter(x, padding)
+    return model.w2v_encoder.proj(x), padding
+
+
+@pytest.mark.parametrize("mask_time_prob,adapter", [(0.05, False), (0.0, False), (0.05, True)])
+def test_hf_ctc_to_w2v_bert_ctc_and_back(tmp_path, mask_time_prob, adapter):
+    """Wav2Vec2BertForCTC (with HF's adapter too) → convert_from_hf.py → w2v_bert_ctc (same logits on the valid
+    frames) → convert_to_hf.py → the same tensors and config; HF's masked_spec_embed, absent when it never masks,
+    stays absent."""
+    hf = hf_ctc_folder(tmp_path / "hf", mask_time_prob, **(ADAPTER if adapter else {}))
     script("convert_from_hf.py", tmp_path / "hf", tmp_path / "ctc.pt")
     ours, state = load_ctc(tmp_path / "ctc.pt")
     assert state["cfg"]["model"]["_name"] == "w2v_bert_ctc"
@@ -140,16 +154,19 @@ def test_hf_ctc_to_w2v_bert_ctc_and_back(tmp_path, mask_time_prob):
     assert state["cfg"]["task"]["normalize"] is False
     features, padding = padded_features()
     with torch.no_grad():
-        encoded = ours.w2v_encoder.w2v_model.encode(features, padding)
-        mine = ours.w2v_encoder.proj(encoded["x"])
+        mine, out_padding = our_ctc_logits(ours, features, padding)
         theirs = hf(features, attention_mask=(~padding).long()).logits
-    assert (mine - theirs).abs().max() <= 1e-5
+    lengths = hf._get_feat_extract_output_lengths((~padding).sum(1))
+    assert torch.equal((~out_padding).sum(1), lengths) and mine.shape == theirs.shape
+    assert lengths[1] < lengths[0] and (len(features[0]) > mine.size(1)) == adapter
+    assert (mine - theirs)[~out_padding].abs().max() <= 1e-5
 
     script("convert_to_hf.py", tmp_path / "ctc.pt", tmp_path / "hf_back")
     reloaded = transformers.Wav2Vec2BertForCTC.from_pretrained(tmp_path / "hf_back", local_files_only=True)
     assert reloaded.state_dict().keys() == hf.state_dict().keys()
     assert all(torch.equal(v, hf.state_dict()[k]) for k, v in reloaded.state_dict().items())
-    same = ("vocab_size", "pad_token_id", "final_dropout", *hf_w2v_bert_config_kwargs(ours.w2v_encoder.w2v_model.cfg))
+    same = ("vocab_size", "pad_token_id", "final_dropout", "output_hidden_size", "adapter_stride", "num_adapter_layers",
+            *hf_w2v_bert_config_kwargs(ours.w2v_encoder.w2v_model.cfg))
     assert {k: getattr(reloaded.config, k) for k in same} == {k: getattr(hf.config, k) for k in same}
     processor = transformers.Wav2Vec2BertProcessor.from_pretrained(tmp_path / "hf_back", local_files_only=True)
     assert processor.tokenizer.convert_ids_to_tokens([0, 4]) == ["<pad>", "|"]

@@ -48,7 +48,9 @@ from fairseq_lite.interop.huggingface import (
     wav2vec2_to_hf_state_dict,
 )
 from fairseq_lite.interop.huggingface_w2v_bert import (
+    hf_w2v_bert_adapter_kwargs,
     hf_w2v_bert_config_kwargs,
+    w2v_bert_adapter_config_from_hf,
     W2V_BERT_BACKBONE_PREFIXES,
     w2v_bert_config_from_hf,
     w2v_bert_ctc_from_hf_state_dict,
@@ -135,6 +137,8 @@ def export_checkpoint_to_hf(checkpoint_path: str, out_dir: str, dictionary_path:
         kwargs.update(vocab_size=len(dictionary), pad_token_id=0, bos_token_id=1, eos_token_id=2,
                       ctc_loss_reduction="sum", ctc_zero_infinity=True,
                       final_dropout=model_cfg.get("final_dropout", 0.0))
+        if family == "w2v_bert":
+            kwargs.update(hf_w2v_bert_adapter_kwargs(model_cfg))
     else:
         head, weights = _pretraining_weights_to_hf(state["model"], cfg, family, checkpoint_path)
     config_cls, model_cls = _hf_classes(family, head)
@@ -407,6 +411,9 @@ def import_checkpoint_from_hf(hf_dir: str, out_path: str, langs: Optional[Sequen
         weights, task_state = wav2vec2_from_hf_state_dict(hf_state, hf_prefix=""), {}
         name, criterion_name = "hubert", "HubertCriterion"
     elif family == "w2v_bert":
+        if config.add_adapter:
+            raise ConfigError(f"{hf_dir}: a Wav2Vec2BertModel with add_adapter=true has no w2v_bert equivalent (the "
+                              "adapter belongs to w2v_bert_ctc): convert a Wav2Vec2BertForCTC folder")
         logger.warning("%s: Hugging Face's Wav2Vec2BertModel has no pretraining head (the quantizer was dropped by "
                        "HF's converter): continued pretraining starts with a fresh one", hf_dir)
         cfg = _finalize({"task": pretrain_task, "model": pretrain_model})
@@ -540,6 +547,8 @@ def _ctc_checkpoint_parts(hf_dir: str, config: Any, hf_state: StateDict, family:
     else:
         task = {"_name": "audio_finetuning", "data": data, "labels": "ltr", "normalize": normalize,
                 **({"multi_corpus_keys": ",".join(langs)} if langs else {})}
+    if family == "w2v_bert":  # HF's add_adapter: w2v_bert_ctc's adapter between the encoder and the output layer
+        adapter_cfg = w2v_bert_adapter_config_from_hf(config)
     cfg = _finalize({
         "task": task,
         "model": {"_name": _CTC_MODEL_NAMES.get(family, "wav2vec_ctc"), "w2v_path": data,

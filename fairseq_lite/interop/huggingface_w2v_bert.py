@@ -5,7 +5,8 @@ HF ``Wav2Vec2BertModel`` keys ↔ our ``w2v_bert`` keys: ``feature_projection.la
 layers the wav2vec 2.0 conformer renames (``ffn{1,2}_layer_norm`` ↔ ``ffn{1,2}.layer_norm``,
 ``ffn{1,2}.{intermediate,output}_dense`` ↔ ``ffn{1,2}.w_{1,2}``; ``self_attn.*``, ``conv_module.*`` and the layer
 norms keep their names). ``Wav2Vec2BertForCTC`` adds the prefix ``wav2vec2_bert.`` and ``lm_head``, which are
-``w2v_encoder.w2v_model.*`` and ``w2v_encoder.proj`` in ``w2v_bert_ctc``. HF keeps no ``masked_spec_embed``
+``w2v_encoder.w2v_model.*`` and ``w2v_encoder.proj`` in ``w2v_bert_ctc``; its adapter (``add_adapter``)
+``wav2vec2_bert.adapter.*`` is ``w2v_encoder.adapter.*``. HF keeps no ``masked_spec_embed``
 when its config never masks; the import then keeps the model's freshly drawn ``mask_emb``.
 """
 
@@ -63,12 +64,31 @@ def w2v_bert_from_hf_state_dict(hf_state_dict: StateDict) -> StateDict:
     return out
 
 
+#: ``w2v_bert_ctc``'s adapter (HF ``add_adapter``) and HF's name for it; inside, only the FFN is renamed.
+CTC_ADAPTER_PREFIX = "w2v_encoder.adapter."
+HF_ADAPTER_PREFIX = HF_W2V_BERT_PREFIX + "adapter."
+_ADAPTER_FFN_RENAMES = (("ffn.layer_norm.", "ffn_layer_norm."), ("ffn.w_1.", "ffn.intermediate_dense."),
+                        ("ffn.w_2.", "ffn.output_dense."))
+_ADAPTER_LAYER = re.compile(r"^(layers\.\d+\.)(.+)$")
+
+
+def _adapter_key(key: str, renames) -> str:
+    layer = _ADAPTER_LAYER.match(key)
+    if layer:
+        for source, target in renames:
+            if layer.group(2).startswith(source):
+                return layer.group(1) + target + layer.group(2)[len(source):]
+    return key
+
+
 def w2v_bert_ctc_to_hf_state_dict(state_dict: StateDict) -> StateDict:
     """Our ``w2v_bert_ctc`` state dict → HF ``Wav2Vec2BertForCTC`` names."""
     out: StateDict = {}
     for key, value in state_dict.items():
         if key.startswith(CTC_PROJ_PREFIX):
             out[HF_LM_HEAD_PREFIX + key[len(CTC_PROJ_PREFIX):]] = value
+        elif key.startswith(CTC_ADAPTER_PREFIX):
+            out[HF_ADAPTER_PREFIX + _adapter_key(key[len(CTC_ADAPTER_PREFIX):], _ADAPTER_FFN_RENAMES)] = value
         elif key.startswith(CTC_BACKBONE_PREFIX):
             out.update(w2v_bert_to_hf_state_dict({key[len(CTC_BACKBONE_PREFIX):]: value}, HF_W2V_BERT_PREFIX))
         else:
@@ -78,10 +98,15 @@ def w2v_bert_ctc_to_hf_state_dict(state_dict: StateDict) -> StateDict:
 
 def w2v_bert_ctc_from_hf_state_dict(hf_state_dict: StateDict) -> StateDict:
     """HF ``Wav2Vec2BertForCTC`` state dict → our ``w2v_bert_ctc`` names."""
-    heads = {k: v for k, v in hf_state_dict.items() if k.startswith(HF_LM_HEAD_PREFIX)}
+    heads = {k: v for k, v in hf_state_dict.items() if k.startswith((HF_LM_HEAD_PREFIX, HF_ADAPTER_PREFIX))}
     backbone = w2v_bert_from_hf_state_dict({k: v for k, v in hf_state_dict.items() if k not in heads})
     out = {CTC_BACKBONE_PREFIX + k: v for k, v in backbone.items()}
-    out.update({CTC_PROJ_PREFIX + k[len(HF_LM_HEAD_PREFIX):]: v for k, v in heads.items()})
+    inverse = [(theirs, ours) for ours, theirs in _ADAPTER_FFN_RENAMES]
+    for key, value in heads.items():
+        if key.startswith(HF_LM_HEAD_PREFIX):
+            out[CTC_PROJ_PREFIX + key[len(HF_LM_HEAD_PREFIX):]] = value
+        else:
+            out[CTC_ADAPTER_PREFIX + _adapter_key(key[len(HF_ADAPTER_PREFIX):], inverse)] = value
     return out
 
 
@@ -109,7 +134,10 @@ _CONFIG_FIELDS = (
 )
 #: HF settings our model implements one way only: field → the value it must have.
 _HF_FIXED = {"position_embeddings_type": "relative_key", "hidden_act": "swish", "layer_norm_eps": 1e-5,
-             "add_adapter": False, "use_intermediate_ffn_before_adapter": False, "apply_spec_augment": True}
+             "use_intermediate_ffn_before_adapter": False, "apply_spec_augment": True, "adapter_act": "relu"}
+#: ``w2v_bert_ctc``'s adapter fields ↔ HF's (``output_hidden_size`` apart: 0 here = HF's ``hidden_size``).
+_ADAPTER_FIELDS = (("add_adapter", "add_adapter"), ("adapter_kernel_size", "adapter_kernel_size"),
+                   ("adapter_stride", "adapter_stride"), ("num_adapter_layers", "num_adapter_layers"))
 #: The fbank frames HF's feature extractor stacks (``stride``): our ``feature_stride``.
 _HF_FEATURE_STRIDE = 2
 
@@ -120,8 +148,21 @@ def hf_w2v_bert_config_kwargs(cfg: Any) -> Dict[str, Any]:
     get = cfg.get if isinstance(cfg, dict) else lambda name: getattr(cfg, name)
     kwargs = {theirs: get(ours) for ours, theirs in _CONFIG_FIELDS}
     kwargs["feature_projection_input_dim"] = get("num_mel_bins") * get("feature_stride")
-    kwargs.update(_HF_FIXED)
+    kwargs.update(_HF_FIXED, add_adapter=False)
     return kwargs
+
+
+def hf_w2v_bert_adapter_kwargs(ctc_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """HF config keyword arguments of a ``w2v_bert_ctc`` config's (a dict's) adapter."""
+    kwargs = {theirs: ctc_cfg[ours] for ours, theirs in _ADAPTER_FIELDS if ours in ctc_cfg}
+    return {**kwargs, "output_hidden_size": ctc_cfg.get("output_hidden_size") or None}
+
+
+def w2v_bert_adapter_config_from_hf(hf_config: Any) -> Dict[str, Any]:
+    """The ``w2v_bert_ctc`` adapter fields for an HF ``Wav2Vec2BertConfig``."""
+    width = hf_config.output_hidden_size
+    return {**{ours: getattr(hf_config, theirs) for ours, theirs in _ADAPTER_FIELDS},
+            "output_hidden_size": 0 if width in (None, hf_config.hidden_size) else width}
 
 
 def w2v_bert_config_from_hf(hf_config: Any) -> Dict[str, Any]:

@@ -7,6 +7,8 @@ batch_norm,pointwise_conv2}``, ``ffn2.*``, ``final_layer_norm``. Tensors are B x
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,11 +26,14 @@ class FeedForwardModule(nn.Module):
     """LayerNorm -> Linear ``w_1`` -> swish -> dropout -> Linear ``w_2`` -> dropout (fairseq's ``FeedForwardModule``).
 
     ``activation_dropout``: the dropout after the activation when it differs from ``dropout`` (HF w2v-BERT's
-    ``activation_dropout``; fairseq uses ``dropout`` for both).
+    ``activation_dropout``; fairseq uses ``dropout`` for both); ``activation``: another activation function (HF
+    w2v-BERT's adapter uses relu).
     """
 
-    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float, activation_dropout: float | None = None):
+    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float, activation_dropout: float | None = None,
+                 activation: Callable[[torch.Tensor], torch.Tensor] = F.silu):
         super().__init__()
+        self.activation = activation
         self.layer_norm = nn.LayerNorm(embed_dim)
         self.w_1 = nn.Linear(embed_dim, ffn_dim)
         self.w_2 = nn.Linear(ffn_dim, embed_dim)
@@ -36,7 +41,7 @@ class FeedForwardModule(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.w_2(self.dropout1(F.silu(self.w_1(self.layer_norm(x))))))
+        return self.dropout2(self.w_2(self.dropout1(self.activation(self.w_1(self.layer_norm(x))))))
 
 
 class ConvolutionModule(nn.Module):

@@ -289,6 +289,14 @@ def _read_pretraining_checkpoint(path: str, pretrained_model: str) -> Dict[str, 
     return state
 
 
+def _output_projection(input_dim: int, output_size: int) -> nn.Linear:
+    """The CTC output layer ``proj``: Xavier-uniform weights, zero bias (fairseq's initialisation)."""
+    proj = nn.Linear(input_dim, output_size)
+    nn.init.xavier_uniform_(proj.weight)
+    nn.init.constant_(proj.bias, 0.0)
+    return proj
+
+
 class Wav2VecEncoder(nn.Module):
     """A pretrained wav2vec 2.0 network plus the output projection (fairseq's ``Wav2VecEncoder``).
 
@@ -309,11 +317,10 @@ class Wav2VecEncoder(nn.Module):
         self.final_dropout = nn.Dropout(final_dropout)
         self.freeze_finetune_updates = freeze_finetune_updates
         self.num_updates = 0
+        self.adapter: Optional[nn.Module] = None
         self.proj = None
         if output_size is not None:
-            self.proj = nn.Linear(w2v_model.cfg.encoder_embed_dim, output_size)
-            nn.init.xavier_uniform_(self.proj.weight)
-            nn.init.constant_(self.proj.bias, 0.0)
+            self.proj = _output_projection(w2v_model.cfg.encoder_embed_dim, output_size)
         if freeze_regex:  # matched against the model's names, e.g. "w2v_encoder.w2v_model.encoder.layers.0.fc1.weight"
             pattern = re.compile(freeze_regex)
             for name, param in self.named_parameters():
@@ -345,6 +352,14 @@ class Wav2VecEncoder(nn.Module):
     def set_num_updates(self, num_updates: int) -> None:
         self.num_updates = num_updates
 
+    def attach_adapter(self, adapter: nn.Module, output_dim: int) -> None:
+        """Run ``adapter`` (``(x, padding_mask) -> (x, padding_mask)``, B×T×C; trained even while the pretrained
+        network is frozen) between the pretrained network and ``proj``, which is rebuilt for its ``output_dim``
+        (HF w2v-BERT's ``add_adapter``)."""
+        self.adapter = adapter
+        if self.proj is not None and self.proj.in_features != output_dim:
+            self.proj = _output_projection(output_dim, self.proj.out_features)
+
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, corpus_key: Any = None,
                 **kwargs: Any) -> Dict[str, Any]:
         """``encoder_out`` T×B×V (or T×B×E without ``proj``), ``padding_mask`` B×T (True = padding or None).
@@ -354,11 +369,13 @@ class Wav2VecEncoder(nn.Module):
         with torch.no_grad() if frozen else contextlib.nullcontext():
             res = self.w2v_model(source=source, padding_mask=padding_mask, mask=self.apply_mask and self.training,
                                  features_only=True, **language)
-            x = res["x"].transpose(0, 1)
-        x = self.final_dropout(x)
+            x, padding_mask = res["x"], res["padding_mask"]
+        if self.adapter is not None:
+            x, padding_mask = self.adapter(x, padding_mask)
+        x = self.final_dropout(x.transpose(0, 1))
         if self.proj is not None:
             x = self.proj(x)
-        return {"encoder_out": x, "encoder_padding_mask": res["padding_mask"], "padding_mask": res["padding_mask"],
+        return {"encoder_out": x, "encoder_padding_mask": padding_mask, "padding_mask": padding_mask,
                 "layer_results": res["layer_results"]}
 
 
