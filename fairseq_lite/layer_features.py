@@ -1,8 +1,8 @@
-"""Transformer-layer features of a wav2vec 2.0 or HuBERT checkpoint (scripts/extract_features.py and fairseq's
-examples/hubert/simple_kmeans/dump_hubert_feature.py / dump_w2v2_feature.py).
+"""Transformer-layer features of a wav2vec 2.0, HuBERT or w2v-BERT 2.0 checkpoint (scripts/extract_features.py and
+fairseq's examples/hubert/simple_kmeans/dump_hubert_feature.py / dump_w2v2_feature.py).
 
 A checkpoint is loaded with ``load_model_ensemble_and_task``; a CTC fine-tuned one (``wav2vec_ctc``,
-``hubert_ctc``) gives the model it wraps. Layers are counted as each caller names them: 0-based for
+``hubert_ctc``, ``w2v_bert_ctc``) gives the model it wraps. Layers are counted as each caller names them: 0-based for
 ``encoder_outputs`` (wav2vec 2.0's ``extract_features(layer=i)``), 1-based for ``layer_features`` (HuBERT's
 ``output_layer``, which fairseq's dump scripts use for both families).
 """
@@ -20,21 +20,22 @@ from fairseq_lite.checkpoint_utils import load_model_ensemble_and_task
 from fairseq_lite.errors import CheckpointError, ConfigError
 from fairseq_lite.inference_precision import autocast
 from fairseq_lite.models.hubert.hubert import HubertModel
+from fairseq_lite.models.w2v_bert.w2v_bert import W2vBertModel
 from fairseq_lite.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq_lite.modules.conv_feature_extractor import receptive_field
 
 
 def load_encoder(path: str, device: torch.device) -> Tuple[torch.nn.Module, bool, int]:
-    """The wav2vec 2.0 or HuBERT model of a pretrained or CTC checkpoint (eval mode, on ``device``), whether its
-    task normalises the waveform (``task.normalize``) and its sample rate (``task.sample_rate``)."""
+    """The wav2vec 2.0, HuBERT or w2v-BERT model of a pretrained or CTC checkpoint (eval mode, on ``device``),
+    whether its task normalises the waveform (``task.normalize``) and its sample rate (``task.sample_rate``)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     models, cfg, _ = load_model_ensemble_and_task([path])
     model = models[0]
     encoder = getattr(getattr(model, "w2v_encoder", None), "w2v_model", model)  # the CTC models wrap it
-    if not isinstance(encoder, (Wav2Vec2Model, HubertModel)):
-        raise CheckpointError(f"{path} holds a {type(model).__name__}: this reads wav2vec 2.0 and HuBERT models; "
-                              "use examples/wav2vec/wav2vec_featurize.py for wav2vec 1.0")
+    if not isinstance(encoder, (Wav2Vec2Model, HubertModel, W2vBertModel)):
+        raise CheckpointError(f"{path} holds a {type(model).__name__}: this reads wav2vec 2.0, HuBERT and w2v-BERT "
+                              "models; use examples/wav2vec/wav2vec_featurize.py for wav2vec 1.0")
     return encoder.eval().to(device), bool(getattr(cfg.task, "normalize", False)), int(cfg.task.sample_rate)
 
 
@@ -49,8 +50,18 @@ def encoder_outputs(model: torch.nn.Module, source: torch.Tensor, padding_mask: 
 
 
 def min_input_samples(model: torch.nn.Module) -> int:
-    """The shortest waveform the model's CNN turns into one frame (its receptive field: 400 samples for fairseq's)."""
+    """The shortest waveform the model's CNN turns into one frame (its receptive field: 400 samples for fairseq's);
+    for w2v-BERT, the samples of ``stride`` fbank frames (560 at 16 kHz)."""
+    if isinstance(model, W2vBertModel):
+        frontend = model.frontend
+        return frontend.frame_length + (frontend.stride - 1) * frontend.frame_shift
     return receptive_field(model.feature_extractor.conv_specs)
+
+
+def output_frames(model: torch.nn.Module, num_samples: torch.Tensor) -> torch.Tensor:
+    """Encoder frames of waveforms of ``num_samples`` samples (the CNN's, or w2v-BERT's fbank front end's)."""
+    extractor = model.frontend if isinstance(model, W2vBertModel) else model.feature_extractor
+    return extractor.output_lengths(num_samples)
 
 
 def check_layer(model: torch.nn.Module, layer: int) -> None:

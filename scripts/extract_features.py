@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Extract wav2vec 2.0 or HuBERT representations (pretrained or CTC fine-tuned checkpoints) to .npy or HDF5 files.
+"""Extract wav2vec 2.0, HuBERT or w2v-BERT representations (pretrained or CTC checkpoints) to .npy or HDF5 files.
 
     python scripts/extract_features.py --checkpoint wav2vec_small.pt --output feats/ train.tsv
     python scripts/extract_features.py --checkpoint model.pt --layers 3 7 --format h5 --output feats/ waves/
@@ -37,7 +37,7 @@ from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.file_io import AtomicOutputs
 from fairseq_lite.inference_precision import add_precision_arguments, autocast, inference_device, inference_precision
-from fairseq_lite.layer_features import encoder_outputs, load_encoder
+from fairseq_lite.layer_features import encoder_outputs, load_encoder, output_frames
 
 logger = logging.getLogger("extract_features")
 
@@ -48,7 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="manifest .tsv files, audio files or folders")
     parser.add_argument("--checkpoint", required=True,
-                        help="wav2vec 2.0 or HuBERT checkpoint (wav2vec2, wav2vec_ctc, hubert, hubert_ctc)")
+                        help="wav2vec 2.0, HuBERT or w2v-BERT checkpoint (wav2vec2, wav2vec_ctc, hubert, hubert_ctc, "
+                        "w2v_bert, w2v_bert_ctc)")
     parser.add_argument("--output", required=True, help="output folder (created)")
     parser.add_argument("--layers", nargs="+", default=None,
                         help="0-based transformer layers (negative counts from the end) or 'all'; default: final output")
@@ -148,7 +149,7 @@ def extract(model: torch.nn.Module, batch: List[Tuple[str, str]], layers: Option
         stacked = out["x"].unsqueeze(0)
     else:
         stacked = torch.stack([out["layer_results"][i][0] for i in layers])  # L×B×T×C
-    frames = model.feature_extractor.output_lengths(lengths).clamp(max=stacked.size(2))
+    frames = output_frames(model, lengths).clamp(max=stacked.size(2))
     result = []
     for i in range(len(batch)):
         features = stacked[:, i, : int(frames[i])].float().cpu().numpy()

@@ -206,3 +206,37 @@ def test_the_2_0_preset_has_hf_default_config_shapes():
     assert sum(v.numel() for v in backbone_state(ours).values()) == sum(p.numel() for p in hf.parameters()) > 580e6
     architecture = {k: v for k, v in hf_w2v_bert_config_kwargs(cfg).items() if "mask" not in k and k != "layerdrop"}
     assert architecture == {k: getattr(hf.config, k) for k in architecture}
+
+
+def test_hf_backbone_import_gives_hf_hidden_states_in_both_feature_scripts(tmp_path):
+    """Wav2Vec2BertModel → convert_from_hf.py → scripts/extract_features.py (0-based layers, two files in one
+    padded batch, each trimmed to its frames) and dump_hubert_feature.py (1-based): HF's hidden_states on its own
+    feature extractor's input."""
+    import numpy as np
+    import soundfile as sf
+    from test_hubert_units import REPO, tool
+
+    hf = tiny_hf(seed=4)
+    hf.save_pretrained(tmp_path / "hf")
+    script("convert_from_hf.py", tmp_path / "hf", tmp_path / "w2v_bert.pt")
+    torch.manual_seed(5)
+    waves = {"a.wav": (torch.rand(9000) * 0.2 - 0.1).numpy(), "b.wav": (torch.rand(6100) * 0.2 - 0.1).numpy()}
+    for name, wave in waves.items():
+        sf.write(tmp_path / name, wave, 16000, subtype="FLOAT")
+    (tmp_path / "two.tsv").write_text(f"{tmp_path}\n" + "".join(f"{n}\t{len(w)}\n" for n, w in waves.items()))
+    extractor = transformers.SeamlessM4TFeatureExtractor(padding_value=1.0)
+    hidden = {}
+    with torch.no_grad():
+        for name, wave in waves.items():
+            features = extractor(wave, sampling_rate=16000, return_tensors="pt")["input_features"]
+            hidden[name] = hf(features, output_hidden_states=True).hidden_states
+    extract = tool("extract_features", os.path.join(REPO, "scripts")).main
+    assert extract(["--checkpoint", str(tmp_path / "w2v_bert.pt"), "--output", str(tmp_path / "out"), "--layers",
+                    "0", "1", "--device", "cpu", str(tmp_path / "two.tsv")]) == 0
+    for name in waves:
+        written = np.load(tmp_path / "out" / name.replace(".wav", ".npy"))
+        assert np.abs(written - torch.stack(hidden[name][1:3], 0)[:, 0].numpy()).max() <= 1e-4
+    (tmp_path / "one.tsv").write_text(f"{tmp_path}\na.wav\t{len(waves['a.wav'])}\n")
+    assert tool("dump_hubert_feature").main([str(tmp_path), "one", str(tmp_path / "w2v_bert.pt"), "2", "1", "0",
+                                             str(tmp_path / "feat"), "--device", "cpu"]) == 0
+    assert np.abs(np.load(tmp_path / "feat" / "one_0_1.npy") - hidden["a.wav"][2][0].numpy()).max() <= 1e-4
