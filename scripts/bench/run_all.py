@@ -23,7 +23,9 @@ medians of ``--repeats``):
    update and BASE CTC inference against genuine fairseq 0.12.2 too, each side importing only its own library
    (bench_memory.py);
 8. feature extraction of the demo test split, every layer to .npy: extract_features.py against HF's
-   ``output_hidden_states`` on the demo HuBERT exported to HF (bench_features.py; skipped without it).
+   ``output_hidden_states`` on the demo HuBERT exported to HF (bench_features.py; skipped without it);
+9. w2v-BERT 2.0: forward (eval, no_grad) and forward+backward of our ``w2v_bert`` encoder against HF
+   ``Wav2Vec2BertModel`` on the same 160-d features, 2.0's layer shapes at reduced depth (bench_w2v_bert.py).
 Where a goal (≥ 1.3× HF for 1 and 2, ≥ 60 % of the matmul peak for 3) is not met, the profiler's split of one
 update's CPU time says what bounds it. ``--device cuda`` runs the models of 1–3, the HuBERT backbone of 6 and
 the probes of 7 on a GPU (the bf16 rows under CUDA autocast, SDPA choosing the GPU's attention kernels; peak
@@ -53,6 +55,7 @@ import bench_features  # noqa: E402
 import bench_hubert  # noqa: E402
 import bench_labels  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_w2v_bert  # noqa: E402
 from common import (ADAM, LOSS_WEIGHTS, RATE, alternate, backbone_steps, count_flops, ctc_pair,  # noqa: E402
                     device, gemm_rate, markdown_table, peak_memory, pretraining_config, pretraining_pair,
                     profile_breakdown, use_device)
@@ -332,6 +335,23 @@ def hubert_rows(args, rows: list) -> None:
                  "", memory_cell(mem)])
 
 
+def w2v_bert_rows(args, rows: list, notes: list) -> None:
+    """Our w2v-BERT 2.0 encoder against HF's Wav2Vec2BertModel, forward and forward+backward (bench_w2v_bert.py)."""
+    audio, layers = args.batch * args.seconds, bench_w2v_bert.LAYERS
+    diff = bench_w2v_bert.max_abs_diff(layers, args.batch, args.seconds)
+    steps = (("forward", bench_w2v_bert.forward_steps), ("forward+backward", bench_w2v_bert.train_steps))
+    for what, factory in steps:
+        times, mem = measure_pair(factory, (args.batch, args.seconds), args.repeats, args.threads, args.memory)
+        ours, hf = times["fairseq_lite"], times["transformers"]
+        rows.append([f"w2v-BERT 2.0 encoder {what}, 2.0 layer shapes at {layers} of 24 layers, {args.batch} × "
+                     f"{args.seconds:g} s (audio s / s)", f"{audio / ours['wall']:.2f}",
+                     f"{audio / hf['wall']:.2f} (HF Wav2Vec2BertModel)", ratio_cell(ours, hf), "", memory_cell(mem)])
+    notes.append(f"*w2v-BERT 2.0*: 1024 wide, FFN 4096, 16 heads, Shaw positions clipped to [-64, +8], depthwise "
+                 f"kernel 31, on the same random 160-d features at 50 Hz (HF's input_features); HF's random weights "
+                 f"copied into ours, dropout off, outputs equal to {diff:.1e}; {layers} layers instead of 24 to fit "
+                 "the CPU (each layer costs the same).")
+
+
 def label_tool_rows(args, rows: list, notes: list) -> None:
     """Audio seconds per second of the HuBERT label tools (bench_labels.py) against real time."""
     result = bench_labels.run(bench_labels.parse_args([
@@ -403,6 +423,7 @@ def run(args) -> str:
     manifest_rows(args, rows)
     decoding_rows(args, rows, notes)
     hubert_rows(args, rows)
+    w2v_bert_rows(args, rows, notes)
     label_tool_rows(args, rows, notes)
     feature_rows(args, rows, notes)
     if args.memory and device().type == "cpu":
