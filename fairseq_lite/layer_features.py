@@ -49,6 +49,13 @@ def encoder_outputs(model: torch.nn.Module, source: torch.Tensor, padding_mask: 
     return model.extract_features(source, padding_mask, mask=False, layer=layer)
 
 
+def padding_changes_features(model: torch.nn.Module) -> bool:
+    """Whether batching padded utterances changes their features: a group-norm CNN (Base's ``extractor_mode:
+    default``) normalises over the padding too; layer-norm CNNs and w2v-BERT's per-utterance fbank do not."""
+    extractor = getattr(model, "feature_extractor", None)
+    return bool(getattr(extractor, "norm_sees_padding", False))
+
+
 def min_input_samples(model: torch.nn.Module) -> int:
     """The shortest waveform the model's CNN turns into one frame (its receptive field: 400 samples for fairseq's);
     for w2v-BERT, the samples of ``stride`` fbank frames (560 at 16 kHz)."""

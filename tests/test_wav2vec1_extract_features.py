@@ -30,18 +30,24 @@ def _load_script():
     return module
 
 
+def _save_checkpoint(model_cfg, root, name):
+    """A seeded wav2vec2 model of ``model_cfg`` saved in fairseq's layout as ``root/name``; returns (path, model)."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg).eval()
+    cfg = {"task": {"_name": "audio_pretraining", "data": str(root), "normalize": True},
+           "model": model_cfg, "criterion": {"_name": "wav2vec", "infonce": True}}
+    checkpoint = root / name
+    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "optimizer_history": [
+        {"criterion_name": "Wav2vecCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {},
+         "num_updates": 0}], "task_state": {}, "extra_state": {}}, checkpoint)
+    return checkpoint, model
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A wav2vec2 checkpoint in fairseq's layout, three audio files of different lengths and a manifest."""
     root = tmp_path_factory.mktemp("extract")
-    torch.manual_seed(0)
-    model = build_model(MODEL).eval()
-    cfg = {"task": {"_name": "audio_pretraining", "data": str(root), "normalize": True},
-           "model": MODEL, "criterion": {"_name": "wav2vec", "infonce": True}}
-    checkpoint = root / "w2v2.pt"
-    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "optimizer_history": [
-        {"criterion_name": "Wav2vecCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {},
-         "num_updates": 0}], "task_state": {}, "extra_state": {}}, checkpoint)
+    checkpoint, model = _save_checkpoint(MODEL, root, "w2v2.pt")
     waves = root / "waves" / "spk"
     waves.mkdir(parents=True)
     rng = np.random.RandomState(0)
@@ -128,3 +134,21 @@ def test_ctc_checkpoint_gives_the_features_of_the_wav2vec2_model_inside(setup, t
                         "--output", str(tmp_path / "out"), "--layers", "1"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "out" / "u0.npy"),
                                _reference(model, root / "waves" / "spk" / "u0.wav", 1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_group_norm_cnn_is_read_one_file_at_a_time_unless_max_tokens_is_given(setup, tmp_path):
+    """Base's group-norm CNN normalises over a batch's padding: by default each file gets its own batch (its exact
+    features); an explicit --max-tokens batches anyway, and then the shorter files' features differ."""
+    root, _, _ = setup
+    checkpoint, model = _save_checkpoint({**MODEL, "extractor_mode": "default", "conv_bias": False,
+                                          "layer_norm_first": False}, tmp_path, "base_like.pt")
+    script = _load_script()
+    assert script.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "default"),
+                        str(root / "train.tsv")]) == 0
+    assert script.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "batched"),
+                        "--max-tokens", "100000", str(root / "train.tsv")]) == 0
+    for i in range(3):
+        expected = _reference(model, root / "waves" / "spk" / f"u{i}.wav")
+        np.testing.assert_allclose(np.load(tmp_path / "default" / "spk" / f"u{i}.npy"), expected, rtol=1e-4, atol=1e-4)
+    batched_short = np.load(tmp_path / "batched" / "spk" / "u0.npy")
+    assert np.abs(batched_short - _reference(model, root / "waves" / "spk" / "u0.wav")).max() > 1e-2

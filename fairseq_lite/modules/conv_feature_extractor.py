@@ -48,6 +48,9 @@ class ConvFeatureExtractionModel(nn.Module):
         if str(mode) not in ("default", "layer_norm"):
             raise ConfigError(f"unknown extractor_mode '{mode}': choose default or layer_norm")
         self.conv_specs = [tuple(int(v) for v in spec) for spec in conv_layers]
+        #: "default" mode's GroupNorm normalises each channel over time, padding included: batched features
+        #: of padded utterances differ from one-at-a-time ones
+        self.norm_sees_padding = str(mode) == "default"
         blocks = []
         in_channels = 1
         for i, (channels, kernel, stride) in enumerate(self.conv_specs):

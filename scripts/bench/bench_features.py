@@ -11,8 +11,9 @@ and the demo's test split (demo/corpus/test, 42 FLAC files), the checkpoint expo
 ``Wav2Vec2Model``/``Wav2Vec2ForPreTraining``, loaded here with ``AutoModel``).
 
 Timed alternately, in this process, each run loading its model and writing one L×T×C .npy per file:
-- ``extract_features.py --layers all`` with its default length-sorted batching (``--max-tokens 1600000``), and
-  with ``--max-tokens 0`` (one file per batch, no padding);
+- ``extract_features.py --layers all`` with its default (one file per batch for a group-norm CNN such as this
+  model's, exact), and with length-sorted batching forced (``--max-tokens 1600000``, faster, but the group norm
+  sees the padding);
 - HF: ``AutoModel.from_pretrained``, each file read with soundfile and run alone (no padding, as HF advises for
   group-norm models) with ``output_hidden_states=True``, ``hidden_states[1:]`` (each layer's output) stacked
   and saved with ``np.save``.
@@ -41,7 +42,7 @@ from common import RATE, alternate, markdown_table, print_report  # noqa: E402
 DEMO_CHECKPOINT = "demo_out/hubert/pretrain/checkpoint_last.pt"
 DEMO_AUDIO = "demo/corpus/test"
 #: our runs: extract_features.py flags beyond the inputs, --checkpoint, --output and --layers all
-OURS = {"extract_features.py": [], "extract_features.py --max-tokens 0": ["--max-tokens", "0"]}
+OURS = {"extract_features.py": [], "extract_features.py --max-tokens 1600000": ["--max-tokens", "1600000"]}
 HF_RUN = "HF output_hidden_states"
 
 
