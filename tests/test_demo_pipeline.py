@@ -245,8 +245,8 @@ def test_hubert_demo_commands_label_pretrain_and_fine_tune(data, tmp_path):
     assert pretrained["model"]["final_proj.weight"].shape[0] == 64  # final_dim (untied: 1 label set)
     train_main(hubert_demo_config("finetuning", quiet + ft_labels + [
         f"checkpoint.save_dir={tmp_path / 'ft'}", f"model.w2v_path={tmp_path / 'pre' / 'checkpoint_last.pt'}",
-        "dataset.valid_subset=test", "dataset.validate_interval_updates=1", "model.feature_grad_mult=0.0"]))
+        "dataset.valid_subset=test", "dataset.validate_interval_updates=1"]))
     finetuned = load_checkpoint_file(str(tmp_path / "ft" / "checkpoint_best.pt"))
     assert finetuned["cfg"]["model"]["_name"] == "hubert_ctc"
-    key = "feature_extractor.conv_layers.0.0.weight"  # frozen here (the demo trains it): still the pretrained CNN
+    key = "feature_extractor.conv_layers.0.0.weight"  # frozen (feature_grad_mult 0): still the pretrained CNN
     assert torch.equal(finetuned["model"][f"w2v_encoder.w2v_model.{key}"], pretrained["model"][key])
