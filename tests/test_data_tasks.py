@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 import fairseq_lite  # noqa: F401  (registers the tasks)
 from fairseq_lite.data import Dictionary
+from fairseq_lite.dataclass.initialize import finalize_config
 from fairseq_lite.errors import ConfigError, DataError
 from fairseq_lite.tasks import setup_task
 
@@ -79,11 +80,15 @@ def test_pretraining_task_and_fairseq_tpu_yaml_fields(corpus):
     )
     task = setup_task(yaml)
     assert task.cfg.precompute_mask_indices and task.target_dictionary is None
+    with pytest.raises(ConfigError, match="inferred_w2v_config.mask_length is not set and no model is built yet"):
+        task.load_dataset("train")
+    task.model_cfg = finalize_config({"model": {"_name": "wav2vec2", "mask_length": 2}}).model  # the missing keys
     task.load_dataset("train")
     ds = task.dataset("train")
     assert ds.pad and ds.normalize and len(ds.buckets) >= 1
     batch = next(iter(task.get_batch_iterator(ds, max_tokens=20000, seed=3).next_epoch_itr()))
     assert batch["net_input"]["source"].shape[1] in ds.buckets.tolist()
+    assert batch["net_input"]["mask_indices"].shape[0] == batch["net_input"]["source"].shape[0]
     with pytest.raises(ConfigError, match="unknown key 'task.max_sample_sise'"):
         setup_task({"_name": "audio_pretraining", "data": "x", "max_sample_sise": 1})
 

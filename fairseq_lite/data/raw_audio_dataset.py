@@ -4,7 +4,8 @@ Items are ``{"id": index, "source": FloatTensor[T]}``; the collater crops every 
 one (pretraining) or right-pads with a ``padding_mask`` (fine-tuning / ``enable_padding``), optionally
 up to fixed bucket lengths (``num_batch_buckets``, static shapes for XLA). Random crops and
 augmentation draw from generators seeded by (seed, epoch, ids), so results do not depend on the number
-of DataLoader workers or on resuming.
+of DataLoader workers or on resuming. With ``mask_precompute`` (``task.precompute_mask_indices``) the collater
+also draws the batch's ``mask_indices`` / ``mask_channel_indices`` from such a generator.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from fairseq_lite.data.audio import read_audio
 from fairseq_lite.data.manifest import load_manifest
 from fairseq_lite.errors import DataError
+from fairseq_lite.modules.masking import PrecomputedMasking
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class FileAudioDataset(torch.utils.data.Dataset):
     ``pad``, ``normalize`` (zero mean, unit variance per utterance), ``num_buckets``; and ours:
     ``strict_sample_rate`` (raise on another rate instead of resampling), ``skip_invalid`` (drop missing,
     corrupt or empty files, counted, instead of raising), ``augment``, ``seed``, ``max_keep_size`` (drop longer
-    manifest entries, HuBERT's option).
+    manifest entries, HuBERT's option), ``mask_precompute`` (masks drawn in the collater, fairseq's
+    ``compute_mask_indices`` argument).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class FileAudioDataset(torch.utils.data.Dataset):
         augment: Optional[AudioAugmentation] = None,
         seed: int = 1,
         max_keep_size: Optional[int] = None,
+        mask_precompute: Optional[PrecomputedMasking] = None,
     ):
         self.manifest = load_manifest(
             manifest_path, min_sample_size or 0, skip_missing=skip_invalid, on_skip=logger.warning,
@@ -98,6 +102,7 @@ class FileAudioDataset(torch.utils.data.Dataset):
         self.skip_invalid = skip_invalid
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
+        self.mask_precompute = mask_precompute
         self.epoch = 1
         self.bad_files = 0  # files skipped while reading, in this process
         self.sizes = self.manifest.sizes
@@ -176,7 +181,8 @@ class FileAudioDataset(torch.utils.data.Dataset):
     # -- batches ---------------------------------------------------------------------------------
 
     def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """Crop/pad the batch into ``{"id", "net_input": {"source", "padding_mask"?}}``; ``{}`` if empty."""
+        """Crop/pad the batch into ``{"id", "net_input": {"source", "padding_mask"?, "mask_indices"?,
+        "mask_channel_indices"?}}``; ``{}`` if empty."""
         samples = [s for s in samples if s["source"] is not None]
         if not samples:
             return {}
@@ -192,14 +198,19 @@ class FileAudioDataset(torch.utils.data.Dataset):
         # assembled in numpy: torch's intra-op threads make these small copies slow in a busy process
         collated = np.zeros((len(sources), width), dtype=np.float32)
         padding_mask = np.ones((len(sources), width), dtype=bool) if self.pad else None
+        kept = []
         for i, source in enumerate(sources):
             if len(source) > target:
                 start = int(rng.integers(0, len(source) - target + 1))
                 source = source[start : start + target]
             collated[i, : len(source)] = source.numpy()
+            kept.append(len(source))
             if padding_mask is not None:
                 padding_mask[i, : len(source)] = False
         net_input = {"source": torch.from_numpy(collated)}
         if padding_mask is not None:
             net_input["padding_mask"] = torch.from_numpy(padding_mask)
+        if self.mask_precompute is not None:  # its own stream: crops draw the same with or without it
+            mask_rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, *ids], spawn_key=(1,)))
+            net_input.update({k: v for k, v in self.mask_precompute(width, kept, mask_rng).items() if v is not None})
         return {"id": torch.LongTensor(ids), "net_input": net_input}

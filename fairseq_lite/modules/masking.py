@@ -6,7 +6,8 @@ channel mask settings and applies both (wav2vec 2.0 pretraining and CTC fine-tun
 ``min_masks``) drawn without replacement, spans clipped to the valid (unpadded) length and allowed to
 overlap, so p=0.65, L=10 covers about 49% of the frames. ``no_overlap`` places spans that never touch,
 with at least ``min_space`` unmasked frames between them (fairseq's version of this path crashes on
-NumPy >= 1.24; this one is a stars-and-bars placement, uniform over valid layouts).
+NumPy >= 1.24; this one is a stars-and-bars placement, uniform over valid layouts). :class:`PrecomputedMasking`
+draws a batch's masks in the dataset's collater instead (``task.precompute_mask_indices``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from fairseq_lite.errors import ConfigError, DataError
+from fairseq_lite.modules.conv_feature_extractor import conv_output_lengths
 
 MASK_TYPES = ("static", "uniform", "normal", "poisson")
 
@@ -234,22 +236,23 @@ class Masker:
     mask_channel_min_space: int = 1
     mask_channel_before: bool = False
 
-    def channel_mask(self, bsz: int, channels: int, device: torch.device) -> torch.Tensor:
-        """B×1×C boolean channel mask (broadcast over time)."""
+    def channel_mask(self, bsz: int, channels: int, device: torch.device,
+                     rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        """B×1×C boolean channel mask (broadcast over time); drawn from ``rng``, else from torch's generator."""
         mask = compute_mask_indices(
             (bsz, channels), None, self.mask_channel_prob, self.mask_channel_length, self.mask_channel_selection,
             self.mask_channel_other, no_overlap=self.no_mask_channel_overlap, min_space=self.mask_channel_min_space,
-            unit="channels",
+            rng=rng, unit="channels",
         )
         return torch.from_numpy(mask).to(device).unsqueeze(1)
 
-    def time_mask(self, bsz: int, frames: int, padding_mask: Optional[torch.Tensor], device: torch.device
-                  ) -> torch.Tensor:
-        """B×T boolean time mask inside each row's unpadded frames."""
+    def time_mask(self, bsz: int, frames: int, padding_mask: Optional[torch.Tensor | np.ndarray],
+                  device: torch.device, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        """B×T boolean time mask inside each row's unpadded frames; drawn from ``rng``, else from torch's generator."""
         mask = compute_mask_indices(
             (bsz, frames), padding_mask, self.mask_prob, self.mask_length, self.mask_selection, self.mask_other,
             min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
-            require_same_masks=self.require_same_masks, mask_dropout=self.mask_dropout,
+            require_same_masks=self.require_same_masks, mask_dropout=self.mask_dropout, rng=rng,
         )
         return torch.from_numpy(mask).to(device)
 
@@ -264,6 +267,10 @@ class Masker:
         if self.mask_prob > 0:
             if mask_indices is None:
                 mask_indices = self.time_mask(bsz, frames, padding_mask, x.device)
+            elif tuple(mask_indices.shape) != (bsz, frames):
+                raise ValueError(f"mask_indices is {tuple(mask_indices.shape)} but the features are {bsz}×{frames} "
+                                 "frames: precomputed masks need the model's conv_feature_layers (and no "
+                                 "crop_seq_to_multiple cropping)")
             x = torch.where(mask_indices.unsqueeze(-1), mask_emb.to(x.dtype), x)
         else:
             mask_indices = None
@@ -289,3 +296,33 @@ def masker_from_config(cfg) -> Masker:
     for name in ("mask_selection", "mask_channel_selection"):
         values[name] = str(values[name])
     return Masker(**values)
+
+
+@dataclass(frozen=True)
+class PrecomputedMasking:
+    """Masks drawn by the dataset's collater (fairseq's ``task.precompute_mask_indices`` with
+    ``task.inferred_w2v_config``): ``masker`` holds the settings, ``conv_layers`` the CNN whose output length is the
+    frame count, ``channels`` the width of the channel mask (``encoder_embed_dim``)."""
+
+    masker: Masker
+    conv_layers: Tuple[Tuple[int, int, int], ...]
+    channels: int
+
+    def frames(self, samples: np.ndarray) -> np.ndarray:
+        """CNN output frames of each length in ``samples``."""
+        return conv_output_lengths(torch.as_tensor(np.asarray(samples, dtype=np.int64)), self.conv_layers).numpy()
+
+    def __call__(self, width: int, lengths: Sequence[int], rng: np.random.Generator) -> dict:
+        """``{"mask_indices": B×T, "mask_channel_indices": B×T×C}`` (bool; None when that prob is 0) for a batch
+        padded to ``width`` samples whose rows hold ``lengths`` samples: T is the CNN's output length of ``width``
+        and frames at or past a row's own output length (the model's padding mask) are never masked; every row has
+        the same masked count, as fairseq's dataset (``require_same_masks``)."""
+        frames = int(self.frames(np.asarray([width]))[0])
+        valid = np.minimum(self.frames(np.asarray(lengths)), frames)
+        padding = np.arange(frames)[None, :] >= valid[:, None]
+        cpu, m = torch.device("cpu"), self.masker
+        time = m.time_mask(len(valid), frames, padding, cpu, rng) if m.mask_prob > 0 else None
+        channel = None
+        if m.mask_channel_prob > 0:
+            channel = m.channel_mask(len(valid), self.channels, cpu, rng).expand(-1, frames, -1)
+        return {"mask_indices": time, "mask_channel_indices": channel}

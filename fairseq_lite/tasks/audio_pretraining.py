@@ -18,12 +18,21 @@ from fairseq_lite.data.multi_corpus import (MultiCorpusDataset, names_corpora, p
 from fairseq_lite.data.raw_audio_dataset import AudioAugmentation, FileAudioDataset
 from fairseq_lite.dataclass import ChoiceEnum, FairseqDataclass, help_text, II
 from fairseq_lite.errors import ConfigError
+from fairseq_lite.models.wav2vec.wav2vec2 import parse_feature_layers
+from fairseq_lite.modules.masking import Masker, PrecomputedMasking
 from fairseq_lite.tasks import register_task
 from fairseq_lite.tasks.fairseq_task import FairseqTask
 
 logger = logging.getLogger(__name__)
 
 TEXT_COMPRESSION_CHOICES = ChoiceEnum(["none", "low", "high"])
+
+#: fairseq's ``InferredW2vConfig``: the masking settings of ``task.precompute_mask_indices`` (each defaults to the
+#: model config's value of the same name), then the two the frame and channel counts come from.
+MASK_KEYS = ("mask_length", "mask_prob", "mask_selection", "mask_other", "no_mask_overlap", "mask_min_space",
+             "mask_channel_length", "mask_channel_prob", "mask_channel_selection", "mask_channel_other",
+             "no_mask_channel_overlap", "mask_channel_min_space")
+INFERRED_W2V_KEYS = MASK_KEYS + ("conv_feature_layers", "encoder_embed_dim")
 
 
 @dataclass
@@ -52,9 +61,11 @@ class AudioPretrainingConfig(FairseqDataclass):
     post_save_script: Optional[str] = field(default=None, metadata=help_text("script run after a checkpoint is saved"))
     subsample: float = field(default=1, metadata=help_text("must be 1: subsampling is not supported"))
     seed: int = II("common.seed")
-    # set by fairseq's TPU yamls; fairseq_lite computes masks inside the model with static shapes already
-    precompute_mask_indices: bool = field(default=False, metadata=help_text("accepted for fairseq's TPU yamls; no effect"))
-    inferred_w2v_config: Optional[Any] = field(default=None, metadata=help_text("accepted for fairseq's TPU yamls; no effect"))
+    precompute_mask_indices: bool = field(default=False, metadata=help_text(
+        "draw the wav2vec 2.0 masks in the collater (fairseq's TPU yamls) instead of in the model"))
+    inferred_w2v_config: Optional[Any] = field(default=None, metadata=help_text(
+        "the masking settings of precompute_mask_indices (fairseq's InferredW2vConfig keys); missing keys, or all "
+        "when unset, come from the model config"))
     # fairseq_lite additions
     strict_sample_rate: bool = field(
         default=False, metadata=help_text("raise on a file at another sample rate (fairseq) instead of resampling it")
@@ -75,6 +86,8 @@ class AudioPretrainingTask(FairseqTask):
 
     def __init__(self, cfg: AudioPretrainingConfig):
         super().__init__(cfg)
+        self.model_cfg: Optional[Any] = None  # set by build_model: fills task.inferred_w2v_config's missing keys
+        self._mask_difference_logged = False
         keys, _ = corpus_options(cfg)  # bad keys or weights fail now, not at the first load_dataset
         if keys is None and cfg.multi_corpus_sampling_weights is not None:  # e.g. MMS's model_overrides
             logger.warning("task.multi_corpus_sampling_weights is ignored: task.multi_corpus_keys is not set")
@@ -141,7 +154,18 @@ class AudioPretrainingTask(FairseqTask):
             skip_invalid=cfg.skip_invalid_audio,
             augment=self.augmentation(name),
             seed=cfg.seed,
+            mask_precompute=self.mask_precompute(cfg) if cfg.precompute_mask_indices else None,
         )
+
+    def mask_precompute(self, cfg: Any) -> PrecomputedMasking:
+        """The collater's masking from ``task.inferred_w2v_config`` (fairseq's dataset settings: 2 spans at least,
+        every row the same count, no mask_dropout); differences from the model's own settings are logged once."""
+        values = inferred_w2v_settings(cfg.inferred_w2v_config, self.model_cfg)
+        masker = Masker(**{k: values[k] for k in MASK_KEYS}, require_same_masks=True, mask_dropout=0.0)
+        if self.model_cfg is not None and not self._mask_difference_logged:
+            self._mask_difference_logged = log_mask_differences(values, self.model_cfg)
+        layers = tuple(parse_feature_layers(values["conv_feature_layers"]))
+        return PrecomputedMasking(masker, layers, int(values["encoder_embed_dim"]))
 
     @staticmethod
     def _make_batches(dataset: Any, epoch: int, *, seed: int, **options: Any) -> List[np.ndarray]:
@@ -157,6 +181,7 @@ class AudioPretrainingTask(FairseqTask):
     def build_model(self, cfg: Any, from_checkpoint: bool = False):
         """Build the model and copy its resolved ``w2v_args`` back into ``cfg`` (saved in fine-tuned checkpoints)."""
         model = super().build_model(cfg, from_checkpoint)
+        self.model_cfg = cfg
         store_resolved_w2v_args(cfg, model)
         return model
 
@@ -168,6 +193,39 @@ def corpus_options(cfg: Any) -> Tuple[Optional[List[str]], Optional[List[float]]
         return None, None
     keys = parse_corpus_keys(cfg.multi_corpus_keys)
     return keys, parse_sampling_weights(cfg.multi_corpus_sampling_weights, keys)
+
+
+def inferred_w2v_settings(given: Any, model_cfg: Any) -> dict:
+    """``task.inferred_w2v_config`` with every ``INFERRED_W2V_KEYS`` entry, the missing ones (all when it is unset;
+    fairseq stops then) from ``model_cfg`` as fairseq's ``II("model.<key>")`` defaults; choice enums as names."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(INFERRED_W2V_KEYS))
+    if unknown:
+        raise ConfigError(f"task.inferred_w2v_config has unknown key(s) {', '.join(unknown)}: use fairseq's "
+                          f"{', '.join(INFERRED_W2V_KEYS)}")
+    values = {}
+    for key in INFERRED_W2V_KEYS:
+        if key not in given and not hasattr(model_cfg, key):
+            where = "no model is built yet" if model_cfg is None else "the model config has no such field"
+            raise ConfigError(f"task.precompute_mask_indices: task.inferred_w2v_config.{key} is not set and {where}: "
+                              "set it (a wav2vec2 model config supplies all of them)")
+        value = given[key] if key in given else getattr(model_cfg, key)
+        values[key] = str(value) if key.endswith("selection") or key == "conv_feature_layers" else value
+    return values
+
+
+def log_mask_differences(values: dict, model_cfg: Any) -> bool:
+    """Log (once, returns True) the masking settings where ``task.inferred_w2v_config`` and the model differ: the
+    collater's masks follow the task, the model applies them only where its own mask_prob / mask_channel_prob > 0
+    (fairseq's behaviour)."""
+    differ = [f"{k}={values[k]!r} (model: {getattr(model_cfg, k)!r})" for k in MASK_KEYS
+              if str(values[k]) != str(getattr(model_cfg, k, values[k]))]
+    if differ:
+        logger.warning("task.precompute_mask_indices: the masks follow task.inferred_w2v_config where it differs "
+                       "from the model: %s; the model uses time masks only with model.mask_prob > 0 and channel "
+                       "masks only with model.mask_channel_prob > 0 and mask_channel_before=false, as fairseq",
+                       ", ".join(differ))
+    return True
 
 
 def store_resolved_w2v_args(cfg: Any, model: Any) -> None:
