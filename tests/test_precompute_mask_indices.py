@@ -97,11 +97,11 @@ def test_loss_with_the_precomputed_mask_equals_the_model_drawing_that_mask(tmp_p
     assert set(given) == {"source", "padding_mask", "mask_indices", "mask_channel_indices"}
     torch.manual_seed(0)
     loss, sample_size, _ = criterion(model, sample)
-    assert sample_size == int(given["mask_indices"].sum())
+    assert sample_size == sample["sample_size"] == int(given["mask_indices"].sum())
 
     monkeypatch.setattr(Masker, "time_mask", lambda *a, **k: given["mask_indices"])
     monkeypatch.setattr(Masker, "channel_mask", lambda *a, **k: given["mask_channel_indices"][:, :1])
-    plain = {"id": sample["id"], "net_input": {k: given[k] for k in ("source", "padding_mask")}}
+    plain = {"id": sample["id"], "net_input": {k: given[k] for k in ("source", "padding_mask")}}  # no sample_size
     torch.manual_seed(0)
     drawn, drawn_size, _ = criterion(model, plain)
     assert drawn_size == sample_size

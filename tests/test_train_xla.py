@@ -261,27 +261,28 @@ def test_ctc_finetuning_launcher_update_freq_equals_the_cpu_trainer(tmp_path):
     assert xla_losses[4] < 0.5 * xla_losses[1]
 
 
-def test_wav2vec2_pretraining_on_the_xla_device(tmp_path):
-    """Tiny wav2vec 2.0, two updates with per-batch seeds (negatives and gumbel noise drawn on the device): finite
-    losses, a CPU checkpoint. Kept short: the masked-frame selection has data-dependent shapes (aten::nonzero), so
-    XLA compiles again for every batch (about 8 graphs per micro-batch, 5 s each on this CPU)."""
+def write_w2v2_data(data):
+    """8 clips of 4000 samples (tones and noise), train 6 / valid 2."""
     import soundfile as sf
 
     rng = np.random.default_rng(0)
     t = np.arange(4000) / 16000
     for i in range(8):
-        sf.write(tmp_path / f"u{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)
-                                          + rng.normal(0, 0.05, 4000)).astype(np.float32), 16000)
+        sf.write(data / f"u{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)
+                                      + rng.normal(0, 0.05, 4000)).astype(np.float32), 16000)
     for split, ids in (("train", range(6)), ("valid", range(6, 8))):
-        (tmp_path / f"{split}.tsv").write_text(f"{tmp_path}\n" + "".join(f"u{i}.wav\t4000\n" for i in ids))
-    save_dir = tmp_path / "ckpt"
-    cfg = finalize_config({
+        (data / f"{split}.tsv").write_text(f"{data}\n" + "".join(f"u{i}.wav\t4000\n" for i in ids))
+
+
+def w2v2_cfg(data, save_dir, max_update=2, **task):
+    """A tiny wav2vec 2.0 on the XLA device, per-batch seeds, one bucket; ``task`` adds task options."""
+    return finalize_config({
         "common": {"seed": 1, "log_interval": 1, "log_format": "simple", "tpu": True, "seed_per_batch": True},
-        "task": {"_name": "audio_pretraining", "data": str(tmp_path), "max_sample_size": 4000,
-                 "enable_padding": True, "num_batch_buckets": 1},
+        "task": {"_name": "audio_pretraining", "data": str(data), "max_sample_size": 4000,
+                 "enable_padding": True, "num_batch_buckets": 1, **task},
         "dataset": {"batch_size": 2, "num_workers": 0, "required_batch_size_multiple": 1,
                     "disable_validation": True},
-        "optimization": {"max_update": 2, "lr": [2e-3], "clip_norm": 10.0},
+        "optimization": {"max_update": max_update, "lr": [2e-3], "clip_norm": 10.0},
         "checkpoint": {"save_dir": str(save_dir)},
         "model": {"_name": "wav2vec2", "quantize_targets": True, "final_dim": 16, "encoder_layers": 2,
                   "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
@@ -291,9 +292,49 @@ def test_wav2vec2_pretraining_on_the_xla_device(tmp_path):
         "optimizer": {"_name": "adam", "adam_betas": "(0.9,0.98)", "adam_eps": 1e-6},
         "lr_scheduler": {"_name": "polynomial_decay", "warmup_updates": 2},
     })
-    call_main(cfg, main)
+
+
+def test_wav2vec2_pretraining_on_the_xla_device(tmp_path):
+    """Tiny wav2vec 2.0, two updates with per-batch seeds (negatives and gumbel noise drawn on the device): finite
+    losses, a CPU checkpoint. Kept short: the masked-frame selection has data-dependent shapes (aten::nonzero), so
+    XLA compiles again for every batch (about 8 graphs per micro-batch, 5 s each on this CPU)."""
+    write_w2v2_data(tmp_path)
+    save_dir = tmp_path / "ckpt"
+    call_main(w2v2_cfg(tmp_path, save_dir), main)
     losses = _losses(save_dir)
     assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
     state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
     assert state["optimizer_history"][-1]["num_updates"] == 2
     assert all(v.device.type == "cpu" for v in state["model"].values())
+
+
+def test_wav2vec2_host_reads_per_update_with_and_without_precomputed_masks(tmp_path, monkeypatch):
+    """Device-to-host transfers inside one wav2vec 2.0 update, masks drawn by the model vs by the collater
+    (task.precompute_mask_indices): 14 each here. Precomputing adds none (the masked count comes from the host, as
+    fairseq's sample_size), but removes none either: the boolean selection of the masked frames (aten::nonzero) and
+    the frame padding mask's any() still read the device."""
+    import torch_xla.debug.metrics as met
+
+    from fairseq_lite.training.trainer import Trainer
+
+    def transfers():
+        data = met.metric_data("TransferFromDeviceTime")
+        return data[0] if data else 0
+
+    real_train_step, counts = Trainer.train_step, []
+
+    def train_step(self, samples, *args, **kwargs):
+        before = transfers()
+        out = real_train_step(self, samples, *args, **kwargs)
+        counts[-1].append(transfers() - before)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    write_w2v2_data(tmp_path)
+    for name, precompute in (("model", False), ("collater", True)):
+        counts.append([])
+        call_main(w2v2_cfg(tmp_path, tmp_path / name, max_update=1, precompute_mask_indices=precompute), main)
+    model_drawn, precomputed = counts
+    print(f"host transfers per update: masks drawn in the model {model_drawn}, precomputed {precomputed}")
+    assert len(model_drawn) == len(precomputed) == 1 and model_drawn[0] > 0
+    assert precomputed[0] <= model_drawn[0]
