@@ -1,14 +1,19 @@
-"""Small text helpers shared by the data pipeline, the CTC criterion and inference."""
+"""Small text and seeding helpers shared by the data pipeline, the CTC criterion, training and inference."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from fairseq_lite.errors import ConfigError
+
+
+def derived_seed(words: Iterable[int]) -> int:
+    """A 64-bit seed mixed from integers (numpy's ``SeedSequence``): the same words give the same seed anywhere."""
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0])
 
 
 @contextlib.contextmanager

@@ -210,10 +210,10 @@ class FileAudioDataset(torch.utils.data.Dataset):
         net_input = {"source": torch.from_numpy(collated)}
         if padding_mask is not None:
             net_input["padding_mask"] = torch.from_numpy(padding_mask)
+        batch = {"id": torch.LongTensor(ids), "net_input": net_input}
         if self.mask_precompute is not None:  # its own stream: crops draw the same with or without it
             mask_rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, *ids], spawn_key=(1,)))
             net_input.update({k: v for k, v in self.mask_precompute(width, kept, mask_rng).items() if v is not None})
             if "mask_indices" in net_input:  # counted on the host, as fairseq: the criterion reads no device value
-                return {"id": torch.LongTensor(ids), "net_input": net_input,
-                        "sample_size": int(net_input["mask_indices"].sum())}
-        return {"id": torch.LongTensor(ids), "net_input": net_input}
+                batch["sample_size"] = int(net_input["mask_indices"].sum())
+        return batch

@@ -287,6 +287,11 @@ class Masker:
 MASKER_SETTINGS = tuple(f.name for f in dataclasses.fields(Masker))
 
 
+def masked_frames(x: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
+    """The masked frames of ``x`` (B×T×C) as B×M×C: every row masks M frames (``require_same_masks``)."""
+    return x[mask_indices].view(x.size(0), -1, x.size(-1))
+
+
 def masker_from_config(cfg) -> Masker:
     """A :class:`Masker` from any config with ``MASKER_SETTINGS`` fields (choice enums as their names); a field
     the config lacks (HuBERT's has no ``require_same_masks``, ``mask_dropout``, ``mask_channel_before``) keeps the

@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
+from fairseq_lite.data.data_utils import derived_seed
 from fairseq_lite.errors import ConfigError
 
 logger = logging.getLogger("fairseq_lite.fsdp")
@@ -81,8 +81,7 @@ def seed_layerdrop(encoders: List[nn.Module], seed: int, num_updates: int, micro
     """Seed the encoders' layerdrop generators for one micro-batch from values every rank shares: the run's
     seed, the update and the micro-batch's index in it (dummy batches count), never its example ids."""
     for k, encoder in enumerate(encoders):
-        words = [int(seed), int(num_updates), int(micro_batch), k]
-        encoder.layerdrop_generator.manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]))
+        encoder.layerdrop_generator.manual_seed(derived_seed([seed, num_updates, micro_batch, k]))
 
 
 def shard_model(model: nn.Module, dt: Any, device: torch.device, compute_dtype: Optional[torch.dtype]) -> nn.Module:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fairseq_lite.data.data_utils import derived_seed
 from fairseq_lite.errors import CheckpointError, ConfigError, FairseqLiteError
 from fairseq_lite.optim.fp16_optimizer import (AMPOptimizer, FP16Optimizer, MemoryEfficientFP16Optimizer,
                                                build_training_optimizer)
@@ -88,8 +89,7 @@ def may_leave_parameters_unused(model: torch.nn.Module) -> bool:
 def batch_seed(seed: int, num_updates: int, ids: Sequence[int]) -> int:
     """``common.seed_per_batch``: the torch seed of one micro-batch, from the run's seed, the update it belongs to
     and its example ids, so that its draws do not depend on the rank or on its place among ``update_freq``."""
-    words = [int(seed), int(num_updates), *(int(i) for i in ids)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+    return derived_seed([seed, num_updates, *ids]) >> 1
 
 
 def rng_state() -> Dict[str, Any]:

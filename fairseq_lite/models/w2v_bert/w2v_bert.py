@@ -30,7 +30,7 @@ from fairseq_lite.errors import ConfigError
 from fairseq_lite.models import BaseFairseqModel, register_model
 from fairseq_lite.models.wav2vec.wav2vec2 import MASKING_DISTRIBUTION_CHOICES, Wav2Vec2Config, Wav2Vec2Model
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
-from fairseq_lite.modules.masking import masker_from_config
+from fairseq_lite.modules.masking import masked_frames, masker_from_config
 from fairseq_lite.modules.negatives import contrastive_logits, sample_negatives
 from fairseq_lite.modules.w2v_bert_encoder import W2vBertEncoder
 from fairseq_lite.modules.w2v_bert_frontend import W2vBertFbankFrontend
@@ -224,11 +224,11 @@ class W2vBertModel(BaseFairseqModel):
     def _quantize_and_contrast(self, out: Dict[str, Any]) -> Tuple[Dict[str, Any], torch.Tensor]:
         """fairseq2's ``quantize_and_contrast`` on the masked frames: (contrastive logits and the quantizer's
         statistics, the quantizer's code ids B×M×G)."""
-        q = self.quantizer(_masked(out["features_unprojected"], out["mask_indices"]), produce_targets=True)
+        q = self.quantizer(masked_frames(out["features_unprojected"], out["mask_indices"]), produce_targets=True)
         y = self.project_q(q["x"])
         negatives, _ = sample_negatives(y, y.size(1), self.cfg.num_negatives)
         contrast_layer = self.cfg.encoder_layers - self.cfg.num_bert_encoder_layers - 1
-        x = self.final_proj(_masked(out["layer_results"][contrast_layer][0], out["mask_indices"]))
+        x = self.final_proj(masked_frames(out["layer_results"][contrast_layer][0], out["mask_indices"]))
         result = {k: q[k] for k in ("num_vars", "code_perplexity", "prob_perplexity", "temp")}
         result["x"] = contrastive_logits(x, y, negatives, self.cfg.logit_temp)
         return result, q["targets"]
@@ -237,7 +237,7 @@ class W2vBertModel(BaseFairseqModel):
         """``mlm_proj`` of the top layer's masked frames and their targets, the first ``num_target_codebooks``
         code ids (fairseq2's ``final_bert_proj`` and ``_get_target_indices``)."""
         groups = self.cfg.num_target_codebooks
-        logits = self.mlm_proj(_masked(out["x"], out["mask_indices"]))
+        logits = self.mlm_proj(masked_frames(out["x"], out["mask_indices"]))
         return {"mlm_logits": logits.reshape(-1, self.cfg.latent_vars, groups),
                 "mlm_targets": code_ids.reshape(-1, code_ids.size(-1))[:, :groups]}
 
@@ -269,8 +269,3 @@ class W2vBertModel(BaseFairseqModel):
             setattr(self, head, None)
         if last_layer is not None:
             self.encoder.layers = nn.ModuleList(l for i, l in enumerate(self.encoder.layers) if i <= last_layer)
-
-
-def _masked(x: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
-    """The masked frames of x (B×T×C) as B×M×C (every row masks M frames: ``require_same_masks``)."""
-    return x[mask_indices].view(x.size(0), -1, x.size(-1))

@@ -23,7 +23,7 @@ from fairseq_lite.models.wav2vec.wav2vec import parse_conv_layers
 from fairseq_lite.modules.conv_feature_extractor import ConvFeatureExtractionModel, ConvSpec, receptive_field
 from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
-from fairseq_lite.modules.masking import masker_from_config
+from fairseq_lite.modules.masking import masked_frames, masker_from_config
 from fairseq_lite.modules.negatives import contrastive_logits, sample_negatives
 from fairseq_lite.modules.transformer_encoder import TransformerEncoder
 
@@ -325,7 +325,7 @@ class Wav2Vec2Model(BaseFairseqModel):
         else:
             x, mask_indices = features, None
         if mask_indices is not None:
-            y = unmasked_features[mask_indices].view(unmasked_features.size(0), -1, unmasked_features.size(-1))
+            y = masked_frames(unmasked_features, mask_indices)
         else:
             y = unmasked_features
 
@@ -337,7 +337,7 @@ class Wav2Vec2Model(BaseFairseqModel):
         if mask_indices is None:
             raise ValueError("the contrastive forward needs masked frames: call with mask=True and mask_prob > 0")
         y, negs = self._targets_and_negatives(y, unmasked_features, mask_indices, padding_count, result)
-        x = x[mask_indices].view(x.size(0), -1, x.size(-1))
+        x = masked_frames(x, mask_indices)
         if self.target_glu is not None:
             y = self.target_glu(y)
             negs = self.target_glu(negs)
