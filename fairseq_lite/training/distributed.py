@@ -12,6 +12,7 @@ Asking for more ranks than devices is an error that says how to keep the effecti
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -87,7 +88,12 @@ def _run_rank(cfg: Any, main: Callable, rank: int, world: int, init_method: str,
     dist.init_process_group(backend=backend, init_method=init_method, world_size=world, rank=rank)
     logger.info("initialized rank %d of %d (%s, %s)", rank, world, backend, init_method)
     try:
-        return main(cfg, **kwargs)
+        result = main(cfg, **kwargs)
+        # every rank leaves together, and the trainer's DDP/FSDP objects (which hold the group) are freed first:
+        # a gloo group torn down while a peer is still talking to it, or at interpreter exit, aborts the process
+        dist.barrier()
+        gc.collect()
+        return result
     finally:
         dist.destroy_process_group()
 
