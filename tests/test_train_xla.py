@@ -182,16 +182,21 @@ def test_toy_launcher_update_equals_the_cpu_trainer_and_its_checkpoint_loads_wit
     assert checksum == pytest.approx(sum(float(v.double().sum()) for v in reference.values()), abs=1e-4)
 
 
+def _metric_total(name):
+    """How many times torch-xla's metric ``name`` (CompileTime, TransferFromDeviceTime) was recorded so far."""
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data(name)
+    return data[0] if data else 0
+
+
 def test_host_reads_only_at_log_interval(tmp_path, monkeypatch):
     """8 updates, log_interval 4: statistics are fetched twice (updates 4 and 8), each time in one
     transfer, and nothing else leaves the device during the updates."""
-    import torch_xla.debug.metrics as met
-
     from fairseq_lite.training import xla
 
     def transfers():
-        data = met.metric_data("TransferFromDeviceTime")
-        return data[0] if data else 0
+        return _metric_total("TransferFromDeviceTime")
 
     calls, outside = [], []
     real_to_host = xla.to_host
@@ -294,47 +299,58 @@ def w2v2_cfg(data, save_dir, max_update=2, **task):
     })
 
 
-def test_wav2vec2_pretraining_on_the_xla_device(tmp_path):
-    """Tiny wav2vec 2.0, two updates with per-batch seeds (negatives and gumbel noise drawn on the device): finite
-    losses, a CPU checkpoint. Kept short: the masked-frame selection has data-dependent shapes (aten::nonzero), so
-    XLA compiles again for every batch (about 8 graphs per micro-batch, 5 s each on this CPU)."""
-    write_w2v2_data(tmp_path)
-    save_dir = tmp_path / "ckpt"
-    call_main(w2v2_cfg(tmp_path, save_dir), main)
-    losses = _losses(save_dir)
-    assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
-    state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
-    assert state["optimizer_history"][-1]["num_updates"] == 2
-    assert all(v.device.type == "cpu" for v in state["model"].values())
-
-
-def test_wav2vec2_host_reads_per_update_with_and_without_precomputed_masks(tmp_path, monkeypatch):
-    """Device-to-host transfers inside one wav2vec 2.0 update, masks drawn by the model vs by the collater
-    (task.precompute_mask_indices): 14 each here. Precomputing adds none (the masked count comes from the host, as
-    fairseq's sample_size), but removes none either: the boolean selection of the masked frames (aten::nonzero) and
-    the frame padding mask's any() still read the device."""
-    import torch_xla.debug.metrics as met
-
+def _per_update_counts(monkeypatch):
+    """Per training update: (graphs compiled, device-to-host transfers), appended as each update ends."""
     from fairseq_lite.training.trainer import Trainer
-
-    def transfers():
-        data = met.metric_data("TransferFromDeviceTime")
-        return data[0] if data else 0
 
     real_train_step, counts = Trainer.train_step, []
 
     def train_step(self, samples, *args, **kwargs):
-        before = transfers()
+        compiles, transfers = _metric_total("CompileTime"), _metric_total("TransferFromDeviceTime")
         out = real_train_step(self, samples, *args, **kwargs)
-        counts[-1].append(transfers() - before)
+        counts.append((_metric_total("CompileTime") - compiles, _metric_total("TransferFromDeviceTime") - transfers))
         return out
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
+    return counts
+
+
+@pytest.mark.parametrize("precompute, reads", [(True, 0), (False, 1)], ids=["masks-precomputed", "masks-in-model"])
+def test_wav2vec2_pretraining_compiles_once_and_reads_nothing_back(tmp_path, monkeypatch, precompute, reads):
+    """Tiny wav2vec 2.0, four updates with per-batch seeds (negatives and gumbel noise drawn on the device), as
+    fairseq's TPU path runs it: every frame kept and scored, the loss weighted by the mask, so the shapes do not
+    depend on the mask and no update compiles a new graph after the second (the first adds the optimizer state).
+    With ``task.precompute_mask_indices`` (fairseq's TPU yamls) an update reads nothing back from the device;
+    masks drawn by the model read the padding mask to the host once (fairseq's numpy compute_mask_indices).
+    Finite losses, a CPU checkpoint."""
+    counts = _per_update_counts(monkeypatch)
     write_w2v2_data(tmp_path)
-    for name, precompute in (("model", False), ("collater", True)):
-        counts.append([])
-        call_main(w2v2_cfg(tmp_path, tmp_path / name, max_update=1, precompute_mask_indices=precompute), main)
-    model_drawn, precomputed = counts
-    print(f"host transfers per update: masks drawn in the model {model_drawn}, precomputed {precomputed}")
-    assert len(model_drawn) == len(precomputed) == 1 and model_drawn[0] > 0
-    assert precomputed[0] <= model_drawn[0]
+    save_dir = tmp_path / "ckpt"
+    call_main(w2v2_cfg(tmp_path, save_dir, max_update=4, precompute_mask_indices=precompute), main)
+    print(f"(graphs compiled, host transfers) per update: {counts}")
+    assert [compiled for compiled, _ in counts[2:]] == [0, 0]
+    assert [transfers for _, transfers in counts] == [reads] * 4
+    losses = _losses(save_dir)
+    assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
+    state = torch.load(save_dir / "checkpoint_last.pt", weights_only=True)
+    assert state["optimizer_history"][-1]["num_updates"] == 4
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+
+
+def test_ctc_update_compiles_once_and_reads_back_only_for_torch_xlas_ctc_loss(tmp_path, monkeypatch):
+    """Tiny CTC fine-tuning, four updates of batches of 2 on XLA: static shapes (padded targets, the padding mask
+    applied without asking whether it holds anything, the loss kept on the device) so no graph is compiled after
+    the second update. Two transfers per update remain: torch-xla 2.9 has no XLA lowering of ctc_loss and runs it
+    and its backward on the host (aten fallbacks), which nothing on our side can avoid but a CTC written in
+    tensor ops."""
+    import torch_xla.debug.metrics as met
+
+    counts = _per_update_counts(monkeypatch)
+    write_ctc_data(tmp_path)
+    call_main(ctc_cfg(tmp_path, tmp_path / "ckpt", tpu=True, max_update=4, batch_size=2), main)
+    fallbacks = sorted(name for name in met.counter_names() if name.startswith("aten::"))
+    print(f"(graphs compiled, host transfers) per update: {counts}; aten fallbacks: {fallbacks}")
+    assert [compiled for compiled, _ in counts[2:]] == [0, 0]
+    assert [transfers for _, transfers in counts] == [2] * 4
+    assert fallbacks == ["aten::_ctc_loss.Tensor", "aten::_ctc_loss_backward.Tensor"]
+    assert sorted(_losses(tmp_path / "ckpt")) == [1, 2, 3, 4]

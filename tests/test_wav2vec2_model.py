@@ -216,3 +216,33 @@ def test_a_few_steps_lower_the_contrastive_loss():
         optimizer.step()
         losses.append(criterion.reduce_metrics([log])["loss"])
     assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_on_xla_every_frame_is_scored_and_the_criterion_counts_only_the_masked_ones(monkeypatch):
+    """fairseq's TPU path, run here by making the model take its features for XLA tensors: the logits cover every
+    frame (static shapes), the positives of the masked frames equal the usual path's, and the criterion's loss,
+    sample size and accuracy count the masked frames only (the mask as frame weights, no host read)."""
+    from fairseq_lite.models.wav2vec import wav2vec2
+
+    torch.manual_seed(0)
+    model = tiny(quantize_targets=False).eval()
+    source = torch.randn(2, 4000)
+    frames = model(source, features_only=True)["x"].shape[1]
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[0, 2:6] = mask[1, 5:9] = True
+    shrunk = model(source, mask_indices=mask)["x"]
+    monkeypatch.setattr(wav2vec2, "is_xla_tensor", lambda tensor: True)
+    torch.manual_seed(1)
+    kept = model(source, mask_indices=mask)
+    assert kept["x"].shape == (1 + 5, 2, frames)
+    torch.testing.assert_close(kept["x"][0][mask], shrunk[0].reshape(-1))
+
+    rows = model.get_logits(kept)[mask.t().reshape(-1)]  # get_logits orders its rows frame-major
+    expected_loss = torch.nn.functional.cross_entropy(rows, torch.zeros(8, dtype=torch.long), reduction="sum")
+    expected_correct = int(((rows.argmax(-1) == 0) & (rows.argmin(-1) != 0)).sum())
+    crit = build_criterion({"_name": "wav2vec", "infonce": True, "loss_weights": [10]}, None)  # features_pen
+    torch.manual_seed(1)  # the same distractors
+    _, sample_size, log = crit(model, {"net_input": {"source": source, "mask_indices": mask}, "id": torch.arange(2)})
+    assert float(sample_size) == 8 and float(log["count"]) == 8
+    assert float(log["correct"]) == expected_correct
+    assert float(log["loss_0"]) == pytest.approx(float(expected_loss.detach()), rel=1e-6)

@@ -21,6 +21,7 @@ from fairseq_lite.data.data_utils import post_process as apply_post_process
 from fairseq_lite.dataclass import FairseqDataclass, help_text, II, safe_eval
 from fairseq_lite.decoding import ViterbiDecoder, build_decoder, edit_distance
 from fairseq_lite.errors import ConfigError
+from fairseq_lite.modules.static_shapes import is_xla_tensor
 
 
 
@@ -95,13 +96,17 @@ class CtcCriterion(FairseqCriterion):
         target_lengths = sample.get("target_lengths")
         if target_lengths is None:
             target_lengths = keep.sum(-1)
+        on_xla = is_xla_tensor(lprobs)
+        # on XLA the padded B×S targets (static shape; ctc_loss reads the first target_lengths of each row)
+        # instead of the packed ones, whose size masked_select reads back from the device
+        targets = target if on_xla else target.masked_select(keep)
         with torch.backends.cudnn.flags(enabled=False):
-            loss = F.ctc_loss(lprobs, target.masked_select(keep), input_lengths, target_lengths, blank=self.blank_idx,
+            loss = F.ctc_loss(lprobs, targets, input_lengths, target_lengths, blank=self.blank_idx,
                               reduction="sum", zero_infinity=self.zero_infinity)
         ntokens = sample["ntokens"] if "ntokens" in sample else int(target_lengths.sum())
         sample_size = target.size(0) if self.sentence_avg else ntokens
         logging_output: Dict[str, Any] = {
-            "loss": loss.item(),
+            "loss": loss.detach() if on_xla else loss.item(),  # XLA: read when the trainer logs
             "ntokens": ntokens,
             "nsentences": sample["id"].numel() if "id" in sample else target.size(0),
             "sample_size": sample_size,

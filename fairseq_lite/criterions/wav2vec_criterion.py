@@ -40,28 +40,45 @@ class Wav2vecCriterion(FairseqCriterion):
         self.log_keys = list(log_keys) if log_keys is not None else []
 
     @staticmethod
-    def _sample_size(sample: Dict[str, Any], target: torch.Tensor, infonce: bool) -> int:
-        """``sample["sample_size"]``, else the number of masked frames, else the number of targets
-        (all rows for InfoNCE, positive labels for BCE)."""
+    def _sample_size(sample: Dict[str, Any], target: torch.Tensor, infonce: bool,
+                     frame_weights: Optional[torch.Tensor] = None) -> Any:
+        """``sample["sample_size"]``, else the number of masked frames (a device scalar on XLA), else the number
+        of targets (all rows for InfoNCE, positive labels for BCE)."""
         if "sample_size" in sample:
             return int(sample["sample_size"])
+        if frame_weights is not None:
+            return frame_weights.sum()
         mask_indices = sample["net_input"].get("mask_indices")
         if mask_indices is not None:
             return int(mask_indices.sum())
         return target.numel() if infonce else int(target.long().sum())
+
+    @staticmethod
+    def _frame_weights(net_output: Dict[str, Any]) -> Optional[torch.Tensor]:
+        """On XLA the model scores every frame (fairseq's TPU path): 1.0 for the masked ones, 0.0 for the rest,
+        one per logit row (the mask transposed to T×B and flattened, as ``get_logits`` orders its rows)."""
+        mask_indices = net_output.get("mask_indices")
+        if mask_indices is None:
+            return None
+        return mask_indices.transpose(0, 1).reshape(-1).float()
 
     def forward(self, model, sample: Dict[str, Any], reduce: bool = True):
         """(loss, sample_size, logging_output): the contrastive term plus the weighted extra terms."""
         net_output = model(**sample["net_input"])
         logits = model.get_logits(net_output).float()
         target = model.get_targets(sample, net_output)
-        loss = self.contrastive_loss(model, logits, target, net_output, reduce)
-        sample_size = self._sample_size(sample, target, self.infonce)
+        weights = self._frame_weights(net_output)
+        loss = self.contrastive_loss(model, logits, target, net_output, reduce and weights is None)
+        if weights is not None:
+            loss = loss * weights
+            loss = loss.sum() if reduce else loss
+        sample_size = self._sample_size(sample, target, self.infonce, weights)
         losses = [loss.detach().clone()]
         for term in self.extra_loss_terms(model, net_output, sample_size):
             loss = loss + term
             losses.append(term.detach())
-        logging_output = self.logging_output(sample, net_output, logits, target, loss, losses, sample_size, reduce)
+        logging_output = self.logging_output(sample, net_output, logits, target, loss, losses, sample_size, reduce,
+                                             weights)
         return loss, sample_size, logging_output
 
     def contrastive_loss(self, model, logits: torch.Tensor, target: torch.Tensor, net_output: Dict[str, Any],
@@ -101,14 +118,16 @@ class Wav2vecCriterion(FairseqCriterion):
                 for i, (term, coef) in enumerate(zip(extra, weights)) if coef != 0 and term is not None]
 
     def logging_output(self, sample: Dict[str, Any], net_output: Dict[str, Any], logits: torch.Tensor,
-                       target: torch.Tensor, loss: torch.Tensor, losses: List[torch.Tensor], sample_size: int,
-                       reduce: bool) -> Dict[str, Any]:
+                       target: torch.Tensor, loss: torch.Tensor, losses: List[torch.Tensor], sample_size: Any,
+                       reduce: bool, frame_weights: Optional[torch.Tensor] = None) -> Dict[str, Any]:
         """What fairseq logs: loss, sizes, each ``loss_i`` term, the ``log_keys`` of the model's output, and for
-        InfoNCE the number of frames whose positive scored highest (``correct`` of ``count``)."""
+        InfoNCE the number of frames whose positive scored highest (``correct`` of ``count``). On XLA
+        (``frame_weights`` given) the values stay device tensors, read back only when the trainer logs."""
+        on_host = frame_weights is None
         source = sample["net_input"].get("source")
         nsentences = sample["id"].numel() if "id" in sample else (source.size(0) if source is not None else 0)
         logging_output: Dict[str, Any] = {
-            "loss": loss.item() if reduce else loss.detach(),
+            "loss": loss.item() if reduce and on_host else loss.detach(),
             "ntokens": sample_size,
             "nsentences": nsentences,
             "sample_size": sample_size,
@@ -119,23 +138,27 @@ class Wav2vecCriterion(FairseqCriterion):
                     logging_output[key] = (logits if key == "logits" else target).detach().cpu().numpy()
             elif key in net_output:
                 value = net_output[key]
-                logging_output[key] = float(value.detach()) if torch.is_tensor(value) else float(value)
+                if torch.is_tensor(value):
+                    value = value.detach()
+                logging_output[key] = float(value) if on_host or not torch.is_tensor(value) else value
         if len(losses) > 1:
             for i, term in enumerate(losses):
-                logging_output[f"loss_{i}"] = term.sum().item()
+                logging_output[f"loss_{i}"] = term.sum().item() if on_host else term.sum()
         if self.infonce:
-            logging_output["correct"], logging_output["count"] = self.accuracy_counts(logits)
+            logging_output["correct"], logging_output["count"] = self.accuracy_counts(logits, frame_weights)
         return logging_output
 
     @staticmethod
     @torch.no_grad()
-    def accuracy_counts(logits: torch.Tensor) -> Tuple[int, int]:
-        """(frames whose positive, at index 0, has the strictly highest logit; frames): all-equal rows miss."""
+    def accuracy_counts(logits: torch.Tensor, frame_weights: Optional[torch.Tensor] = None) -> Tuple[Any, Any]:
+        """(frames whose positive, at index 0, has the strictly highest logit; frames): all-equal rows miss.
+        With ``frame_weights`` (XLA) only the weighted rows count, and both stay device scalars."""
         if logits.numel() == 0:
             return 0, 0
-        is_max = logits.argmax(-1) == 0
-        is_min = logits.argmin(-1) == 0
-        return int(is_max.sum()) - int((is_max & is_min).sum()), is_max.numel()
+        hit = (logits.argmax(-1) == 0) & (logits.argmin(-1) != 0)
+        if frame_weights is not None:
+            return (hit.float() * frame_weights).sum(), frame_weights.sum()
+        return int(hit.sum()), hit.numel()
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from fairseq_lite.modules.adapter import adapter_for_layer, adapter_index
 from fairseq_lite.modules.multihead_attention import attention_mask_from_padding
 from fairseq_lite.modules.same_pad import SamePad
+from fairseq_lite.modules.static_shapes import any_padding, is_xla_tensor
 from fairseq_lite.modules.transformer_layer import TransformerSentenceEncoderLayer
 from fairseq_lite.modules.transpose_last import TransposeLast
 
@@ -57,7 +58,10 @@ class WeightNormConv1d(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """``weight_v · weight_g / ||weight_v||`` through PyTorch's fused weight-norm kernel (the one
-        ``torch.nn.utils.parametrizations.weight_norm`` calls), one pass instead of a norm and two products."""
+        ``torch.nn.utils.parametrizations.weight_norm`` calls), one pass instead of a norm and two products. On
+        XLA that kernel reads the device back to the host, so the same formula is written out there."""
+        if is_xla_tensor(self.weight_v):
+            return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
         return torch._weight_norm(self.weight_v, self.weight_g, dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,11 +197,10 @@ class TransformerEncoder(nn.Module):
                          ) -> Tuple[torch.Tensor, List[LayerResult]]:
         """B×T×C → (output of the last run layer or of ``tgt_layer``, [(x, None, ffn_out)] per layer ≥ min_layer).
         ``corpus_key`` picks the adapters of a model that has them (ignored otherwise)."""
-        if padding_mask is not None:
-            if padding_mask.any():
-                x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-            else:
-                padding_mask = None  # no padding: let SDPA run without a mask
+        if any_padding(padding_mask):
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        else:
+            padding_mask = None  # no padding: let SDPA run without a mask
         x = self.embed_positions(x, padding_mask)
         if not self.layer_norm_first:
             x = self.layer_norm(x)

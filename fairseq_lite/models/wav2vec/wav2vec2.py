@@ -25,6 +25,7 @@ from fairseq_lite.modules.grad_multiply import GradMultiply
 from fairseq_lite.modules.gumbel_vector_quantizer import GumbelVectorQuantizer
 from fairseq_lite.modules.masking import masked_frames, masker_from_config
 from fairseq_lite.modules.negatives import contrastive_logits, sample_negatives
+from fairseq_lite.modules.static_shapes import any_padding, is_xla_tensor
 from fairseq_lite.modules.transformer_encoder import TransformerEncoder
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
@@ -294,7 +295,7 @@ class Wav2Vec2Model(BaseFairseqModel):
     def _feature_lengths_mask(self, padding_mask: Optional[torch.Tensor], features: torch.Tensor
                               ) -> Optional[torch.Tensor]:
         """Frame-level padding mask (True at or beyond each row's conv output length) from a sample-level one."""
-        if padding_mask is None or not padding_mask.any():
+        if not any_padding(padding_mask):
             return None
         input_lengths = (~padding_mask).long().sum(-1)
         output_lengths = self.feature_extractor.output_lengths(input_lengths)
@@ -324,7 +325,9 @@ class Wav2Vec2Model(BaseFairseqModel):
             x, mask_indices = self.apply_mask(features, padding_mask, mask_indices, mask_channel_indices)
         else:
             x, mask_indices = features, None
-        if mask_indices is not None:
+        # fairseq's TPU path keeps every frame (static shapes); the criterion weights the loss by the mask
+        keep_all_frames = is_xla_tensor(features)
+        if mask_indices is not None and not keep_all_frames:
             y = masked_frames(unmasked_features, mask_indices)
         else:
             y = unmasked_features
@@ -336,8 +339,12 @@ class Wav2Vec2Model(BaseFairseqModel):
 
         if mask_indices is None:
             raise ValueError("the contrastive forward needs masked frames: call with mask=True and mask_prob > 0")
-        y, negs = self._targets_and_negatives(y, unmasked_features, mask_indices, padding_count, result)
-        x = masked_frames(x, mask_indices)
+        y, negs = self._targets_and_negatives(y, unmasked_features, mask_indices, padding_count, result,
+                                              keep_all_frames)
+        if keep_all_frames:
+            result["mask_indices"] = mask_indices
+        else:
+            x = masked_frames(x, mask_indices)
         if self.target_glu is not None:
             y = self.target_glu(y)
             negs = self.target_glu(negs)
@@ -372,11 +379,13 @@ class Wav2Vec2Model(BaseFairseqModel):
         return self.dropout_input(features), self.dropout_features(unmasked_features), padding_mask, features_pen
 
     def _targets_and_negatives(self, y: torch.Tensor, unmasked: torch.Tensor, mask_indices: torch.Tensor,
-                               padding_count: Optional[int], result: Dict[str, Any]
+                               padding_count: Optional[int], result: Dict[str, Any], keep_all_frames: bool
                                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Projected (quantised) targets of the masked frames (B×M×final_dim) and their distractors."""
+        """Projected (quantised) targets of the masked frames (B×M×final_dim) and their distractors; with
+        ``keep_all_frames`` (XLA) of every frame (B×T), distractors drawn from every frame as in fairseq on TPU."""
         bsz, num = y.shape[:2]
-        if self.negatives_from_everywhere:
+        everywhere = self.negatives_from_everywhere and not keep_all_frames  # all frames already are everywhere
+        if everywhere:
             # distractors come from every frame; each masked frame excludes itself
             positions = torch.nonzero(mask_indices)[:, 1].view(bsz, num)
             source = unmasked
@@ -390,8 +399,8 @@ class Wav2Vec2Model(BaseFairseqModel):
             source = self.project_q(source)
         negs, _ = sample_negatives(source, num, self.n_negatives, self.cross_sample_negatives,
                                    padding_count=padding_count, positions=positions)
-        if self.negatives_from_everywhere:
-            y = source[mask_indices].view(bsz, num, -1)
+        if everywhere:
+            y = masked_frames(source, mask_indices)
         else:
             y = source
         if self.codebook_negatives > 0 and self.quantizer is not None:

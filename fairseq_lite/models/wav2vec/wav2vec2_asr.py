@@ -39,6 +39,7 @@ from fairseq_lite.errors import CheckpointError, ConfigError
 from fairseq_lite.models import BaseFairseqModel, build_model, register_model
 from fairseq_lite.models.wav2vec.wav2vec2 import LAYER_TYPE_CHOICES, MASKING_DISTRIBUTION_CHOICES
 from fairseq_lite.modules.masking import MASKER_SETTINGS
+from fairseq_lite.modules.static_shapes import any_padding
 
 logger = logging.getLogger(__name__)
 
@@ -417,7 +418,7 @@ class Wav2VecCtc(BaseFairseqModel):
             blank = blank + self.blank_weight if self.blank_mode == "add" else torch.full_like(blank, self.blank_weight)
             logits = torch.cat([blank, logits[..., 1:]], dim=-1)
         padding = net_output.get("padding_mask")
-        if padding is not None and padding.any():
+        if any_padding(padding):
             forced = torch.full_like(logits[0, 0], float("-inf"))
             forced[0] = 0
             logits = torch.where(padding.t().unsqueeze(-1), forced.to(logits.dtype), logits)
