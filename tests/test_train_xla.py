@@ -3,11 +3,10 @@
 torch-xla needs its own torch release, so these run only in the environment ``make test-xla`` builds
 (torch==2.9.0 + torch-xla==2.9.0, PJRT_DEVICE=CPU) and are skipped elsewhere.
 
-torch-xla 2.9's CPU client holds one replica per process here: ``CPU_NUM_DEVICES=2`` gives two devices in one
-process whose all-reduce never meets (XLA aborts the rendezvous), and separate processes do not join one
-world. So the launcher (``torch_xla.launch``, one process per device, ranks from the runtime) runs with one
-replica, and its update (device-side sum of gradients and sample sizes, division by the total) is compared with
-the eager CPU trainer on the same batches.
+torch-xla 2.9's CPU client with ``CPU_NUM_DEVICES=2`` runs two devices as threads of one process (as a TPU v3
+host runs its cores); the launcher makes their collectives meet there (fairseq_lite/training/xla.py). Two replicas
+× update_freq [1] are compared with one replica × [2] and with the eager CPU trainer on the same batches, for the
+toy model, a tiny wav2vec 2.0 and a tiny CTC model; host transfers and compilations per update are counted.
 """
 
 import json
@@ -64,7 +63,8 @@ def toy_cfg(save_dir, tpu, **groups):
     common = {"tpu": True, "cpu": False} if tpu else {"cpu": True}
     return train_toy.toy_config(save_dir, common={**common, **groups.pop("common", {})},
                                 optimization={"lr": [0.02], "update_freq": [2], **groups.pop("optimization", {})},
-                                task={"num_examples": 60}, criterion={"_name": "toy_mse_device"}, **groups)
+                                task={"num_examples": 60, **groups.pop("task", {})},
+                                criterion={"_name": "toy_mse_device"}, **groups)
 
 
 def write_ctc_data(data):
@@ -84,8 +84,9 @@ def write_ctc_data(data):
         (data / f"{split}.ltr").write_text("".join(" ".join(w) + " |\n" for w in words))
 
 
-def ctc_cfg(data, save_dir, tpu, max_update=16, update_freq=(1,), batch_size=4):
-    """A tiny wav2vec_ctc (encoder built from stored w2v_args, as a fine-tuned checkpoint is); no random draws."""
+def ctc_cfg(data, save_dir, tpu, max_update=16, update_freq=(1,), batch_size=4, world=1):
+    """A tiny wav2vec_ctc (encoder built from stored w2v_args, as a fine-tuned checkpoint is) on ``world``
+    devices; no random draws."""
     pretraining = {
         "task": {"_name": "audio_pretraining", "data": str(data), "normalize": False},
         "model": {"_name": "wav2vec2", "encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64,
@@ -98,6 +99,7 @@ def ctc_cfg(data, save_dir, tpu, max_update=16, update_freq=(1,), batch_size=4):
                  "num_batch_buckets": 1},
         "dataset": {"batch_size": batch_size, "num_workers": 0, "required_batch_size_multiple": 1,
                     "disable_validation": True},
+        "distributed_training": {"distributed_world_size": world},
         "optimization": {"max_update": max_update, "lr": [2e-3], "sentence_avg": True, "update_freq": list(update_freq)},
         "checkpoint": {"save_dir": str(save_dir)},
         "model": {"_name": "wav2vec_ctc", "w2v_path": "unused: w2v_args given", "w2v_args": pretraining,
@@ -124,14 +126,15 @@ LAUNCH_SCRIPT = textwrap.dedent(
 )
 
 
-def _launch(tmp_path, name, *args, **kwargs):
-    """Run ``launch(<name>(*args, **kwargs), main)`` in a fresh interpreter: the XLA runtime must not have started
-    before torch_xla.launch forks the replicas."""
+def _launch(tmp_path, name, *args, devices=1, **kwargs):
+    """Run ``launch(<name>(*args, **kwargs), main)`` in a fresh interpreter with ``devices`` XLA CPU devices: the
+    XLA runtime must not have started before torch_xla.launch forks the replicas."""
     script = tmp_path / "launch.py"
     script.write_text(LAUNCH_SCRIPT)
     proc = subprocess.run([sys.executable, str(script), json.dumps([name, [str(a) for a in args], kwargs])],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PJRT_DEVICE": "CPU",
+                               "CPU_NUM_DEVICES": str(devices)})
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -225,6 +228,28 @@ def test_host_reads_only_at_log_interval(tmp_path, monkeypatch):
     assert outside == [0] * 8  # no update read anything back
 
 
+def test_two_xla_devices_equal_one_with_update_freq_two_and_the_cpu_trainer(tmp_path):
+    """Two replicas (two XLA CPU devices, threads of one process as on a TPU v3 host) with update_freq [1] == one
+    replica with update_freq [2] == the eager CPU trainer, on the same 15 batches of varying shape: in the 8th
+    update the second replica, out of batches, runs the dummy batch (the same graph, weighted 0). Replica 0 alone
+    writes the checkpoint and the log lines; the checkpoint loads without torch-xla."""
+    main(toy_cfg(tmp_path / "cpu", tpu=False, optimization={"max_update": 8}))
+    code, out = _launch(tmp_path, "toy_cfg", tmp_path / "one", tpu=True, optimization={"max_update": 8})
+    assert code == 0, out[-3000:]
+    code, out = _launch(tmp_path, "toy_cfg", tmp_path / "two", tpu=True, devices=2,
+                        optimization={"max_update": 8, "update_freq": [1]},
+                        distributed_training={"distributed_world_size": 2})
+    assert code == 0, out[-3000:]
+    assert "training on 2 xla device(s)" in out and out.count("done training") == 1
+    for reference in ("one", "cpu"):
+        _assert_same_params(tmp_path / "two", tmp_path / reference, atol=1e-5)
+    two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert sorted(two) == list(range(1, 9))
+    assert [two[s] for s in range(1, 9)] == pytest.approx([one[s] for s in range(1, 9)], rel=1e-5)
+    devices, _ = _load_without_torch_xla(tmp_path / "two" / "checkpoint_last.pt")
+    assert devices == ["cpu"]
+
+
 def test_more_cores_than_the_runtime_has_is_a_config_error(tmp_path):
     """distributed_world_size=2 goes through the launcher; each replica takes rank and world from the runtime,
     which here holds one CPU device, and says how to keep the effective batch."""
@@ -266,6 +291,19 @@ def test_ctc_finetuning_launcher_update_freq_equals_the_cpu_trainer(tmp_path):
     assert xla_losses[4] < 0.5 * xla_losses[1]
 
 
+def test_ctc_finetuning_on_two_xla_devices_equals_one_with_update_freq_two(tmp_path):
+    """Tiny CTC fine-tuning, fairseq never had it on several cores: two replicas × batches of 1 × update_freq [1]
+    == one replica × [2], on utterances and label sequences of different lengths."""
+    write_ctc_data(tmp_path)
+    for name, options in {"one": {"update_freq": [2]}, "two": {"world": 2, "devices": 2}}.items():
+        code, out = _launch(tmp_path, "ctc_cfg", tmp_path, tmp_path / name, tpu=True, max_update=4, batch_size=1,
+                            **options)
+        assert code == 0, out[-3000:]
+    _assert_same_params(tmp_path / "two", tmp_path / "one", atol=1e-5, skip=("self_attn.k_proj.bias",))
+    two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert [two[s] for s in range(1, 5)] == pytest.approx([one[s] for s in range(1, 5)], rel=1e-5)
+
+
 def write_w2v2_data(data):
     """8 clips of 4000 samples (tones and noise), train 6 / valid 2."""
     import soundfile as sf
@@ -279,15 +317,17 @@ def write_w2v2_data(data):
         (data / f"{split}.tsv").write_text(f"{data}\n" + "".join(f"u{i}.wav\t4000\n" for i in ids))
 
 
-def w2v2_cfg(data, save_dir, max_update=2, **task):
-    """A tiny wav2vec 2.0 on the XLA device, per-batch seeds, one bucket; ``task`` adds task options."""
+def w2v2_cfg(data, save_dir, max_update=2, batch_size=2, update_freq=(1,), world=1, **task):
+    """A tiny wav2vec 2.0 on ``world`` XLA devices, per-batch seeds, one bucket; ``task`` adds task options."""
     return finalize_config({
         "common": {"seed": 1, "log_interval": 1, "log_format": "simple", "tpu": True, "seed_per_batch": True},
         "task": {"_name": "audio_pretraining", "data": str(data), "max_sample_size": 4000,
                  "enable_padding": True, "num_batch_buckets": 1, **task},
-        "dataset": {"batch_size": 2, "num_workers": 0, "required_batch_size_multiple": 1,
+        "dataset": {"batch_size": batch_size, "num_workers": 0, "required_batch_size_multiple": 1,
                     "disable_validation": True},
-        "optimization": {"max_update": max_update, "lr": [2e-3], "clip_norm": 10.0},
+        "distributed_training": {"distributed_world_size": world},
+        "optimization": {"max_update": max_update, "lr": [2e-3], "clip_norm": 10.0,
+                         "update_freq": list(update_freq)},
         "checkpoint": {"save_dir": str(save_dir)},
         "model": {"_name": "wav2vec2", "quantize_targets": True, "final_dim": 16, "encoder_layers": 2,
                   "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
@@ -354,3 +394,18 @@ def test_ctc_update_compiles_once_and_reads_back_only_for_torch_xlas_ctc_loss(tm
     assert [transfers for _, transfers in counts] == [2] * 4
     assert fallbacks == ["aten::_ctc_loss.Tensor", "aten::_ctc_loss_backward.Tensor"]
     assert sorted(_losses(tmp_path / "ckpt")) == [1, 2, 3, 4]
+
+
+def test_wav2vec2_on_two_xla_devices_equals_one_with_update_freq_two(tmp_path):
+    """Tiny wav2vec 2.0, masks precomputed and distractors drawn per micro-batch from its examples' seeds: two
+    replicas × update_freq [1] train the parameters one replica × [2] does on the same six clips (3 updates)."""
+    write_w2v2_data(tmp_path)
+    runs = {"one": {"update_freq": [2]}, "two": {"world": 2, "devices": 2}}
+    for name, options in runs.items():
+        code, out = _launch(tmp_path, "w2v2_cfg", tmp_path, tmp_path / name, max_update=3, batch_size=1,
+                            precompute_mask_indices=True, **options)
+        assert code == 0, out[-3000:]
+    _assert_same_params(tmp_path / "two", tmp_path / "one", atol=1e-5)
+    two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert sorted(two) == [1, 2, 3] and [two[s] for s in (1, 2, 3)] == pytest.approx([one[s] for s in (1, 2, 3)],
+                                                                                       rel=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -16,18 +17,25 @@ def derived_seed(words: Iterable[int]) -> int:
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0])
 
 
+#: numpy's global RNG is one per process; numpy_seed blocks of different threads take turns
+_NUMPY_SEED_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def numpy_seed(seed: Optional[int]) -> Iterator[None]:
-    """Seed numpy's global RNG for a block and restore its state after (fairseq's ``numpy_seed``)."""
+    """Seed numpy's global RNG for a block and restore its state after (fairseq's ``numpy_seed``). One thread at a
+    time: XLA replicas may be threads of one process (torch-xla's CPU client, TPU v2/v3)."""
     if seed is None:
         yield
         return
-    state = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
+    with _NUMPY_SEED_LOCK:
+        state = np.random.get_state()
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
 
 #: ``--post-process`` choices that glue sub-word units back into words: unit separator → word separator.
 GLUE_SYMBOLS = {

@@ -166,10 +166,7 @@ def _check_ranks_restored_alike(trainer: Any, path: Optional[str]) -> None:
     ``checkpoint.save_dir`` is not one folder shared by all nodes."""
     if trainer.world_size <= 1:
         return
-    import torch.distributed as dist
-
-    gathered: List[Any] = [None] * trainer.world_size
-    dist.all_gather_object(gathered, (path is not None, trainer.get_num_updates()))
+    gathered = trainer.all_gather_objects((path is not None, trainer.get_num_updates()))
     for rank, theirs in enumerate(gathered):
         if tuple(theirs) != tuple(gathered[0]):
             raise CheckpointError(

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import threading
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
@@ -41,19 +42,24 @@ def _check_save_dir(cfg: Any) -> None:
         raise ConfigError(f"checkpoint.save_dir {save_dir} is not writable ({exc.strerror}): choose another") from None
 
 
+#: XLA replicas that are threads of one process (torch-xla's CPU client, TPU v2/v3) share the global generators:
+#: they seed and build their models one at a time, so each draws the weights a process of its own would
+_BUILD_LOCK = threading.Lock()
+
+
 def main(cfg: Any) -> Optional[float]:
     """Train with a finalised FairseqConfig; returns the best validation value (None without validation)."""
     ds = cfg.dataset
     if ds.max_tokens is None and ds.batch_size is None:
         raise ConfigError("set dataset.max_tokens or dataset.batch_size (--max-tokens / --batch-size)")
-    seed = cfg.common.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-    task = setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
+    with _BUILD_LOCK:
+        seed = cfg.common.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        task = setup_task(cfg.task)
+        model = task.build_model(cfg.model)
+        criterion = task.build_criterion(cfg.criterion)
     if cfg.common.compile:  # in place: state-dict keys and checkpoints stay as without it
         model.compile()
         logger.info("common.compile: the model runs under torch.compile (the first updates include compiling)")

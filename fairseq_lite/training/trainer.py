@@ -400,15 +400,17 @@ class Trainer:
             except OUT_OF_MEMORY as exc:
                 raise self._oom_error(exc) from exc
             self._mark_step()
-            if is_dummy:
-                if self.is_xla:  # static shapes over cores: gathered like the others, dropped on the host
-                    from fairseq_lite.training.xla import DUMMY_KEY
+            if self.is_xla:
+                # every core runs the same ops: a dummy's outputs are gathered like the others and dropped on the
+                # host, its size counts × 0; the size may stay on the device
+                from fairseq_lite.training.xla import DUMMY_KEY, device_scalar
 
-                    logging_outputs.append({**logging_output, DUMMY_KEY: True})
-                continue
-            logging_outputs.append(logging_output)
-            sample_size = sample_size + (size if self.is_xla else float(size))  # XLA: may stay on the device
-            if ids is not None:
+                logging_outputs.append({**logging_output, DUMMY_KEY: is_dummy})
+                sample_size = sample_size + size * device_scalar(not is_dummy, self.device)
+            elif not is_dummy:
+                logging_outputs.append(logging_output)
+                sample_size = sample_size + float(size)
+            if ids is not None and not is_dummy:
                 batch_ids.extend(int(x) for x in ids)
         return logging_outputs, sample_size, batch_ids
 
@@ -449,8 +451,7 @@ class Trainer:
             torch._foreach_copy_(grads, [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
     def _gather_stats(self, logging_outputs, sample_size, batch_ids):
-        gathered: List[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, (logging_outputs, sample_size, batch_ids))
+        gathered = self.all_gather_objects((logging_outputs, sample_size, batch_ids))
         outputs = [o for rank_outputs, _, _ in gathered for o in rank_outputs]
         total = sum(size for _, size, _ in gathered)
         ids = [i for _, _, rank_ids in gathered for i in rank_ids]
@@ -511,6 +512,18 @@ class Trainer:
             raise self._oom_error(exc, validating=True) from exc
         return logging_output
 
+    def all_gather_objects(self, obj: Any) -> List[Any]:
+        """``obj`` of every rank, in rank order (``all_gather_object``; on XLA through the device)."""
+        if self.world_size == 1:
+            return [obj]
+        if self.is_xla:
+            from fairseq_lite.training.xla import all_gather_objects
+
+            return all_gather_objects(obj, self.world_size)
+        gathered: List[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def reduce_valid(self, logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
         """Validation stats over all batches of all ranks."""
         if self.is_xla:
@@ -518,9 +531,7 @@ class Trainer:
 
             logging_outputs = gather_valid_outputs(logging_outputs, self.world_size)
         elif self.world_size > 1:
-            gathered: List[Any] = [None] * self.world_size
-            dist.all_gather_object(gathered, logging_outputs)
-            logging_outputs = [o for rank_outputs in gathered for o in rank_outputs]
+            logging_outputs = [o for rank_outputs in self.all_gather_objects(logging_outputs) for o in rank_outputs]
         if not logging_outputs:
             return {}
         stats = dict(self.task.reduce_metrics(logging_outputs, self._criterion))

@@ -14,6 +14,9 @@
   inf/NaN is not skipped (that would need the norm on the host); the logged ``gnorm`` shows it.
 - With ``common.seed_per_batch`` the device generator is seeded per micro-batch too, so N cores draw what one
   core with ``update_freq`` × N draws on the same batches.
+- Replicas may be threads of one process (TPU v2/v3 hosts, torch-xla's CPU client with ``CPU_NUM_DEVICES``):
+  they build their models one at a time (``train._BUILD_LOCK``), take turns in ``numpy_seed``, log per thread,
+  and exchange Python objects through the device (``all_gather_objects``), never through torch.distributed.
 
 torch-xla is built against one torch release (torch-xla 2.9 needs torch 2.9) and cannot share an
 environment with the main install; ``make test-xla`` builds its own.
@@ -21,6 +24,10 @@ environment with the main install; ``make test-xla`` builds its own.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import threading
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -50,12 +57,30 @@ def xla_device() -> torch.device:
     return torch.device(torch_xla.device())
 
 
+#: torch-xla's CPU client with several devices runs them as threads of one process, and numbers an all-reduce
+#: by the compiled module: two threads compiling the same graph at once get different numbers and never meet.
+#: There (``launch`` sets it) graphs are compiled and started one thread at a time, so the second finds the
+#: first's compiled module, and parameter buffers are not donated (a donating run blocks until the collective
+#: has met, which under the lock it never would); every scalar is data, so the replicas' graphs are the same
+#: whatever values they hold. TPUs match collectives otherwise and need none of it.
+_COMPILE_LOCK = threading.Lock()
+_SERIAL_COMPILES = False
+
+
 def mark_step() -> None:
     """Cut the lazy graph here and run it (``xm.mark_step``, called ``torch_xla.sync`` since torch-xla 2.7)."""
     _xla_model()
     import torch_xla
 
-    torch_xla.sync()
+    with _COMPILE_LOCK if _SERIAL_COMPILES else contextlib.nullcontext():
+        torch_xla.sync()
+
+
+def device_scalar(value: float, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-dim float tensor on ``device`` that the graph reads as data: a Python scalar, or a 0-dim
+    tensor sent to the device, becomes a constant of the graph, so replicas holding different values would
+    compile different graphs."""
+    return torch.tensor([float(value)]).to(device).view(())
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -68,8 +93,38 @@ def rank_and_world() -> Tuple[int, int]:
 
 def to_host(data: Any) -> Any:
     """``data`` with every XLA tensor replaced by a CPU tensor, all fetched in one transfer (the only place the
-    training loop reads device values back)."""
+    training loop reads device values back). What is still pending runs first, under the compile lock; the copy
+    waits for it without holding the lock (a peer thread may still have to start its half of a collective)."""
+    mark_step()
     return _xla_model()._maybe_convert_to_cpu(data)
+
+
+def gather_over_cores(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Every replica's ``tensor`` stacked in rank order (world × its shape), by an all-reduce of the tensor placed
+    at this replica's row. Not ``xm.all_gather``: on the CPU client it writes the ordinal into the graph, so each
+    replica compiles its own graph and their collectives never meet."""
+    rank, _ = rank_and_world()
+    row = torch.zeros(world, dtype=tensor.dtype)
+    row[rank] = 1
+    placed = row.to(tensor.device).view(world, *[1] * tensor.dim()) * tensor.unsqueeze(0)
+    _sum_over_cores([placed], world)
+    return placed
+
+
+def all_gather_objects(obj: Any, world: int) -> List[Any]:
+    """``obj`` of every replica, in rank order: pickled bytes exchanged through the device (``xm.rendezvous``'s
+    method, but with this module's locked graph runs and one graph for all replicas)."""
+    if world == 1:
+        return [obj]
+    import pickle
+
+    device = xla_device()
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).int()
+    sizes = to_host(gather_over_cores(torch.tensor([payload.numel()]).to(device), world)).view(-1).tolist()
+    padded = torch.zeros(max(sizes), dtype=torch.int32)
+    padded[: payload.numel()] = payload
+    rows = to_host(gather_over_cores(padded.to(device), world)).to(torch.uint8)
+    return [pickle.loads(rows[rank, :size].numpy().tobytes()) for rank, size in enumerate(sizes)]
 
 
 def set_device_seed(seed: int) -> None:
@@ -95,7 +150,23 @@ def launch(cfg: Any, main: Callable, **kwargs: Any) -> None:
 
     from fairseq_lite.dataclass.utils import config_to_dict
 
+    global _SERIAL_COMPILES
+    if os.environ.get("PJRT_DEVICE") == "CPU" and int(os.environ.get("CPU_NUM_DEVICES", "1")) > 1:
+        _SERIAL_COMPILES = True  # inherited by the forked replicas
+        os.environ["XLA_ENABLE_PARAM_ALIASING"] = "0"
+        os.environ["XLA_NO_SPECIAL_SCALARS"] = "1"  # a 0 or 1 that differs by replica is data, not a constant
     torch_xla.launch(_replica_main, args=(config_to_dict(cfg), main, kwargs), start_method="fork")
+
+
+#: the replica a thread runs (replicas are threads of one process on torch-xla's CPU client and on TPU v2/v3)
+_REPLICA = threading.local()
+
+
+class _ReplicaLogFilter(logging.Filter):
+    """Replica 0 logs everything, the others warnings and errors (per thread: one process may hold several)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(_REPLICA, "rank", 0) == 0
 
 
 def _replica_main(index: int, cfg_dict: Dict[str, Any], main: Callable, kwargs: Dict[str, Any]) -> None:
@@ -105,7 +176,11 @@ def _replica_main(index: int, cfg_dict: Dict[str, Any], main: Callable, kwargs: 
 
     cfg = finalize_config(cfg_dict)
     rank, world = rank_and_world()
-    _setup_rank_logging(rank)
+    _setup_rank_logging(0)
+    _REPLICA.rank = rank
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ReplicaLogFilter) for f in handler.filters):
+            handler.addFilter(_ReplicaLogFilter())
     dt = cfg.distributed_training
     if world != dt.distributed_world_size:
         freq = [-(-f * dt.distributed_world_size // world) for f in cfg.optimization.update_freq]
@@ -131,11 +206,14 @@ def _sum_over_cores(tensors: List[torch.Tensor], world: int) -> None:
 def _outputs_matrix(logging_outputs: Sequence[Dict[str, Any]], device: torch.device) -> Tuple[List[str], torch.Tensor]:
     """The logging outputs of one update as a (micro-batches × (keys + dummy flag)) float tensor on ``device``."""
     keys = [k for k in logging_outputs[0] if k != DUMMY_KEY]
-    rows = [
-        torch.stack([torch.as_tensor(o.get(k, 0.0), dtype=torch.float32).to(device).reshape(()) for k in keys]
-                    + [torch.tensor(float(o.get(DUMMY_KEY, False)), device=device)])
-        for o in logging_outputs
-    ]
+
+    def entry(value: Any) -> torch.Tensor:
+        if torch.is_tensor(value):
+            return value.to(device=device, dtype=torch.float32).reshape(())
+        return device_scalar(value, device)
+
+    rows = [torch.stack([entry(o.get(k, 0.0)) for k in keys] + [entry(o.get(DUMMY_KEY, False))])
+            for o in logging_outputs]
     return keys, torch.stack(rows)
 
 
@@ -161,7 +239,7 @@ def finish_update(trainer: Any, logging_outputs: List[Dict[str, Any]], sample_si
     keys, matrix = _outputs_matrix(logging_outputs, device)
     _sum_over_cores([p.grad for p in params] + [sample_size], world)
     if world > 1:
-        matrix = _xla_model().all_gather(matrix, dim=0)
+        matrix = gather_over_cores(matrix, world).flatten(0, 1)
     total = sample_size[0]  # a device scalar: the gradients are divided by it without reading it back
     torch._foreach_mul_([p.grad for p in params], torch.where(total > 0, 1.0 / total.clamp(min=1e-12), 0.0))
     grad_norm = optimizer.clip_grad_norm(trainer.cfg.optimization.clip_norm)
@@ -183,9 +261,8 @@ def flush_stats(trainer: Any) -> None:
 
 
 def gather_valid_outputs(logging_outputs: List[Dict[str, Any]], world: int) -> List[Dict[str, Any]]:
-    """Validation logging outputs of every core on the host (one transfer, then ``xm.mesh_reduce``)."""
+    """Validation logging outputs of every core on the host (one transfer, then gathered as ``xm.mesh_reduce``
+    would)."""
     outputs = to_host(logging_outputs)
     outputs = [{k: v.item() if torch.is_tensor(v) and v.numel() == 1 else v for k, v in o.items()} for o in outputs]
-    if world > 1:
-        outputs = _xla_model().mesh_reduce("fairseq_lite_valid", outputs, lambda parts: [o for p in parts for o in p])
-    return outputs
+    return [o for replica in all_gather_objects(outputs, world) for o in replica]
