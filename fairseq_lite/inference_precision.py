@@ -2,9 +2,11 @@
 new/infer.py and the feature tools (scripts/extract_features.py, wav2vec_featurize.py, vq-wav2vec_featurize.py,
 examples/hubert/simple_kmeans/dump_hubert_feature.py).
 
-The model keeps fp32 weights and runs under ``torch.autocast``: fp16 on CUDA, bf16 on CUDA or the CPU. Autocast
-keeps fairseq's fp32 islands (the CNN's group/layer norm, softmax, the logits' log-softmax) in fp32 by itself.
-fairseq's infer.py casts the whole model with ``.half()`` instead, which only works on a GPU.
+The model keeps fp32 weights and runs under ``torch.autocast``: fp16 on CUDA, bf16 on CUDA or the CPU. CUDA's
+autocast computes normalisation and softmax in fp32 (fairseq's fp32 islands: ``Fp32GroupNorm``/``Fp32LayerNorm``,
+``utils.softmax(..., dtype=float32)``); the CPU's autocast does not (it runs them in bf16, and a post-LN encoder's
+whole residual stream with them), so on the CPU the same ops are sent to fp32 here. fairseq's infer.py casts the
+whole model with ``.half()`` instead, which only works on a GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from fairseq_lite.errors import ConfigError
 
@@ -39,11 +43,38 @@ def inference_precision(fp16: bool, bf16: bool, device: torch.device) -> str:
     return "fp16" if fp16 else "bf16" if bf16 else "fp32"
 
 
+class Fp32Islands(TorchFunctionMode):
+    """Runs layer/group norm, softmax and log-softmax on fp32 inputs, so that they return fp32 as CUDA's autocast
+    has them (CPU autocast leaves them in bf16); every other op is untouched."""
+
+    OPS = frozenset({F.layer_norm, F.group_norm, F.softmax, F.log_softmax, torch.layer_norm, torch.group_norm,
+                     torch.softmax, torch.log_softmax, torch.Tensor.softmax, torch.Tensor.log_softmax})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.OPS:
+            args = tuple(_to_fp32(a) for a in args)
+            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+def _to_fp32(value):
+    """A half-precision tensor as fp32; anything else unchanged."""
+    if torch.is_tensor(value) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The context a forward pass runs in at ``precision`` (no autocast for fp32)."""
+    """The context a forward pass runs in at ``precision`` (no autocast for fp32); on the CPU with fp32 norms and
+    softmax (``Fp32Islands``)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    context = contextlib.ExitStack()
+    context.enter_context(torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]))
+    if device.type == "cpu":
+        context.enter_context(Fp32Islands())
+    return context
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
