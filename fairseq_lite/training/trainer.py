@@ -527,10 +527,10 @@ class Trainer:
     def reduce_valid(self, logging_outputs: List[Dict[str, Any]]) -> Dict[str, float]:
         """Validation stats over all batches of all ranks."""
         if self.is_xla:
-            from fairseq_lite.training.xla import gather_valid_outputs
+            from fairseq_lite.training.xla import valid_outputs_on_host
 
-            logging_outputs = gather_valid_outputs(logging_outputs, self.world_size)
-        elif self.world_size > 1:
+            logging_outputs = valid_outputs_on_host(logging_outputs)
+        if self.world_size > 1:
             logging_outputs = [o for rank_outputs in self.all_gather_objects(logging_outputs) for o in rank_outputs]
         if not logging_outputs:
             return {}

@@ -114,8 +114,6 @@ def gather_over_cores(tensor: torch.Tensor, world: int) -> torch.Tensor:
 def all_gather_objects(obj: Any, world: int) -> List[Any]:
     """``obj`` of every replica, in rank order: pickled bytes exchanged through the device (``xm.rendezvous``'s
     method, but with this module's locked graph runs and one graph for all replicas)."""
-    if world == 1:
-        return [obj]
     import pickle
 
     device = xla_device()
@@ -260,9 +258,7 @@ def flush_stats(trainer: Any) -> None:
         trainer._reduce_stats(_matrix_outputs(keys, matrix), float(total), float(norm), step_time)
 
 
-def gather_valid_outputs(logging_outputs: List[Dict[str, Any]], world: int) -> List[Dict[str, Any]]:
-    """Validation logging outputs of every core on the host (one transfer, then gathered as ``xm.mesh_reduce``
-    would)."""
+def valid_outputs_on_host(logging_outputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """This core's validation logging outputs on the host, in one transfer, scalars as Python numbers."""
     outputs = to_host(logging_outputs)
-    outputs = [{k: v.item() if torch.is_tensor(v) and v.numel() == 1 else v for k, v in o.items()} for o in outputs]
-    return [o for replica in all_gather_objects(outputs, world) for o in replica]
+    return [{k: v.item() if torch.is_tensor(v) and v.numel() == 1 else v for k, v in o.items()} for o in outputs]
