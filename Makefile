@@ -27,11 +27,12 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # The main job on the bundled corpus (scripts/run_demo.py; DEMO_ARGS e.g. --pretrain-updates 1500); espeak-ng
-# synthesises its unlabelled pool and unseen-voices split. demo-long: the same with longer training (<= 1 hour).
+# synthesises its unlabelled pool and unseen-voices split. demo-long: the same with longer training and a trainable
+# CNN in fine-tuning (<= 1 hour; RESULTS.md).
 demo: $(STAMP) system-deps
 	$(PY) scripts/run_demo.py $(DEMO_ARGS)
 
-DEMO_LONG_FLAGS ?= --pretrain-updates 3000 --finetune-updates 1500
+DEMO_LONG_FLAGS ?= --pretrain-updates 3000 --finetune-updates 2000 --finetune-overrides model.feature_grad_mult=1.0
 demo-long: $(STAMP) system-deps
 	$(PY) scripts/run_demo.py --out demo_out/long $(DEMO_LONG_FLAGS) $(DEMO_ARGS)
 

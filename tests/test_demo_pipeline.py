@@ -183,7 +183,8 @@ def test_whole_demo_runs_end_to_end_with_two_updates_per_training(tmp_path):
     subsets = ["test"] + (["unseen"] if shutil.which("espeak-ng") else [])
     assert report[0].count("letter ER %") == len(subsets) and all(row.count("|") == 4 + 2 * len(subsets)
                                                                   for row in rows)
-    for init in ("finetune", "finetune_scratch"):
+    for init in ("finetune", "finetune_scratch"):  # trained side by side, each logging to OUT/<name>.log
+        assert "done training" in (out / f"{init}.log").read_text()
         for decoder in ("viterbi", "kenlm"):
             for subset in subsets:
                 assert (out / "results" / f"{init}-{decoder}" / f"hypo.word-checkpoint_best.pt-{subset}.txt").is_file()
@@ -191,6 +192,7 @@ def test_whole_demo_runs_end_to_end_with_two_updates_per_training(tmp_path):
         pool = (out / "pool_data" / "train.tsv").read_text().splitlines()
         assert len(pool) == 1 + len(make_speech_corpus.POOL_SPEAKERS)
         assert any(line.startswith("- pool:") for line in report)
+    assert "- finetune + finetune_scratch (side by side):" in "\n".join(report)
 
 
 def hubert_demo_config(kind, overrides):
