@@ -138,6 +138,11 @@ def _launch(tmp_path, name, *args, devices=1, **kwargs):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+# The CTC criterion logs its loss rounded to 3 decimals (fairseq's round=3): two runs equal to 1e-5 can log values
+# one rounding step apart (46.2605 -> 46.26 / 46.261), so CTC losses are compared to that step.
+CTC_LOG_STEP = 1.5e-3
+
+
 def _losses(save_dir):
     out = {}
     for line in (save_dir / "metrics.jsonl").read_text().splitlines():
@@ -287,7 +292,8 @@ def test_ctc_finetuning_launcher_update_freq_equals_the_cpu_trainer(tmp_path):
     assert code == 0, out[-3000:]
     _assert_same_params(tmp_path / "xla", tmp_path / "cpu", atol=1e-5, skip=("self_attn.k_proj.bias",))
     xla_losses, cpu_losses = _losses(tmp_path / "xla"), _losses(tmp_path / "cpu")
-    assert [xla_losses[s] for s in range(1, 5)] == pytest.approx([cpu_losses[s] for s in range(1, 5)], rel=1e-5)
+    assert [xla_losses[s] for s in range(1, 5)] == pytest.approx([cpu_losses[s] for s in range(1, 5)],
+                                                                 rel=1e-5, abs=CTC_LOG_STEP)
     assert xla_losses[4] < 0.5 * xla_losses[1]
 
 
@@ -301,7 +307,7 @@ def test_ctc_finetuning_on_two_xla_devices_equals_one_with_update_freq_two(tmp_p
         assert code == 0, out[-3000:]
     _assert_same_params(tmp_path / "two", tmp_path / "one", atol=1e-5, skip=("self_attn.k_proj.bias",))
     two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
-    assert [two[s] for s in range(1, 5)] == pytest.approx([one[s] for s in range(1, 5)], rel=1e-5)
+    assert [two[s] for s in range(1, 5)] == pytest.approx([one[s] for s in range(1, 5)], rel=1e-5, abs=CTC_LOG_STEP)
 
 
 def write_w2v2_data(data):
