@@ -242,7 +242,8 @@ def test_fairseq_model_presets_are_on_the_search_path(tmp_path):
 
 
 def test_cli_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path):
-    """A problem met while running (here: no train.tsv in task.data) exits 1 with one line; --debug re-raises."""
+    """A problem met while running (here: no train.tsv in task.data) exits 1 with one line; --debug re-raises.
+    The demo config forks two CPU ranks, so the error is met in a rank and raised by the parent as it was."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     argv = [sys.executable, "-m", "fairseq_lite.cli.hydra_train", f"task.data={tmp_path}",
             f"checkpoint.save_dir={tmp_path / 'ckpt'}", "--config-dir", os.path.join(repo, "config", "pretraining"),

@@ -59,12 +59,13 @@ def _start(tmp_path, save_dir, env=None, **groups):
     return subprocess.Popen(
         [sys.executable, str(script), str(save_dir), json.dumps(groups)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        env={k: v for k, v in {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}.items() if v is not None},
     )
 
 
-def _run(tmp_path, save_dir, **groups):
-    proc = _start(tmp_path, save_dir, **groups)
+def _run(tmp_path, save_dir, env=None, **groups):
+    """Train the toy in a subprocess (``env`` entries of None are removed from its environment); its output."""
+    proc = _start(tmp_path, save_dir, env, **groups)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]
     return out
@@ -130,11 +131,14 @@ def test_two_gloo_ranks_equal_update_freq_two(tmp_path):
     distributed_world_size=2).
 
     15 batches per epoch: the 8th update is one batch alone, so rank 1 runs the dummy batch (loss × 0).
+    Without OMP_NUM_THREADS the forked ranks share the cores out.
     """
     reference = _toy_reference(tmp_path)
     save_dir = tmp_path / "legacy_ddp"
-    _run(tmp_path, save_dir, optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
-         distributed_training={"distributed_world_size": 2, "ddp_backend": "legacy_ddp"}, **TOY)
+    out = _run(tmp_path, save_dir, env={"OMP_NUM_THREADS": None},
+               optimization={"max_update": 8, "update_freq": [1]}, common={"cpu": True},
+               distributed_training={"distributed_world_size": 2, "ddp_backend": "legacy_ddp"}, **TOY)
+    assert f"{max(1, len(os.sched_getaffinity(0)) // 2)} thread(s) each" in out
     _assert_toy_equal(save_dir, reference, tmp_path / "single")
     # the frozen layer kept its initial weights
     torch.manual_seed(3)

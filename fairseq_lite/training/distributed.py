@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from fairseq_lite.errors import ConfigError
+from fairseq_lite.errors import ConfigError, FairseqLiteError
 
 logger = logging.getLogger("fairseq_lite.distributed")
 
@@ -98,14 +98,28 @@ def _run_rank(cfg: Any, main: Callable, rank: int, world: int, init_method: str,
         dist.destroy_process_group()
 
 
+def _cpu_threads_per_rank(nprocs: int) -> int:
+    """Intra-op threads for each of ``nprocs`` CPU ranks on this node: the cores shared out (torchrun sets
+    OMP_NUM_THREADS=1 for the same reason), so that the ranks do not each start a thread per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // nprocs)
+
+
 def _spawned_rank(local_rank: int, cfg_dict: dict, main: Callable, init_method: str, world: int, start_rank: int,
-                  kwargs: dict) -> None:
+                  kwargs: dict, cpu_threads: Optional[int], user_errors: Any) -> None:
+    """One spawned rank; a FairseqLiteError it meets goes to ``user_errors`` for the parent to raise as is."""
     from fairseq_lite.dataclass.initialize import finalize_config
 
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
     _setup_rank_logging(start_rank + local_rank)
-    cfg = finalize_config(cfg_dict)
-    cfg.distributed_training.device_id = local_rank
-    _run_rank(cfg, main, start_rank + local_rank, world, init_method, kwargs)
+    try:
+        cfg = finalize_config(cfg_dict)
+        cfg.distributed_training.device_id = local_rank
+        _run_rank(cfg, main, start_rank + local_rank, world, init_method, kwargs)
+    except FairseqLiteError as exc:
+        user_errors.put(exc)
+        raise
 
 
 def call_main(cfg: Any, main: Callable, **kwargs: Any) -> Any:
@@ -140,12 +154,28 @@ def call_main(cfg: Any, main: Callable, **kwargs: Any) -> Any:
     nprocs = min(world, torch.cuda.device_count()) if cuda else world
     # CUDA cannot be used in forked children; CPU ranks are forked, which saves re-importing torch in each
     start_method = "spawn" if cuda else "fork"
-    logger.info("starting %d training processes (%s, %s)", nprocs, start_method, init_method)
-    torch.multiprocessing.start_processes(
-        _spawned_rank,
-        args=(config_to_dict(cfg), main, init_method, world, dt.distributed_rank or 0, kwargs),
-        nprocs=nprocs,
-        join=True,
-        start_method=start_method,
-    )
+    # forked CPU ranks share the cores unless OMP_NUM_THREADS says otherwise
+    cpu_threads = None if cuda or "OMP_NUM_THREADS" in os.environ else _cpu_threads_per_rank(nprocs)
+    logger.info("starting %d training processes (%s, %s%s)", nprocs, start_method, init_method,
+                f", {cpu_threads} thread(s) each" if cpu_threads else "")
+    user_errors = torch.multiprocessing.get_context(start_method).SimpleQueue()
+    # torch warns as it terminates the other ranks after one failed; the failure itself is raised below
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_level = spawn_logger.level
+    spawn_logger.setLevel(logging.ERROR)
+    try:
+        torch.multiprocessing.start_processes(
+            _spawned_rank,
+            args=(config_to_dict(cfg), main, init_method, world, dt.distributed_rank or 0, kwargs, cpu_threads,
+                  user_errors),
+            nprocs=nprocs,
+            join=True,
+            start_method=start_method,
+        )
+    except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException):
+        if user_errors.empty():
+            raise
+        raise user_errors.get() from None  # a rank's one-line error, not its traceback wrapped in torch's
+    finally:
+        spawn_logger.setLevel(spawn_level)
     return None
