@@ -216,6 +216,7 @@ def test_hubert_demo_yamls_keep_the_wav2vec2_demos_sizes_and_budget():
         assert new.optimization.max_update == old.optimization.max_update
         assert list(new.optimization.lr) == list(old.optimization.lr)
         assert new.dataset.max_tokens == old.dataset.max_tokens and new.lr_scheduler == old.lr_scheduler
+        assert new.distributed_training == old.distributed_training  # the ranks that share the batch
     for key in ("mask_prob", "mask_length", "mask_channel_prob", "mask_channel_length", "feature_grad_mult"):
         assert getattr(ft.model, key) == getattr(w2v_ft.model, key), key
     assert run_demo.parse_args(["--model", "hubert"]).out == os.path.join(REPO, "demo_out", "hubert")
